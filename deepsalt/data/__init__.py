@@ -1,0 +1,1 @@
+"""Readers for lab tables, STAC/EnMAP scenes and covariate rasters; site pairing; the synthetic world."""

@@ -1,0 +1,125 @@
+"""EnMAP L2A scenes read through rioxarray/GDAL from local files, S3 (``/vsis3/``) or HTTP.
+
+Reflectance = DN x ``enmap:gain_of_band`` + ``enmap:offset_of_band`` (0.0001 and 0 in DLR's items);
+DN equal to the item's ``enmap:nodata`` (-32768) and pixels flagged by the quality masks become NaN.
+The band table always comes from the item's ``eo:bands``, never from assumptions about file order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pystac
+import rioxarray  # noqa: F401 - registers the .rio accessor
+import xarray as xr
+from rasterio.errors import RasterioIOError
+from rasterio.windows import Window
+
+from deepsalt.data.cog import gdal_path
+from deepsalt.data.stac import QUALITY_ASSETS
+from deepsalt.errors import DeepSaltInputError
+from deepsalt.spectra.bands import BandTable
+
+
+def open_band_raster(href: str, what: str) -> xr.DataArray:
+    """Lazily open a raster as ``(band, y, x)``; missing, corrupt, non-TIFF and CRS-less files are clear errors."""
+    try:
+        da = rioxarray.open_rasterio(gdal_path(href), masked=False, cache=False, lock=False)
+    except (RasterioIOError, OSError) as e:
+        reason = "does not exist" if "No such file" in str(e) or "does not exist" in str(e) else f"is not a readable GeoTIFF ({e})"
+        raise DeepSaltInputError(href, f"{what} {reason}", "check the asset href and that the file is a complete COG") from None
+    if da.rio.crs is None:
+        raise DeepSaltInputError(href, f"{what} has no CRS", "the COG must carry its UTM georeference")
+    return da
+
+
+def load_values(da: xr.DataArray, href: str, what: str) -> np.ndarray:
+    """Read pixels; a file that opens but fails mid-read (truncated, corrupt tiles) is a clear error."""
+    try:
+        return da.values
+    except (RasterioIOError, OSError) as e:
+        raise DeepSaltInputError(href, f"{what} is corrupt or truncated: reading pixels failed ({str(e)[:160]})",
+                                 "re-download or re-write the file") from None
+
+
+@dataclass
+class EnMAPScene:
+    """One EnMAP L2A item: its image and quality assets, band table, scaling and nodata.
+
+    Class attributes mirror DLR's ``ENMAP_HSI_L2A`` item layout.
+    """
+
+    IMAGE_ASSET = "image"
+    QUALITY_MASKS = tuple(QUALITY_ASSETS)
+    DEFAULT_NODATA = -32768
+
+    item: pystac.Item
+    bands: BandTable
+    gain: np.ndarray  # (n_bands,)
+    offset: np.ndarray  # (n_bands,)
+    nodata: float
+
+    @classmethod
+    def from_item(cls, item: pystac.Item) -> "EnMAPScene":
+        asset = item.assets.get(cls.IMAGE_ASSET)
+        if asset is None:
+            raise DeepSaltInputError(f"STAC item {item.id}", f"missing asset '{cls.IMAGE_ASSET}'",
+                                     f"an EnMAP L2A item needs the spectral image asset; it has {sorted(item.assets)}")
+        eo = asset.extra_fields.get("eo:bands") or item.properties.get("eo:bands")
+        if not eo:
+            raise DeepSaltInputError(f"STAC item {item.id}", "image asset has no eo:bands",
+                                     "the band centres and FWHM must come with the item")
+        bands = BandTable.from_eo_bands(eo)
+        gain = np.array([float(b.get("enmap:gain_of_band", 1e-4)) for b in eo], np.float32)
+        offset = np.array([float(b.get("enmap:offset_of_band", 0.0)) for b in eo], np.float32)
+        nodata = float(item.properties.get("enmap:nodata", cls.DEFAULT_NODATA))
+        return cls(item=item, bands=bands, gain=gain, offset=offset, nodata=nodata)
+
+    @property
+    def id(self) -> str:
+        return self.item.id
+
+    def href(self, key: str) -> str:
+        if key not in self.item.assets:
+            raise DeepSaltInputError(f"STAC item {self.id}", f"missing asset '{key}'",
+                                     f"drop '{key}' from the quality masks to apply, or fix the item")
+        return self.item.assets[key].href
+
+    def open_image(self) -> xr.DataArray:
+        da = open_band_raster(self.href(self.IMAGE_ASSET), f"EnMAP image of {self.id}")
+        if da.sizes["band"] != len(self.bands):
+            raise DeepSaltInputError(self.href(self.IMAGE_ASSET),
+                                     f"image has {da.sizes['band']} bands but the item's eo:bands lists {len(self.bands)}",
+                                     "the item metadata and the COG disagree: re-download the scene or fix the item")
+        return da
+
+    def read(self, window: Window | None = None, quality: tuple[str, ...] = QUALITY_MASKS,
+             require_valid: bool = True) -> xr.DataArray:
+        """Reflectance ``(band, y, x)`` float32 with NaN at nodata and at pixels flagged by ``quality`` masks.
+
+        ``window`` is a rasterio Window in the scene's pixel grid (None: the whole scene). With
+        ``require_valid`` an all-NaN result is an error naming the scene.
+        """
+        da = self.open_image()
+        if window is not None:
+            da = da.rio.isel_window(window)
+        dn = load_values(da, self.href(self.IMAGE_ASSET), f"EnMAP image of {self.id}")
+        bad = (dn == self.nodata).any(axis=0)
+        for key in quality:
+            q = open_band_raster(self.href(key), f"quality mask '{key}' of {self.id}")
+            if window is not None:
+                q = q.rio.isel_window(window)
+            if q.shape[1:] != dn.shape[1:]:
+                raise DeepSaltInputError(self.href(key), f"quality mask shape {q.shape[1:]} differs from the image {dn.shape[1:]}")
+            bad |= load_values(q, self.href(key), f"quality mask '{key}'")[0] == 1
+        refl = dn.astype(np.float32) * self.gain[:, None, None] + self.offset[:, None, None]
+        refl[:, bad] = np.nan
+        if require_valid and bad.all():
+            raise DeepSaltInputError(self.href(self.IMAGE_ASSET),
+                                     "no valid pixel: the scene (window) is entirely nodata or masked",
+                                     "drop this scene (e.g. a lower --max-cloud) or check its quality masks")
+        out = xr.DataArray(refl, dims=("band", "y", "x"), coords={"y": da.y, "x": da.x,
+                           "wavelength": ("band", self.bands.centers_nm), "fwhm": ("band", self.bands.fwhm_nm),
+                           "band": list(self.bands.names)}, attrs={"scene_id": self.id, "units": "1"})
+        return out.rio.write_crs(da.rio.crs).rio.write_transform(da.rio.transform())

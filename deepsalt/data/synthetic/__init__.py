@@ -1,0 +1,1 @@
+"""A physically grounded synthetic world written in the real formats (see README, "The synthetic world")."""

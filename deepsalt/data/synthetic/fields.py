@@ -1,0 +1,217 @@
+"""Spatially correlated soil and climate fields, and the ECe they imply.
+
+Every field is a Gaussian random field built from random Fourier features (an approximation of a
+squared-exponential covariance), evaluated at any (lon, lat): the lab samples, the satellite sites,
+the scene pixels and the covariate grid all sample ONE continuous world, so they agree where they meet.
+
+Units: clay/sand/CaCO3/gypsum/OM/Fe in mass %, moisture as volumetric fraction, temperatures in deg C,
+precipitation in mm per month, ECe in dS/m (saturated-paste extract, 0-12 cm).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Field name -> [(length scale km, weight)]. Scales chosen so that a 30 m pixel varies within a few km
+# (what a soil surveyor sees) while climate varies over tens of km.
+FIELD_SCALES: dict[str, list[tuple[float, float]]] = {
+    "elev": [(25.0, 1.0), (6.0, 0.4)],
+    "precip": [(40.0, 1.0), (8.0, 0.3)],
+    "dtr": [(30.0, 1.0)],
+    "tex1": [(6.0, 1.0), (1.0, 0.5)],
+    "tex2": [(4.0, 1.0), (0.6, 0.4)],
+    "carb": [(5.0, 1.0), (0.8, 0.5)],
+    "gyp": [(3.0, 1.0), (0.5, 0.5)],
+    "om": [(3.0, 1.0), (0.5, 0.5)],
+    "fe": [(8.0, 1.0), (1.0, 0.4)],
+    "sulf": [(5.0, 1.0)],
+    "moist": [(1.5, 1.0), (0.3, 0.5)],
+    "veg": [(1.0, 1.0), (0.25, 0.6)],
+    "npv": [(0.8, 1.0)],
+    "crustocc": [(0.6, 1.0), (0.2, 0.5)],
+    "hidden": [(1.2, 1.0), (0.4, 0.4)],
+    "drain": [(2.0, 1.0), (0.5, 0.5)],
+    "resid": [(0.8, 1.0), (0.25, 0.6)],
+}
+N_FEATURES = 64
+LON0, LAT0 = -110.0, 39.0
+#: Longitude west of which the held-out "Great Basin" region's shifted climate and soils apply.
+UNSEEN_LON = -111.0
+
+
+class RandomFields:
+    """Seeded multi-scale random fields, each with zero mean and unit variance."""
+
+    def __init__(self, seed: int):
+        rng = np.random.default_rng([seed, 1])
+        self._params = {}
+        for name, scales in FIELD_SCALES.items():
+            comps = []
+            for length, weight in scales:
+                k = rng.normal(0.0, 1.0 / length, size=(N_FEATURES, 2))
+                phi = rng.uniform(0, 2 * np.pi, N_FEATURES)
+                comps.append((k, phi, weight))
+            norm = np.sqrt(sum(w**2 for _, _, w in comps))
+            self._params[name] = [(k, p, w / norm) for k, p, w in comps]
+
+    @staticmethod
+    def _km(lon, lat):
+        x = (np.asarray(lon, float) - LON0) * 111.32 * np.cos(np.radians(LAT0))
+        y = (np.asarray(lat, float) - LAT0) * 110.57
+        return x, y
+
+    def __call__(self, name: str, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+        """The field at scattered points (any shape)."""
+        x, y = self._km(lon, lat)
+        out = np.zeros(np.broadcast(x, y).shape)
+        for k, phi, w in self._params[name]:
+            arg = x[..., None] * k[:, 0] + y[..., None] * k[:, 1] + phi
+            out += w * np.sqrt(2.0 / N_FEATURES) * np.cos(arg).sum(-1)
+        return out
+
+    def grid(self, name: str, lon: np.ndarray, lat: np.ndarray, block: int = 64) -> np.ndarray:
+        """The field on a raster ``(rows, cols)``, evaluated in blocks whose km coordinates are affine in (row, col).
+
+        Exact for a lon/lat grid; for a 30 m UTM scene a 64-px block deviates from affine by well under a
+        metre. Within a block the phase of each Fourier feature is separable in row and col, so the sum
+        is one complex matrix product instead of rows x cols x features cosines.
+        """
+        out = np.empty(np.shape(lon))
+        for r0 in range(0, out.shape[0], block):
+            for c0 in range(0, out.shape[1], block):
+                sl = np.s_[r0:r0 + block, c0:c0 + block]
+                out[sl] = self._affine_block(name, lon[sl], lat[sl])
+        return out
+
+    def _affine_block(self, name: str, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+        x, y = self._km(lon, lat)
+        nr, nc = x.shape
+        dxc, dyc = (x[0, -1] - x[0, 0]) / max(nc - 1, 1), (y[0, -1] - y[0, 0]) / max(nc - 1, 1)
+        dxr, dyr = (x[-1, 0] - x[0, 0]) / max(nr - 1, 1), (y[-1, 0] - y[0, 0]) / max(nr - 1, 1)
+        rows, cols = np.arange(nr)[:, None], np.arange(nc)[:, None]
+        out = np.zeros((nr, nc))
+        for k, phi, w in self._params[name]:
+            c = k[:, 0] * x[0, 0] + k[:, 1] * y[0, 0] + phi
+            u, v = k[:, 0] * dxc + k[:, 1] * dyc, k[:, 0] * dxr + k[:, 1] * dyr
+            r_ = np.exp(1j * (rows * v + c))  # (nr, K)
+            c_ = np.exp(1j * cols * u)  # (nc, K)
+            out += w * np.sqrt(2.0 / N_FEATURES) * (r_ @ c_.T).real
+        return out
+
+
+def _sig(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+@dataclass(frozen=True)
+class SoilPhysics:
+    """The documented physical parameters of the world (recorded in world.json)."""
+
+    lapse_rate_c_per_km: float = 6.5
+    unseen_warming_c: float = 2.5
+    unseen_precip_factor: float = 0.65
+    unseen_sand_shift: float = 15.0
+    unseen_gypsum_shift: float = 3.0
+    #: log-ECe model: ln ECe = ln(ece_ref) + a_arid*(-ln AI - 1.6) + a_clay*(clay-25) + a_drain*poor + a_hidden*h + s*resid
+    ece_ref: float = 0.8
+    a_arid: float = 1.1
+    a_clay: float = 0.025
+    a_drain: float = 0.9
+    a_hidden: float = 1.6
+    resid_sd: float = 0.55
+    ece_max: float = 76.0
+    #: soluble salt (g/kg) = tds_per_ec * ECe * SP/100; 0.64 g/L per dS/m (USSL Handbook 60).
+    tds_per_ec: float = 0.64
+    lab_ece_cv: float = 0.05
+    #: surface salt crust: none below crust_onset_dsm, full cover at onset + crust_full_dsm (where it occurs)
+    crust_onset_dsm: float = 4.0
+    crust_full_dsm: float = 60.0
+    gypsum_per_ece: float = 0.04
+
+
+def soil_at(fields: RandomFields, lon, lat, phys: SoilPhysics = SoilPhysics(), grid: bool = False) -> dict[str, np.ndarray]:
+    """Soil, climate and ECe at points, or on a 2-D raster with ``grid=True``. Arrays shaped like ``lon``."""
+    f = (lambda n: fields.grid(n, lon, lat)) if grid else (lambda n: fields(n, lon, lat))  # noqa: E731
+    lon, lat = np.asarray(lon, float), np.asarray(lat, float)
+    w = _sig((UNSEEN_LON - lon) / 0.3)  # 1 in the held-out region, 0 in the seen one
+    elev_km = np.clip(1.5 + 0.35 * f("elev"), 0.6, 3.2)
+    tavg = 14.5 - 0.45 * (lat - 30.0) - phys.lapse_rate_c_per_km * (elev_km - 1.5) + w * phys.unseen_warming_c
+    dtr = 14.0 + 2.0 * f("dtr")
+    tmax = tavg + 11.0 + 0.5 * dtr
+    tmin = tavg - 12.0 - 0.3 * dtr
+    pavg = np.clip((22.0 + 7.0 * f("precip") + 10.0 * (elev_km - 1.5)) * (1 - w * (1 - phys.unseen_precip_factor)), 3.0, None)
+    pmin, pmax = 0.3 * pavg, 2.2 * pavg
+    # Hargreaves PET with a mean extraterrestrial radiation of 15 mm/day equivalent.
+    pet = 365 * 0.0023 * 15.0 * (tavg + 17.8) * np.sqrt(np.clip(dtr, 1, None))
+    ai = np.clip(12 * pavg / pet, 0.02, 3.0)
+    arid = -np.log(ai) - 1.6
+
+    clay = np.clip(22.0 + 9.0 * f("tex1"), 3.0, 60.0)
+    sand = np.clip(45.0 - 0.8 * (clay - 22.0) + 10.0 * f("tex2") + w * phys.unseen_sand_shift, 5.0, 97.0 - clay)
+    hidden = _sig((f("hidden") - 0.8) / 0.25)  # shallow saline groundwater / irrigation return flow: no covariate shows it
+    poor_drain = _sig((f("drain") + 0.04 * (clay - 25.0)) / 0.5)
+    ln_ece = (np.log(phys.ece_ref) + phys.a_arid * arid + phys.a_clay * (clay - 25.0) + phys.a_drain * poor_drain
+              + phys.a_hidden * hidden + phys.resid_sd * f("resid"))
+    ece = np.clip(np.exp(ln_ece), 0.05, phys.ece_max)
+
+    om = np.clip(1.2 + 0.4 * f("om") - 0.5 * arid + 0.6 * hidden, 0.2, 6.0)
+    caco3 = np.clip(6.0 + 4.0 * arid + 4.0 * f("carb"), 0.0, 40.0)
+    gypsum = np.clip(1.0 + 2.5 * f("gyp") + phys.gypsum_per_ece * ece + w * phys.unseen_gypsum_shift, 0.0, 30.0)
+    fe = np.clip(2.0 + 0.8 * f("fe") + 0.04 * clay, 0.3, 8.0)
+    sp = 18.0 + 0.6 * clay + 4.0 * om  # saturation percentage
+    salt_gkg = phys.tds_per_ec * ece * sp / 100.0
+    sulfate_frac = np.clip(0.5 + 0.2 * f("sulf"), 0.1, 0.9)
+    moisture = np.clip(0.06 + 0.04 * f("moist") + 0.15 * hidden + 0.002 * (pavg - 22.0), 0.01, 0.40)
+    veg = np.clip((0.2 + 0.18 * f("veg") + 0.35 * hidden + 0.004 * (pavg - 22.0)) * np.exp(-ece / 40.0), 0.0, 0.9)
+    npv = np.clip(0.12 + 0.10 * f("npv"), 0.0, 0.4)
+    # Surface crusts form only where the surface stayed undisturbed and dry since the last wetting
+    # (tillage and rain dissolve them): a patchy occurrence field, so ECe shows at the surface only in part.
+    crust_occurs = _sig(f("crustocc") / 0.3)
+    crust = np.clip((ece - phys.crust_onset_dsm) / phys.crust_full_dsm, 0.0, 1.0) ** 0.8 * crust_occurs * np.clip(1.0 - 2.5 * moisture, 0.0, 1.0)
+    return dict(
+        elev_km=elev_km, tavg=tavg, tmin=tmin, tmax=tmax, pavg=pavg, pmin=pmin, pmax=pmax, aridity_index=ai,
+        clay=clay, sand=sand, silt=100.0 - clay - sand, hidden=hidden, poor_drain=poor_drain, ece=ece, om=om,
+        caco3=caco3, gypsum=gypsum, fe=fe, sp=sp, salt_gkg=salt_gkg, sulfate_frac=sulfate_frac,
+        moisture=moisture, veg=veg, npv=npv, crust=crust, unseen_weight=w,
+    )
+
+
+def koppen(tavg, tmin_month, pavg) -> np.ndarray:
+    """Köppen class from mean temperature, coldest-month minimum and mean monthly precipitation."""
+    p_annual = 12 * np.asarray(pavg)
+    thresh = 20 * np.asarray(tavg) + 140
+    out = np.where(np.asarray(tmin_month) < -3, "Dfb", "Csb").astype(object)
+    arid = p_annual < thresh
+    desert = p_annual < 0.5 * thresh
+    hot = np.asarray(tavg) >= 18
+    out = np.where(arid & desert & hot, "BWh", out)
+    out = np.where(arid & desert & ~hot, "BWk", out)
+    out = np.where(arid & ~desert & hot, "BSh", out)
+    out = np.where(arid & ~desert & ~hot, "BSk", out)
+    return out.astype(str)
+
+
+def usda_texture(sand, clay) -> np.ndarray:
+    """USDA texture class from sand and clay %, by the texture-triangle boundaries."""
+    sand, clay = np.asarray(sand, float), np.asarray(clay, float)
+    silt = 100 - sand - clay
+    rules = [
+        ("sand", silt + 1.5 * clay < 15),
+        ("loamy sand", (silt + 1.5 * clay >= 15) & (silt + 2 * clay < 30)),
+        ("sandy loam", ((clay >= 7) & (clay < 20) & (sand > 52) & (silt + 2 * clay >= 30)) | ((clay < 7) & (silt < 50) & (silt + 2 * clay >= 30))),
+        ("loam", (clay >= 7) & (clay < 27) & (silt >= 28) & (silt < 50) & (sand <= 52)),
+        ("silt loam", ((silt >= 50) & (clay >= 12) & (clay < 27)) | ((silt >= 50) & (silt < 80) & (clay < 12))),
+        ("silt", (silt >= 80) & (clay < 12)),
+        ("sandy clay loam", (clay >= 20) & (clay < 35) & (silt < 28) & (sand > 45)),
+        ("clay loam", (clay >= 27) & (clay < 40) & (sand > 20) & (sand <= 45)),
+        ("silty clay loam", (clay >= 27) & (clay < 40) & (sand <= 20)),
+        ("sandy clay", (clay >= 35) & (sand > 45)),
+        ("silty clay", (clay >= 40) & (silt >= 40)),
+        ("clay", (clay >= 40) & (sand <= 45) & (silt < 40)),
+    ]
+    out = np.full(sand.shape, "clay", dtype=object)
+    for name, cond in reversed(rules):
+        out = np.where(cond, name, out)
+    return out.astype(str)

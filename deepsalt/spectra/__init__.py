@@ -1,0 +1,1 @@
+"""Band tables and spectral grids (EnMAP VNIR-SWIR, lab MIR)."""

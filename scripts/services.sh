@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Usage: scripts/services.sh COMMAND...
+# Builds a tiny synthetic world, starts the services the tests use on loopback, runs COMMAND with their
+# addresses in the environment, then stops exactly the processes it started (by PID), whatever COMMAND did.
+#   moto S3 server      -> AWS_ENDPOINT_URL, AWS_S3_ENDPOINT (GDAL)
+#   rustac STAC API     -> DEEPSALT_TEST_STAC_URL (serving the world's items)
+#   local Ray head      -> RAY_ADDRESS
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/local_env.sh
+. .venv/bin/activate
+WORK=$(mktemp -d -t deepsalt-services.XXXXXX)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do
+    for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    kill -9 "$pid" 2>/dev/null || true
+  done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+deepsalt world --preset tiny --seed 7 --out "$WORK/world" > "$WORK/world.log"
+export DEEPSALT_TEST_WORLD="$WORK/world"
+
+S3_PORT=$(free_port)
+moto_server -H 127.0.0.1 -p "$S3_PORT" > "$WORK/moto.log" 2>&1 &
+PIDS+=($!)
+export AWS_ENDPOINT_URL="http://127.0.0.1:$S3_PORT" AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1
+export AWS_S3_ENDPOINT="127.0.0.1:$S3_PORT" AWS_HTTPS=NO AWS_VIRTUAL_HOSTING=FALSE AWS_REGION=us-east-1
+
+STAC_PORT=$(free_port)
+rustac serve --addr "127.0.0.1:$STAC_PORT" "$WORK/world/stac/collection.json" "$WORK/world/stac/items.json" > "$WORK/stac.log" 2>&1 &
+PIDS+=($!)
+export DEEPSALT_TEST_STAC_URL="http://127.0.0.1:$STAC_PORT"
+
+RAY_PORT=$(free_port)
+DASH_PORT=$(free_port)
+ray start --head --block --num-cpus=2 --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 \
+  --port="$RAY_PORT" --dashboard-port="$DASH_PORT" --include-dashboard=true --disable-usage-stats \
+  --temp-dir="$WORK/ray" > "$WORK/ray.log" 2>&1 &
+PIDS+=($!)
+export RAY_ADDRESS="127.0.0.1:$RAY_PORT" DEEPSALT_TEST_RAY_DASHBOARD="http://127.0.0.1:$DASH_PORT"
+
+wait_http "$AWS_ENDPOINT_URL" 60
+wait_http "$DEEPSALT_TEST_STAC_URL" 60
+wait_http "$DEEPSALT_TEST_RAY_DASHBOARD/api/version" 120 || { cat "$WORK/ray.log"; exit 1; }
+echo "services: S3 $AWS_ENDPOINT_URL, STAC $DEEPSALT_TEST_STAC_URL, Ray $RAY_ADDRESS (dashboard $DEEPSALT_TEST_RAY_DASHBOARD)"
+set +e
+"$@"
+rc=$?
+set -e
+exit $rc

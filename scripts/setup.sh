@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Create .venv and install DeepSalt with its test tools, at the versions in constraints.txt.
+# torch goes first and pinned: an unpinned torch would pull a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+"$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "DeepSalt needs Python >= 3.11")'
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q torch==2.13.0
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[test]"
+echo "setup: $(.venv/bin/python -c 'import deepsalt, torch, ray, zarr; print(f"deepsalt {deepsalt.__version__}, torch {torch.__version__}, ray {ray.__version__}, zarr {zarr.__version__}")')"

@@ -1,0 +1,126 @@
+"""The synthetic world: formats, determinism, realism."""
+
+import hashlib
+import json
+
+import numpy as np
+import pandas as pd
+import pystac
+import pytest
+import rasterio
+
+from deepsalt.config import WorldConfig
+from deepsalt.data.lab import read_lab_table
+from deepsalt.data.synthetic import enmap_spectra, lab_spectra
+from deepsalt.data.synthetic.fields import RandomFields, soil_at
+from deepsalt.data.synthetic.world import build_world
+from deepsalt.spectra.bands import enmap_bands
+from deepsalt.spectra.mir import mir_grid
+
+
+def _items(world):
+    """Items as written (raw JSON, so pystac's projection-extension migration does not rename fields)."""
+    return json.loads((world / "stac" / "items.json").read_text())["features"]
+
+
+def test_world_layout_and_formats(world):
+    summary = json.loads((world / "world.json").read_text())
+    assert summary["config"]["preset"] == "tiny" and summary["config"]["seed"] == 7
+    items = _items(world)
+    assert len(items) == 3
+    assert {i["assets"]["image"]["proj:epsg"] for i in items} >= {32612, 32613}  # two UTM zones
+    bands = enmap_bands()
+    for raw in items:
+        item = pystac.Item.from_dict(raw)
+        assert raw["properties"]["proj:epsg"] is None  # as DLR: read the asset's
+        eo = raw["assets"]["image"]["eo:bands"]
+        assert [b["center_wavelength"] for b in eo] == bands.centers_nm.tolist()
+        assert [b["full_width_half_max"] for b in eo] == bands.fwhm_nm.tolist()
+        assert {"image", "metadata", "quality_cloud", "quality_cloud_shadow", "quality_haze", "quality_snow"} <= set(item.assets)
+        assert item.assets["quality_cloud"].roles == ["quality", "cloud"]
+        with rasterio.open(item.assets["image"].href) as ds:
+            assert ds.count == 224 and ds.dtypes[0] == "int16" and ds.nodata == -32768
+            assert ds.res == (30.0, 30.0) and ds.crs.to_epsg() == raw["assets"]["image"]["proj:epsg"]
+            assert ds.profile["tiled"] and ds.profile["compress"] == "deflate"
+        assert 0 <= float(item.properties["eo:cloud_cover"]) <= 25
+    lab = read_lab_table(world / "lab" / "mir_library.parquet")
+    assert lab.spectra.shape == (1000, 1765)
+    assert (lab.meta["depth_top_cm"] == 0).all() and (lab.meta["depth_bottom_cm"] == 12).all()
+    sites = pd.read_parquet(world / "samples" / "satellite_samples.parquet")
+    assert len(sites) == 180 and set(sites["region"]) == {"seen", "unseen"}
+    assert sum(c.startswith("refl_") for c in sites.columns) == 224
+    for col in ["sand", "clay", "tm_min", "tm_max", "tm_avg", "pr_min", "pr_max", "pr_avg", "koppen", "texture_class"]:
+        assert sites[col].notna().all(), col
+    for name in ["sand", "clay", "tm_min", "tm_max", "tm_avg", "pr_min", "pr_max", "pr_avg"]:
+        with rasterio.open(world / "covariates" / f"{name}.tif") as ds:
+            assert ds.crs.to_epsg() == 4326 and ds.res[0] == pytest.approx(0.01)
+    assert (world / "world.png").stat().st_size > 20_000
+
+
+def test_truth_raster_matches_site_table(world):
+    sites = pd.read_parquet(world / "samples" / "satellite_samples.parquet")
+    for sid, grp in sites.groupby("scene_id"):
+        with rasterio.open(world / "truth" / f"{sid}_ECE.TIF") as ds:
+            truth = ds.read(1)
+        np.testing.assert_allclose(truth[grp["row"], grp["col"]], grp["ece_dsm"], rtol=1e-6)
+
+
+def _digest(folder):
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.suffix.lower() in (".tif",):
+            with rasterio.open(p) as ds:
+                h.update(ds.read().tobytes())
+        elif p.suffix == ".parquet":
+            h.update(pd.read_parquet(p).to_csv().encode())
+    return h.hexdigest()
+
+
+def test_same_seed_same_world_other_seed_other_world(tmp_path):
+    cfg = WorldConfig.for_preset("tiny", 3).model_copy(update=dict(scene_px=64, n_lab=200, sites_per_scene=20))
+    build_world(cfg, tmp_path / "a", progress=False)
+    build_world(cfg, tmp_path / "b", progress=False)
+    build_world(cfg.model_copy(update={"seed": 4}), tmp_path / "c", progress=False)
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
+
+
+def test_failed_build_leaves_nothing(tmp_path, monkeypatch):
+    import deepsalt.data.synthetic.world as w
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+    monkeypatch.setattr(w, "_figure", boom)
+    with pytest.raises(RuntimeError):
+        build_world(WorldConfig.for_preset("tiny").model_copy(update=dict(scene_px=32, n_lab=60, sites_per_scene=10)), tmp_path / "w", progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ece_is_skewed_with_a_saline_tail():
+    rng = np.random.default_rng(0)
+    lon, lat = rng.uniform(-110, -106, 40000), rng.uniform(37.5, 39.5, 40000)
+    ece = soil_at(RandomFields(11), lon, lat)["ece"]
+    assert (ece < 4).mean() > 0.6  # most soils are not saline
+    assert (ece > 30).mean() > 0.002  # but a tail of strongly saline ones exists
+    assert np.mean(ece) > np.median(ece) * 1.3  # right-skewed
+
+
+def test_lab_spectra_carry_more_salinity_information_than_enmap():
+    """Cross-validated ridge R2 of ECe: lab MIR clearly above EnMAP (as in reality), EnMAP still informative."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import cross_val_score
+
+    rng = np.random.default_rng(1)
+    n = 1500
+    lon, lat = rng.uniform(-110, -106, n), rng.uniform(37.5, 39.5, n)
+    soil = soil_at(RandomFields(5), lon, lat)
+    y = soil["ece"]
+    lab = lab_spectra.lab_spectra(soil, mir_grid(), rng)
+    bands = enmap_bands()
+    basis = enmap_spectra.band_basis(bands)
+    sat = enmap_spectra.render(soil, basis, enmap_spectra.snr(bands), rng.standard_normal(224) * basis["atm_scene"], rng.standard_normal(n), rng)
+    sat = sat[:, bands.model_band_mask()]
+    r2 = lambda X: cross_val_score(RidgeCV(alphas=np.logspace(-6, 3, 19)), X, y, cv=5, scoring="r2").mean()  # noqa: E731
+    r2_lab, r2_sat = r2(lab), r2(np.log(np.clip(sat, 1e-3, None)))
+    assert r2_lab > 0.9, r2_lab
+    assert 0.1 < r2_sat < r2_lab - 0.3, (r2_lab, r2_sat)
