@@ -58,6 +58,37 @@ def world(
         typer.echo(f"  {f:17s} {out / p}")
 
 
+@app.command()
+@_clean_errors
+def train(
+    world: Path = typer.Option(..., help="world folder (deepsalt world) holding lab/, samples/ and covariates/"),
+    out: Path = typer.Option(..., help="run folder: config.json, metrics.json, report/, bundle/, ray/ checkpoints"),
+    preset: str = typer.Option("demo", help="hyper-parameter preset: tiny (minutes on a laptop), demo, benchmark (paper sizes)"),
+    workers: int = typer.Option(1, help="Ray Train workers (DDP); one per GPU with --gpu"),
+    gpu: bool = typer.Option(False, help="one GPU per worker"),
+    seeds: str = typer.Option("0,1,2", help="comma-separated seeds; metrics are mean and sd over them"),
+    tokens: str = typer.Option("one", help="transformer tokenisation: one (whole latent = one token) or per_dim"),
+):
+    """Train SAU, teacher and student (+ ablations) with Ray Train; evaluate; write the model bundle.
+
+    Re-running with the same --out resumes each seed from its last checkpoint.
+    """
+    from deepsalt.config import TrainConfig
+    from deepsalt.train.run import train as run_train
+
+    if preset not in ("tiny", "demo", "benchmark"):
+        raise DeepSaltInputError("--preset", f"unknown preset '{preset}'", "use tiny, demo or benchmark")
+    if not (world / "samples" / "satellite_samples.parquet").exists():
+        raise DeepSaltInputError(world, "not a world folder (samples/satellite_samples.parquet missing)", "build one with `deepsalt world`")
+    cfg = TrainConfig.for_preset(preset, workers=workers, gpu=gpu, tokens=tokens,
+                                 seeds=tuple(int(s) for s in seeds.split(",")))
+    m = run_train(world, out, cfg, log=typer.echo)
+    typer.echo(f"wrote {out}/metrics.json, {out}/report/summary.md, {out}/bundle ({m['seconds']} s)")
+    for v, r in m["results"].items():
+        typer.echo(f"  {v:15s} seen MAE {r['seen']['mae']:.3f} ± {r['seen']['mae_sd']:.3f}  R2 {r['seen']['r2']:.3f}   "
+                   f"unseen MAE {r['unseen']['mae']:.3f}")
+
+
 def main() -> None:  # pragma: no cover
     app()
 

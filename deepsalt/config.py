@@ -46,3 +46,79 @@ class WorldConfig(_Config):
             "benchmark": dict(scene_px=512, n_seen_scenes=8, n_unseen_scenes=2, sites_per_scene=400, n_lab=20000),
         }[preset]
         return cls(preset=preset, seed=seed, **sizes)
+
+
+VARIANTS = ("deepsalt", "student_no_kd", "student_no_sau", "hsi_only", "ancillary_only")
+BASELINES = ("plsr", "random_forest")
+
+
+class TrainConfig(_Config):
+    """Every hyper-parameter of the four stages (defaults: DESIGN.md / the authors' refactor)."""
+
+    preset: Preset = "demo"
+    seeds: tuple[int, ...] = (0, 1, 2)
+    workers: int = Field(1, ge=1)
+    gpu: bool = False
+    # data
+    mir_grid: tuple[float, float, int] = (400.0, 4000.0, 1765)
+    split_blocks: int = Field(20, ge=3, description="KMeans spatial blocks on lat/lon, assigned whole to train/val/test")
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    zero_ec_dsm: float = 0.1
+    zero_ec_keep: float = 0.1
+    out_range: tuple[float, float] = (0.05, 77.0)
+    # auto-encoders
+    latent: int = 64
+    ae_hidden: tuple[int, ...] = (1024, 512, 256)
+    ae_epochs: int = 50
+    ae_lr: float = 1e-4
+    ae_wd: float = 1e-5
+    ae_batch: int = 32
+    kl_rho: float = 0.05
+    kl_weight: float = 0.1
+    grad_clip: float = 1.0
+    # spectral adaptation unit
+    sau_epochs: int = 50
+    sau_recon_weight: float = 1.0
+    sau_align_weight: float = 48.0
+    align_loss: Literal["cosine", "infonce"] = "cosine"
+    align_temperature: float = 0.07
+    pair_max_km: float = 1.0
+    # teacher
+    teacher_layers: int = 3
+    teacher_heads: int = 4
+    teacher_ff: int = 128
+    teacher_epochs: int = 100
+    teacher_lr: float = 1e-3
+    teacher_batch: int = 64
+    # student
+    student_layers: int = 4
+    student_heads: int = 8
+    student_ff: int = 256
+    student_epochs: int = 200
+    student_lr: float = 1e-3
+    student_wd: float = 1e-5
+    student_batch: int = 32
+    plateau_factor: float = 0.1
+    plateau_patience: int = 5
+    early_stop: int = 10
+    dropout: float = 0.1
+    tokens: Literal["one", "per_dim"] = "one"
+    kd_alpha: float = 0.07
+    kd_beta: float = 0.90
+    kd_gamma: float = 0.10
+    kd_layer_map: tuple[int, ...] = (0, 1, 2, 2)
+    kd_layer_weights: tuple[float, ...] = (1.35, 1.05, 0.65, 0.65)
+    kd_sigma: float = 0.25
+    variants: tuple[str, ...] = VARIANTS
+    checkpoint_every: int = Field(5, ge=1, description="epochs between checkpoints within a stage (and at each stage end)")
+
+    @classmethod
+    def for_preset(cls, preset: Preset, **overrides) -> "TrainConfig":
+        sizes = {
+            "tiny": dict(ae_hidden=(256, 128), ae_epochs=8, ae_lr=1e-3, sau_epochs=8, teacher_epochs=25,
+                         student_epochs=40, split_blocks=10, checkpoint_every=10),
+            "demo": dict(ae_hidden=(512, 256), ae_epochs=20, ae_lr=5e-4, sau_epochs=20, teacher_epochs=60,
+                         student_epochs=120),
+            "benchmark": dict(),
+        }[preset]
+        return cls(preset=preset, **{**sizes, **overrides})

@@ -11,11 +11,13 @@ cd "$(dirname "$0")/.."
 . .venv/bin/activate
 WORK=$(mktemp -d -t deepsalt-services.XXXXXX)
 PIDS=()
+# Each service runs under setsid, so its PID is also the id of a process group holding it and every
+# helper it spawned (Ray's raylet, GCS, agents): stopping the group stops exactly what we started.
 cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do
-    for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-    kill -9 "$pid" 2>/dev/null || true
+    for _ in $(seq 30); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.5; done
+    kill -KILL -- "-$pid" 2>/dev/null || true
   done
   rm -rf "$WORK"
 }
@@ -25,19 +27,19 @@ deepsalt world --preset tiny --seed 7 --out "$WORK/world" > "$WORK/world.log"
 export DEEPSALT_TEST_WORLD="$WORK/world"
 
 S3_PORT=$(free_port)
-moto_server -H 127.0.0.1 -p "$S3_PORT" > "$WORK/moto.log" 2>&1 &
+setsid moto_server -H 127.0.0.1 -p "$S3_PORT" > "$WORK/moto.log" 2>&1 &
 PIDS+=($!)
 export AWS_ENDPOINT_URL="http://127.0.0.1:$S3_PORT" AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1
 export AWS_S3_ENDPOINT="127.0.0.1:$S3_PORT" AWS_HTTPS=NO AWS_VIRTUAL_HOSTING=FALSE AWS_REGION=us-east-1
 
 STAC_PORT=$(free_port)
-rustac serve --addr "127.0.0.1:$STAC_PORT" "$WORK/world/stac/collection.json" "$WORK/world/stac/items.json" > "$WORK/stac.log" 2>&1 &
+setsid rustac serve --addr "127.0.0.1:$STAC_PORT" "$WORK/world/stac/collection.json" "$WORK/world/stac/items.json" > "$WORK/stac.log" 2>&1 &
 PIDS+=($!)
 export DEEPSALT_TEST_STAC_URL="http://127.0.0.1:$STAC_PORT"
 
 RAY_PORT=$(free_port)
 DASH_PORT=$(free_port)
-ray start --head --block --num-cpus=2 --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 \
+setsid ray start --head --block --num-cpus=2 --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 \
   --port="$RAY_PORT" --dashboard-port="$DASH_PORT" --include-dashboard=true --disable-usage-stats \
   --temp-dir="$WORK/ray" > "$WORK/ray.log" 2>&1 &
 PIDS+=($!)

@@ -40,14 +40,23 @@ def gdal_path(href: str) -> str:
     return href
 
 
+def open_error(href: str, what: str, e: Exception) -> DeepSaltInputError:
+    """The error for a raster GDAL could not open: missing, or not a (complete) GeoTIFF."""
+    reason = "does not exist" if "No such file" in str(e) or "does not exist" in str(e) else f"is not a readable GeoTIFF ({e})"
+    return DeepSaltInputError(href, f"{what} {reason}", "check the path/URL and that the file is a complete GeoTIFF/COG")
+
+
+def no_crs_error(href: str, what: str) -> DeepSaltInputError:
+    return DeepSaltInputError(href, f"{what} has no CRS", "write the file with a georeference (EPSG code or WKT)")
+
+
 def open_raster(href: str, what: str = "raster"):
     """Open a raster for reading; a missing, corrupt or non-TIFF file, or one with no CRS, is a clear error."""
     try:
         ds = rasterio.open(gdal_path(href))
     except RasterioIOError as e:
-        reason = "does not exist" if "No such file" in str(e) or "does not exist" in str(e) else f"is not a readable GeoTIFF ({e})"
-        raise DeepSaltInputError(href, f"{what} {reason}", "check the path/URL and that the file is a complete GeoTIFF/COG") from None
+        raise open_error(href, what, e) from None
     if ds.crs is None:
         ds.close()
-        raise DeepSaltInputError(href, f"{what} has no CRS", "write the file with a georeference (EPSG code or WKT)")
+        raise no_crs_error(href, what)
     return ds

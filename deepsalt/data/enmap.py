@@ -16,7 +16,7 @@ import xarray as xr
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
-from deepsalt.data.cog import gdal_path
+from deepsalt.data.cog import gdal_path, no_crs_error, open_error
 from deepsalt.data.stac import QUALITY_ASSETS
 from deepsalt.errors import DeepSaltInputError
 from deepsalt.spectra.bands import BandTable
@@ -27,10 +27,9 @@ def open_band_raster(href: str, what: str) -> xr.DataArray:
     try:
         da = rioxarray.open_rasterio(gdal_path(href), masked=False, cache=False, lock=False)
     except (RasterioIOError, OSError) as e:
-        reason = "does not exist" if "No such file" in str(e) or "does not exist" in str(e) else f"is not a readable GeoTIFF ({e})"
-        raise DeepSaltInputError(href, f"{what} {reason}", "check the asset href and that the file is a complete COG") from None
+        raise open_error(href, what, e) from None
     if da.rio.crs is None:
-        raise DeepSaltInputError(href, f"{what} has no CRS", "the COG must carry its UTM georeference")
+        raise no_crs_error(href, what)
     return da
 
 

@@ -1,0 +1,128 @@
+"""The model bundle: everything needed to map with a trained student, and nothing that runs code on load.
+
+``bundle.json`` (format, versions, band list, covariate names/units, scalers, output range, architecture,
+full training config, training-data hash) + ``weights.safetensors`` (aligned EnMAP encoder + student).
+Local folder or any fsspec URL. Loading refuses a mismatch instead of guessing.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+
+import fsspec
+import numpy as np
+import torch
+from safetensors.torch import load as st_load, save as st_save
+
+from deepsalt import __version__
+from deepsalt.config import TrainConfig
+from deepsalt.errors import DeepSaltInputError
+from deepsalt.models.autoencoder import SparseAutoEncoder
+from deepsalt.models.scalers import Scaler
+from deepsalt.models.transformer import SpectralTransformer
+
+FORMAT = "deepsalt-bundle/1"
+
+
+class DeepSaltBundle:
+    def __init__(self, meta: dict, encoder: SparseAutoEncoder, student: SpectralTransformer):
+        self.meta, self.encoder, self.student = meta, encoder.eval(), student.eval()
+        self.scalers = {k: Scaler.from_dict(v) for k, v in meta["scalers"].items()}
+
+    @property
+    def band_names(self) -> list[str]:
+        return self.meta["band_names"]
+
+    @staticmethod
+    def _build(meta: dict):
+        cfg = TrainConfig(**meta["config"])
+        enc = SparseAutoEncoder(len(meta["band_names"]), tuple(cfg.ae_hidden), cfg.latent)
+        from deepsalt.train.stages import build_student
+        return enc, build_student(cfg, "deepsalt")
+
+    def save(self, url: str) -> None:
+        fs, path = fsspec.core.url_to_fs(url)
+        fs.makedirs(path, exist_ok=True)
+        tensors = {f"encoder.{k}": v.contiguous() for k, v in self.encoder.state_dict().items()}
+        tensors.update({f"student.{k}": v.contiguous() for k, v in self.student.state_dict().items()})
+        with fs.open(f"{path}/weights.safetensors", "wb") as f:
+            f.write(st_save(tensors))
+        with fs.open(f"{path}/bundle.json", "w") as f:
+            f.write(json.dumps(self.meta, indent=2))
+
+    @classmethod
+    def create(cls, encoder_state, student_state, *, cfg: TrainConfig, scalers: dict, band_names, band_centers,
+               covariates: dict, data_hash: str, seed: int) -> "DeepSaltBundle":
+        meta = {"format": FORMAT, "deepsalt_version": __version__, "torch_version": torch.__version__,
+                "python": platform.python_version(), "band_names": list(band_names),
+                "band_centers_nm": [float(c) for c in band_centers],
+                "covariates": [{"name": k, "units": u} for k, u in covariates.items()],
+                "out_range": list(cfg.out_range), "scalers": {k: s.to_dict() for k, s in scalers.items()},
+                "data_hash": data_hash, "seed": seed, "variant": "deepsalt", "config": cfg.model_dump(mode="json")}
+        enc, stu = cls._build(meta)
+        enc.load_state_dict(encoder_state)
+        stu.load_state_dict(student_state)
+        return cls(meta, enc, stu)
+
+    @classmethod
+    def load(cls, url: str) -> "DeepSaltBundle":
+        fs, path = fsspec.core.url_to_fs(str(url))
+        try:
+            meta = json.loads(fs.cat(f"{path}/bundle.json"))
+            blob = fs.cat(f"{path}/weights.safetensors")
+        except FileNotFoundError:
+            raise DeepSaltInputError(url, "not a model bundle (bundle.json or weights.safetensors missing)",
+                                     "pass the bundle folder written by `deepsalt train` (RUN/bundle)") from None
+        if meta.get("format") != FORMAT:
+            raise DeepSaltInputError(url, f"bundle format {meta.get('format')!r} is not {FORMAT!r}", "retrain with this version")
+        if meta["deepsalt_version"].split(".")[:2] != __version__.split(".")[:2]:
+            raise DeepSaltInputError(url, f"bundle made by deepsalt {meta['deepsalt_version']}, this is {__version__}",
+                                     "use the matching deepsalt release or retrain")
+        tensors = st_load(blob)
+        enc, stu = cls._build(meta)
+        for prefix, model in (("encoder.", enc), ("student.", stu)):
+            sd = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            try:
+                model.load_state_dict(sd, strict=True)
+            except RuntimeError as e:
+                raise DeepSaltInputError(url, f"weights do not fit the recorded architecture ({str(e)[:200]})") from None
+        weights_range = stu.head.out_range.tolist()
+        if not np.allclose(weights_range, meta["out_range"]) or not np.allclose(stu.out_range, meta["out_range"]):
+            # DESIGN defect 7: a head trained for one range silently loaded into another
+            raise DeepSaltInputError(url, f"weights were trained for output range {weights_range} dS/m but the bundle "
+                                     f"records {meta['out_range']}", "do not edit out_range; retrain instead")
+        return cls(meta, enc, stu)
+
+    def select_bands(self, band_names, band_centers, where: str) -> np.ndarray:
+        """Column indices of the bundle's bands in an input with ``band_names``; refuses a mismatch."""
+        pos = {str(n): i for i, n in enumerate(band_names)}
+        missing = [n for n in self.band_names if n not in pos]
+        if missing:
+            raise DeepSaltInputError(where, f"{len(missing)} of the model's bands are missing (first: {missing[:3]})",
+                                     "the scene's eo:bands must contain every band the model was trained on")
+        idx = np.array([pos[n] for n in self.band_names])
+        off = np.abs(np.asarray(band_centers, float)[idx] - np.array(self.meta["band_centers_nm"]))
+        if off.max() > 1.0:
+            raise DeepSaltInputError(where, f"band centres differ from the model's by up to {off.max():.1f} nm",
+                                     "this model was trained for another sensor or band calibration")
+        return idx
+
+    @torch.no_grad()
+    def predict(self, reflectance: np.ndarray, covariates: np.ndarray, mc_samples: int = 0, seed: int = 0):
+        """ECe for rows of raw reflectance ``(N, n_bundle_bands)`` and raw covariates ``(N, 8)``.
+
+        Returns ``(mean, sd)``: with ``mc_samples`` > 1 the student runs with dropout on (MC dropout) and sd is
+        the spread of those passes; otherwise sd is zeros.
+        """
+        z = self.encoder.encode(torch.from_numpy(self.scalers["enmap"].transform(reflectance)))
+        x = torch.cat([z, torch.from_numpy(self.scalers["covariates"].transform(covariates))], 1)
+        if mc_samples <= 1:
+            self.student.eval()
+            pred = self.student(x)[0].numpy()
+            return pred, np.zeros_like(pred)
+        torch.manual_seed(seed)
+        self.student.train()  # dropout on
+        runs = np.stack([self.student(x)[0].numpy() for _ in range(mc_samples)])
+        self.student.eval()
+        return runs.mean(0), runs.std(0)

@@ -1,0 +1,56 @@
+"""Teacher and student transformers with a bounded ECe head and per-layer features for distillation."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class RangeHead(nn.Module):
+    """ECe = lo + (hi - lo) * sigmoid(linear(h)): the output range is part of the model (0.05-77 dS/m)."""
+
+    def __init__(self, d: int, lo: float, hi: float):
+        super().__init__()
+        self.lo, self.hi = float(lo), float(hi)
+        self.linear = nn.Linear(d, 1)
+        self.register_buffer("out_range", torch.tensor([self.lo, self.hi]))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.lo + (self.hi - self.lo) * torch.sigmoid(self.linear(h)).squeeze(-1)
+
+
+class SpectralTransformer(nn.Module):
+    """Transformer encoder over a feature vector.
+
+    ``tokens="one"``: the whole vector is one token (as the authors did). ``tokens="per_dim"``: one token per
+    input dimension (value x learned embedding + position), so attention runs across latent dimensions.
+    Shapes: ``x (B, in_dim)`` -> ``pred (B,)`` and a list of per-layer features ``(B, d_model)``
+    (mean over tokens), one per layer.
+    """
+
+    def __init__(self, in_dim: int, d_model: int, heads: int, layers: int, ff: int, dropout: float,
+                 out_range: tuple[float, float] = (0.05, 77.0), tokens: str = "one", input_proj: bool = True):
+        super().__init__()
+        if tokens not in ("one", "per_dim"):
+            raise ValueError(f"tokens must be 'one' or 'per_dim', not '{tokens}'")
+        self.tokens, self.in_dim, self.d_model = tokens, in_dim, d_model
+        if tokens == "one":
+            self.embed = nn.Linear(in_dim, d_model) if input_proj or in_dim != d_model else nn.Identity()
+        else:
+            self.value = nn.Parameter(torch.randn(in_dim, d_model) * 0.02)
+            self.pos = nn.Parameter(torch.randn(in_dim, d_model) * 0.02)
+        self.layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(d_model, heads, ff, dropout, batch_first=True) for _ in range(layers))
+        self.head = RangeHead(d_model, *out_range)
+
+    @property
+    def out_range(self) -> tuple[float, float]:
+        return self.head.lo, self.head.hi
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        h = self.embed(x)[:, None, :] if self.tokens == "one" else x[..., None] * self.value + self.pos
+        feats = []
+        for layer in self.layers:
+            h = layer(h)
+            feats.append(h.mean(1))
+        return self.head(feats[-1]), feats

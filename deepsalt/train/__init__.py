@@ -1,0 +1,1 @@
+"""Training (Ray Train), evaluation, baselines and the report."""

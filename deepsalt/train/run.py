@@ -1,0 +1,167 @@
+"""`deepsalt train`: one Ray Train TorchTrainer run per seed, then evaluation, bundle and report."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from deepsalt.config import BASELINES, TrainConfig
+from deepsalt.train import evaluate as ev
+from deepsalt.train.data import TrainingData, load_training_data
+from deepsalt.train.stages import Ctx, encode, load_state, make_ckpt_dir, predict, run_pipeline, student_features
+
+
+def _train_loop(config: dict) -> None:
+    """Runs on every Ray Train worker."""
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    ctx_ = ray.train.get_context()
+    rank = ctx_.get_world_rank()
+
+    def report(metrics, state=None):
+        if state is not None and rank == 0:
+            d = make_ckpt_dir(state)
+            try:
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+            finally:
+                shutil.rmtree(d, ignore_errors=True)
+        else:
+            ray.train.report(metrics)
+        fail = config.get("fail_at")  # fault injection for the resume test: "stage:epoch"
+        if fail and f"{metrics['stage']}:{metrics['epoch']}" == fail and not os.path.exists(config["fail_marker"]):
+            Path(config["fail_marker"]).touch()
+            os._exit(1)  # a hard kill, as a lost node would be
+
+    ctx = Ctx(rank, ctx_.get_world_size(), ray.train.torch.get_device(), report, ray.train.torch.prepare_model)
+    resume = None
+    ck = ray.train.get_checkpoint()
+    if ck:
+        with ck.as_directory() as d:
+            resume = load_state(d)
+    run_pipeline(ray.get(config["data"]), TrainConfig(**config["cfg"]), config["seed"], ctx, resume)
+
+
+def _latest_checkpoint(run_dir: Path):
+    cands = [p for p in run_dir.glob("checkpoint_*") if (p / "state.pt").exists()] if run_dir.exists() else []
+    return max(cands, key=lambda p: p.name) if cands else None
+
+
+def fit_seed(data: TrainingData, cfg: TrainConfig, seed: int, storage: Path, max_failures: int = 0) -> dict:
+    """Train all stages for one seed with Ray Train; resumes from the latest checkpoint in ``storage``."""
+    if _latest_checkpoint(storage / f"seed{seed}") is not None:
+        print(f"seed {seed}: resuming from {_latest_checkpoint(storage / f'seed{seed}').name}")
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    name = f"seed{seed}"
+    trainer = TorchTrainer(
+        _train_loop,
+        train_loop_config={"data": ray.put(data), "cfg": cfg.model_dump(mode="json"), "seed": seed,
+                           "fail_marker": str(storage / f".{name}.failed-once"),
+                           "fail_at": os.environ.get("DEEPSALT_FAIL_AT")},
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu),
+        run_config=ray.train.RunConfig(name=name, storage_path=str(storage.resolve()),
+                                       failure_config=ray.train.FailureConfig(max_failures=max_failures),
+                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+    )  # same name + storage as an interrupted run: Ray Train restores its latest checkpoint (get_checkpoint)
+    result = trainer.fit()
+    with result.checkpoint.as_directory() as d:
+        return load_state(d)
+
+
+def evaluate_seed(data: TrainingData, cfg: TrainConfig, state: dict, seed: int) -> dict:
+    from deepsalt.train.stages import build_models
+
+    models = build_models(cfg, data.lab_x.shape[1], data.sat_x.shape[1])
+    for k, sd in state["models"].items():
+        models[k].load_state_dict(sd)
+    ctx = Ctx()
+    seen_test, unseen = data.idx("sat", "test"), data.idx("sat", "unseen")
+    meta = data.sat_meta
+    out = {"results": {}, "categories": {}, "predictions": {}}
+    for v in cfg.variants:
+        pred, _ = predict(models[f"student:{v}"], student_features(data, models, v, ctx), ctx)
+        out["results"][v] = {"seen": ev.metrics(data.sat_y[seen_test], pred[seen_test]),
+                             "unseen": ev.metrics(data.sat_y[unseen], pred[unseen])}
+        out["predictions"][v] = pred
+    # Classical baselines on the same inputs as the full student: scaled bands + covariates.
+    x_base = np.concatenate([data.sat_x, data.sat_cov], 1)
+    tr = data.idx("sat", "train")
+    for b in BASELINES:
+        f = ev.fit_baseline(b, x_base[tr], data.sat_y[tr], seed)
+        pred = f(x_base)
+        out["results"][b] = {"seen": ev.metrics(data.sat_y[seen_test], pred[seen_test]),
+                             "unseen": ev.metrics(data.sat_y[unseen], pred[unseen])}
+        out["predictions"][b] = pred
+    p = out["predictions"]["deepsalt"]
+    y = data.sat_y
+    out["categories"] = {
+        "salinity_range": ev.by_category(y[seen_test], p[seen_test], ev.salinity_range(y[seen_test])),
+        "texture_class": ev.by_category(y[seen_test], p[seen_test], meta["texture_class"].to_numpy()[seen_test]),
+        "koppen": ev.by_category(y[seen_test], p[seen_test], meta["koppen"].to_numpy()[seen_test]),
+    }
+    z_lab = encode(models["sau_ftir"], data.lab_x, ctx)
+    tp, _ = predict(models["teacher"], z_lab, ctx)
+    lt, lu = data.idx("lab", "test"), data.idx("lab", "unseen")
+    out["teacher_lab"] = {"seen": ev.metrics(data.lab_y[lt], tp[lt]), "unseen": ev.metrics(data.lab_y[lu], tp[lu])}
+    li, sj, km = data.pairs
+    cos_before = ev.cosine_rows(encode(models["ae_ftir"], data.lab_x[li], ctx), encode(models["ae_enmap"], data.sat_x[sj], ctx))
+    cos_after = ev.cosine_rows(encode(models["sau_ftir"], data.lab_x[li], ctx), encode(models["sau_enmap"], data.sat_x[sj], ctx))
+    out["alignment"] = {"n_pairs": int(len(li)), "pair_km_median": float(np.median(km)) if len(km) else float("nan"),
+                        "pair_km_p90": float(np.percentile(km, 90)) if len(km) else float("nan"),
+                        "cosine_before": float(cos_before.mean()) if len(li) else float("nan"),
+                        "cosine_after": float(cos_after.mean()) if len(li) else float("nan")}
+    return out
+
+
+def train(world: str | Path, out: str | Path, cfg: TrainConfig, log=print) -> dict:
+    """Train every seed, evaluate, write RUN/{config.json, metrics.json, report/, bundle/}."""
+    import ray
+
+    from deepsalt.data.covariates import COVARIATES
+    from deepsalt.models.bundle import DeepSaltBundle
+    from deepsalt.train.report import write_report
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save(out / "config.json")
+    if not ray.is_initialized():
+        # Ray Train's controller polls workers at this interval; its 2 s default costs ~1 s per reported epoch.
+        env = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.05")}
+        os.environ.update(env)
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False, runtime_env={"env_vars": env})
+    per_seed, t0 = [], time.time()
+    for seed in cfg.seeds:
+        data = load_training_data(world, cfg, seed)
+        log(f"seed {seed}: {data.info['n_lab']} lab samples, {data.info['n_sat']} sites, {data.info['n_pairs']} pairs; training on "
+            f"{cfg.workers} worker(s){' with GPU' if cfg.gpu else ''}")
+        state = fit_seed(data, cfg, seed, out / "ray")
+        res = evaluate_seed(data, cfg, state, seed)
+        log(f"seed {seed}: DeepSalt seen MAE {res['results']['deepsalt']['seen']['mae']:.3f} dS/m "
+            f"R2 {res['results']['deepsalt']['seen']['r2']:.3f} ({time.time() - t0:.0f} s)")
+        per_seed.append(res)
+        if seed == cfg.seeds[0]:
+            DeepSaltBundle.create(state["models"]["sau_enmap"], state["models"]["student:deepsalt"], cfg=cfg,
+                                  scalers={"enmap": data.scalers["enmap"], "covariates": data.scalers["covariates"]},
+                                  band_names=data.band_names, band_centers=data.band_centers,
+                                  covariates={c.name: c.units for c in COVARIATES}, data_hash=data.data_hash,
+                                  seed=seed).save(str(out / "bundle"))
+            first = (data, res, state["history"])
+    metrics = {"seeds": list(cfg.seeds), "data_hash": first[0].data_hash,
+               "teacher_lab": ev.aggregate([r["teacher_lab"] for r in per_seed]),
+               "alignment": ev.aggregate([r["alignment"] for r in per_seed]),
+               "results": {v: ev.aggregate([r["results"][v] for r in per_seed]) for v in per_seed[0]["results"]},
+               "categories": ev.aggregate([r["categories"] for r in per_seed]),
+               "seconds": round(time.time() - t0, 1)}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_report(out / "report", metrics, *first)
+    return metrics

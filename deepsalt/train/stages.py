@@ -1,0 +1,254 @@
+"""The four training stages as one resumable loop, run on every Ray Train worker.
+
+auto-encoders -> spectral adaptation (alignment) -> teacher -> students (DeepSalt and its ablations).
+Each worker trains on its shard of every batch-permutation; DDP (via ``prepare_model``) averages the
+gradients, so 1 CPU worker and N GPU workers run the same code. A checkpoint (all weights, optimiser,
+scheduler and early-stopping state, and the position in the stage list) is reported every
+``checkpoint_every`` epochs and at each stage end; a restarted run continues from the last one.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import tempfile
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deepsalt.config import TrainConfig
+from deepsalt.models.autoencoder import SparseAutoEncoder, alignment_loss, kl_sparsity
+from deepsalt.models.losses import distillation_loss
+from deepsalt.models.transformer import SpectralTransformer
+
+STATE_FILE = "state.pt"
+
+
+def build_models(cfg: TrainConfig, n_mir: int, n_bands: int) -> dict[str, nn.Module]:
+    m: dict[str, nn.Module] = {
+        "ae_ftir": SparseAutoEncoder(n_mir, cfg.ae_hidden, cfg.latent),
+        "ae_enmap": SparseAutoEncoder(n_bands, cfg.ae_hidden, cfg.latent),
+        "teacher": SpectralTransformer(cfg.latent, cfg.latent, cfg.teacher_heads, cfg.teacher_layers, cfg.teacher_ff,
+                                       cfg.dropout, cfg.out_range, cfg.tokens),
+    }
+    m["sau_ftir"], m["sau_enmap"] = copy.deepcopy(m["ae_ftir"]), copy.deepcopy(m["ae_enmap"])
+    for v in cfg.variants:
+        m[f"student:{v}"] = build_student(cfg, v)
+    return m
+
+
+def student_inputs(variant: str, latent: int) -> int:
+    return {"hsi_only": latent, "ancillary_only": 8}.get(variant, latent + 8)
+
+
+def build_student(cfg: TrainConfig, variant: str) -> SpectralTransformer:
+    d = cfg.latent + 8
+    return SpectralTransformer(student_inputs(variant, cfg.latent), d, cfg.student_heads, cfg.student_layers,
+                               cfg.student_ff, cfg.dropout, cfg.out_range, cfg.tokens)
+
+
+def stage_list(cfg: TrainConfig) -> list[tuple[str, int]]:
+    return [("ae", cfg.ae_epochs), ("sau", cfg.sau_epochs), ("teacher", cfg.teacher_epochs),
+            *[(f"student:{v}", cfg.student_epochs) for v in cfg.variants]]
+
+
+class Ctx:
+    """What a worker knows about the run: rank, world size, device, and how to report."""
+
+    def __init__(self, rank=0, world=1, device="cpu", report=None, prepare=None):
+        self.rank, self.world, self.device = rank, world, torch.device(device)
+        self.report = report or (lambda metrics, ckpt_dir=None: None)
+        self.prepare = prepare or (lambda m: m.to(self.device))
+
+
+def _shard_batches(idx: np.ndarray, batch: int, rng: np.random.Generator, ctx: Ctx):
+    perm = rng.permutation(idx)
+    per = len(perm) // ctx.world  # equal shards: every rank runs the same number of DDP steps
+    shard = perm[ctx.rank * per:(ctx.rank + 1) * per]
+    local = max(1, math.ceil(batch / ctx.world))
+    return [shard[i:i + local] for i in range(0, len(shard), local) if len(shard[i:i + local]) > 1]
+
+
+def _t(a, ctx):
+    return torch.as_tensor(np.asarray(a), dtype=torch.float32, device=ctx.device)
+
+
+def _unwrap(m):
+    return m.module if hasattr(m, "module") else m
+
+
+@torch.no_grad()
+def encode(model: SparseAutoEncoder, x: np.ndarray, ctx: Ctx) -> np.ndarray:
+    _unwrap(model).eval()
+    out = [_unwrap(model).encode(_t(x[i:i + 4096], ctx)).cpu().numpy() for i in range(0, len(x), 4096)]
+    return np.concatenate(out) if out else np.zeros((0, _unwrap(model).latent), np.float32)
+
+
+@torch.no_grad()
+def predict(model: SpectralTransformer, x: np.ndarray, ctx: Ctx) -> tuple[np.ndarray, list[np.ndarray]]:
+    m = _unwrap(model)
+    m.eval()
+    pred, feats = m(_t(x, ctx))
+    return pred.cpu().numpy(), [f.cpu().numpy() for f in feats]
+
+
+def student_features(data, models, variant: str, ctx: Ctx) -> np.ndarray:
+    """Student inputs for every satellite sample: [EnMAP latent | covariates] (or one part, for ablations)."""
+    enc = models["ae_enmap"] if variant == "student_no_sau" else models["sau_enmap"]
+    z = encode(enc, data.sat_x, ctx)
+    if variant == "hsi_only":
+        return z
+    if variant == "ancillary_only":
+        return data.sat_cov
+    return np.concatenate([z, data.sat_cov], axis=1)
+
+
+def run_pipeline(data, cfg: TrainConfig, seed: int, ctx: Ctx, resume: dict | None = None) -> dict:
+    """Train every stage; returns {"models": state_dicts, "history": [...]}. ``resume`` is a loaded state."""
+    from deepsalt.train.data import undersample_zero_ec
+
+    torch.manual_seed(seed)
+    models = build_models(cfg, data.lab_x.shape[1], data.sat_x.shape[1])
+    progress = {"stage": 0, "epoch": 0}
+    stage_state: dict = {}
+    history: list = []
+    if resume:
+        for k, sd in resume["models"].items():
+            models[k].load_state_dict(sd)
+        progress, stage_state, history = resume["progress"], resume["stage_state"], resume["history"]
+    for m in models.values():
+        m.to(ctx.device)
+    stages = stage_list(cfg)
+    for si in range(progress["stage"], len(stages)):
+        name, epochs = stages[si]
+        start = progress["epoch"] if si == progress["stage"] else 0
+        torch.manual_seed(seed * 1000 + si)
+        if name == "ae":
+            trained = {k: ctx.prepare(models[k]) for k in ("ae_ftir", "ae_enmap")}
+            opt = torch.optim.Adam([p for m in trained.values() for p in m.parameters()], lr=cfg.ae_lr, weight_decay=cfg.ae_wd)
+        elif name == "sau":
+            if start == 0:  # alignment starts from the pre-trained auto-encoders
+                models["sau_ftir"].load_state_dict(models["ae_ftir"].state_dict())
+                models["sau_enmap"].load_state_dict(models["ae_enmap"].state_dict())
+            trained = {k: ctx.prepare(models[k]) for k in ("sau_ftir", "sau_enmap")}
+            opt = torch.optim.Adam([p for m in trained.values() for p in m.parameters()], lr=cfg.ae_lr, weight_decay=cfg.ae_wd)
+        elif name == "teacher":
+            trained = {"teacher": ctx.prepare(models["teacher"])}
+            opt = torch.optim.Adam(trained["teacher"].parameters(), lr=cfg.teacher_lr)
+            z_lab = encode(models["sau_ftir"], data.lab_x, ctx)
+        else:
+            variant = name.split(":", 1)[1]
+            trained = {name: ctx.prepare(models[name])}
+            opt = torch.optim.Adam(trained[name].parameters(), lr=cfg.student_lr, weight_decay=cfg.student_wd)
+            feats_in = student_features(data, models, variant, ctx)
+            kd = variant in ("deepsalt", "student_no_sau")
+            if kd:  # the teacher, fed the (aligned or not) EnMAP latent, gives the distillation targets
+                z_sat = encode(models["ae_enmap"] if variant == "student_no_sau" else models["sau_enmap"], data.sat_x, ctx)
+                t_pred, t_feats = predict(models["teacher"], z_sat, ctx)
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg.plateau_factor, patience=cfg.plateau_patience)
+        if start and stage_state.get("opt"):
+            opt.load_state_dict(stage_state["opt"])
+            sched.load_state_dict(stage_state["sched"])
+        best, best_state, bad = stage_state.get("best", float("inf")), stage_state.get("best_state"), stage_state.get("bad", 0)
+        for epoch in range(start, epochs):
+            rng = np.random.default_rng([seed, si, epoch])
+            for m in trained.values():
+                m.train()
+            losses = []
+            if name in ("ae", "sau"):
+                pre = "ae" if name == "ae" else "sau"
+                lab_idx, sat_idx = data.idx("lab", "train"), data.idx("sat", "train")
+                lab_b = _shard_batches(lab_idx, cfg.ae_batch, rng, ctx)
+                sat_b = _shard_batches(sat_idx, cfg.ae_batch, rng, ctx)
+                pair_b = _shard_batches(np.arange(len(data.pairs[0])), cfg.ae_batch, rng, ctx) if name == "sau" else []
+                n_pairs = 0
+                for b in range(max(len(lab_b), len(sat_b))):
+                    # One forward per model per step (DDP allows no second forward before backward): the
+                    # paired samples ride along with the reconstruction batch.
+                    li, si_ = lab_b[b % len(lab_b)], sat_b[b % len(sat_b)]
+                    p = pair_b[b % len(pair_b)] if pair_b else np.array([], dtype=int)
+                    n_pairs = len(p)
+                    xf = _t(data.lab_x[np.concatenate([li, data.pairs[0][p]])], ctx)
+                    xe = _t(data.sat_x[np.concatenate([si_, data.pairs[1][p]])], ctx)
+                    zf, xf_hat = trained[f"{pre}_ftir"](xf)
+                    ze, xe_hat = trained[f"{pre}_enmap"](xe)
+                    loss = (F.mse_loss(xf_hat[:len(li)], xf[:len(li)]) + cfg.kl_weight * kl_sparsity(zf[:len(li)], cfg.kl_rho)
+                            + F.mse_loss(xe_hat[:len(si_)], xe[:len(si_)]) + cfg.kl_weight * kl_sparsity(ze[:len(si_)], cfg.kl_rho))
+                    if name == "sau":
+                        loss = cfg.sau_recon_weight * loss
+                        if n_pairs:
+                            loss = loss + cfg.sau_align_weight * alignment_loss(zf[len(li):], ze[len(si_):], cfg.align_loss,
+                                                                                cfg.align_temperature)
+                    opt.zero_grad()
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_([p for m in trained.values() for p in m.parameters()], cfg.grad_clip)
+                    opt.step()
+                    losses.append(loss.item())
+                val = float(np.mean(losses))
+                metric = {"loss": val}
+            else:
+                is_teacher = name == "teacher"
+                x_all, y_all = (z_lab, data.lab_y) if is_teacher else (feats_in, data.sat_y)
+                tr_idx = data.idx("lab" if is_teacher else "sat", "train")
+                tr_idx = undersample_zero_ec(y_all, tr_idx, cfg.zero_ec_dsm, cfg.zero_ec_keep, seed * 100 + epoch)
+                model = trained[name]
+                for bidx in _shard_batches(tr_idx, cfg.teacher_batch if is_teacher else cfg.student_batch, rng, ctx):
+                    pred, feats = model(_t(x_all[bidx], ctx))
+                    if not is_teacher and kd:
+                        loss, _ = distillation_loss(pred, feats, _t(y_all[bidx], ctx), _t(t_pred[bidx], ctx),
+                                                    [_t(f[bidx], ctx) for f in t_feats], alpha=cfg.kd_alpha, beta=cfg.kd_beta,
+                                                    gamma=cfg.kd_gamma, layer_map=cfg.kd_layer_map,
+                                                    weights=cfg.kd_layer_weights, feat_dim=cfg.latent, sigma=cfg.kd_sigma)
+                    else:
+                        loss, _ = distillation_loss(pred, feats, _t(y_all[bidx], ctx))
+                    opt.zero_grad()
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    opt.step()
+                    losses.append(loss.item())
+                va = data.idx("lab" if is_teacher else "sat", "val")
+                p, _ = predict(model, x_all[va], ctx)
+                val = float(np.mean(np.abs(p - y_all[va])))
+                metric = {"loss": float(np.mean(losses)) if losses else float("nan"), "val_mae": val}
+            sched.step(val)
+            if val < best - 1e-6:
+                best, bad = val, 0
+                best_state = {k: copy.deepcopy(_unwrap(m).state_dict()) for k, m in trained.items()}
+            else:
+                bad += 1
+            stop = name.startswith("student") and bad >= cfg.early_stop
+            last = epoch == epochs - 1 or stop
+            history.append({"seed": seed, "stage": name, "epoch": epoch, **metric})
+            if last and best_state is not None and name not in ("ae", "sau"):
+                for k, sd in best_state.items():  # keep the best validation epoch, not the last
+                    models[k].load_state_dict(sd)
+            ckpt = None
+            if last or (epoch + 1) % cfg.checkpoint_every == 0:
+                nxt = {"stage": si + 1, "epoch": 0} if last else {"stage": si, "epoch": epoch + 1}
+                st = {} if last else {"opt": opt.state_dict(), "sched": sched.state_dict(), "best": best,
+                                       "best_state": best_state, "bad": bad}
+                ckpt = {"models": {k: _unwrap(m).state_dict() for k, m in models.items()}, "progress": nxt,
+                        "stage_state": st, "history": history}
+            ctx.report({"seed": seed, "stage": name, "epoch": epoch, **metric}, ckpt)
+            if stop:
+                break
+        stage_state = {}
+    return {"models": {k: _unwrap(m).state_dict() for k, m in models.items()}, "history": history}
+
+
+def save_state(state: dict, directory: str) -> None:
+    torch.save(state, os.path.join(directory, STATE_FILE))
+
+
+def load_state(directory: str) -> dict:
+    # weights_only: a checkpoint is never unpickled as arbitrary code
+    return torch.load(os.path.join(directory, STATE_FILE), weights_only=True, map_location="cpu")
+
+
+def make_ckpt_dir(state: dict) -> str:
+    d = tempfile.mkdtemp(prefix="deepsalt-ckpt-")
+    save_state(state, d)
+    return d

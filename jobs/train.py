@@ -1,0 +1,9 @@
+"""Entry point for `ray job submit ... -- python jobs/train.py --world DIR --out RUN [--preset ...]`.
+
+Thin: the same flags as `deepsalt train`, run inside the Ray job's driver (it joins the cluster via RAY_ADDRESS).
+"""
+
+from deepsalt.cli import app
+
+if __name__ == "__main__":
+    app(["train", *__import__("sys").argv[1:]])
