@@ -89,6 +89,87 @@ def train(
                    f"unseen MAE {r['unseen']['mae']:.3f}")
 
 
+def _bbox(value: Optional[str]):
+    if not value:
+        return None
+    try:
+        b = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        b = ()
+    if len(b) != 4 or not (-180 <= b[0] < b[2] <= 180 and -90 <= b[1] < b[3] <= 90):
+        raise DeepSaltInputError("--bbox", f"'{value}' is not minlon,minlat,maxlon,maxlat in degrees", "e.g. --bbox=-110,37.5,-106,39.5")
+    return b
+
+
+REGIONS = {"seen": "-110.0,37.5,-106.0,39.5", "unseen": "-113.2,40.6,-111.8,41.6", "western-us": "-125,31,-102,49"}
+
+
+@app.command("map")
+@_clean_errors
+def map_cmd(
+    stac: str = typer.Option(..., help="STAC API URL (http...) or a static items.json / folder"),
+    model: str = typer.Option(..., help="model bundle folder or URL (RUN/bundle from `deepsalt train`)"),
+    covariates: str = typer.Option(..., help="folder/URL with the 8 covariate rasters, or a JSON name->path map"),
+    out: str = typer.Option(..., help="cube URL: a local folder or s3://bucket/path.zarr"),
+    epoch: str = typer.Option(..., help="map epoch on the cube's time axis, e.g. 2024 or 2024-06"),
+    collection: str = typer.Option("ENMAP_HSI_L2A", help="STAC collection"),
+    bbox: Optional[str] = typer.Option(None, help="minlon,minlat,maxlon,maxlat (deg)"),
+    region: Optional[str] = typer.Option(None, help=f"named bbox instead of --bbox: {', '.join(REGIONS)}"),
+    datetime: Optional[str] = typer.Option(None, help="STAC datetime interval, e.g. 2024-05-01/2024-09-30"),
+    max_cloud: Optional[float] = typer.Option(None, help="skip scenes with eo:cloud_cover above this (%)"),
+    grid: str = typer.Option("conus", help="output grid: conus (EPSG:5070, 30 m) or europe (EPSG:3035, 30 m)"),
+    chunk: int = typer.Option(256, help="chunk = tile side in pixels"),
+    mc_samples: int = typer.Option(5, help="MC-dropout passes for the ece_sd uncertainty (0: none)"),
+    actors: int = typer.Option(1, help="student inference actors (one GPU each when the cluster has GPUs)"),
+):
+    """Map ECe for the scenes of a region into the continental Zarr cube (incremental; atomic publish).
+
+    Runs on the Ray cluster at RAY_ADDRESS, or a local one. Only tiles whose scenes or model changed since the
+    last run of this epoch are mapped; running it again changes nothing.
+    """
+    from deepsalt.config import MapConfig
+    from deepsalt.mapping.pipeline import map_region
+    from deepsalt.raycluster import init_ray
+
+    if region:
+        if region not in REGIONS:
+            raise DeepSaltInputError("--region", f"unknown region '{region}'", f"use one of {', '.join(REGIONS)} or --bbox")
+        bbox = REGIONS[region]
+    so = _storage_options(out)
+    cfg = MapConfig(stac=stac, collection=collection, bbox=_bbox(bbox), datetime=datetime, epoch=epoch, max_cloud=max_cloud,
+                    covariates=covariates, model=model, out=out, grid=grid, chunk=chunk, mc_samples=mc_samples,
+                    predict_actors=actors, storage_options=so)
+    init_ray()
+    s = map_region(cfg, log=typer.echo)
+    typer.echo(json.dumps(s))
+
+
+def _storage_options(url: str) -> dict:
+    import os
+    ep = os.environ.get("AWS_ENDPOINT_URL")
+    return {"client_kwargs": {"endpoint_url": ep}} if url.startswith("s3://") and ep else {}
+
+
+@app.command("score")
+@_clean_errors
+def score_cmd(cube: str = typer.Option(..., help="cube URL"), world: Path = typer.Option(..., help="the world folder with truth/"),
+              epoch: Optional[str] = typer.Option(None, help="epoch to score (default: the latest)")):
+    """Score a cube against the synthetic world's ground-truth ECe rasters; prints JSON."""
+    from deepsalt.mapping.score import score
+
+    typer.echo(json.dumps(score(cube, world, epoch, _storage_options(cube)), indent=1))
+
+
+@app.command("quicklook")
+@_clean_errors
+def quicklook_cmd(cube: str = typer.Option(..., help="cube URL"), out: Path = typer.Option(..., help="PNG to write"),
+                  epoch: Optional[str] = typer.Option(None, help="epoch (default: the latest)")):
+    """Draw the mapped ECe (dS/m) of an epoch with a colour bar."""
+    from deepsalt.mapping.score import quicklook
+
+    typer.echo(f"wrote {quicklook(cube, out, epoch, _storage_options(cube))}")
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -61,7 +61,8 @@ class TrainConfig(_Config):
     gpu: bool = False
     # data
     mir_grid: tuple[float, float, int] = (400.0, 4000.0, 1765)
-    split_blocks: int = Field(20, ge=3, description="KMeans spatial blocks on lat/lon, assigned whole to train/val/test")
+    split_blocks: int = Field(0, ge=0, description="KMeans spatial blocks on lat/lon, assigned whole to train/val/test; "
+                              "0: one block per ~8 sites (~1 km), small enough that every split spans all scenes")
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     zero_ec_dsm: float = 0.1
     zero_ec_keep: float = 0.1
@@ -116,9 +117,29 @@ class TrainConfig(_Config):
     def for_preset(cls, preset: Preset, **overrides) -> "TrainConfig":
         sizes = {
             "tiny": dict(ae_hidden=(256, 128), ae_epochs=8, ae_lr=1e-3, sau_epochs=8, teacher_epochs=25,
-                         student_epochs=40, split_blocks=10, checkpoint_every=10),
+                         student_epochs=40, checkpoint_every=10),
             "demo": dict(ae_hidden=(512, 256), ae_epochs=20, ae_lr=5e-4, sau_epochs=20, teacher_epochs=60,
                          student_epochs=120),
             "benchmark": dict(),
         }[preset]
         return cls(preset=preset, **{**sizes, **overrides})
+
+
+class MapConfig(_Config):
+    """One mapping run: which scenes, which model, where the cube goes."""
+
+    stac: str
+    collection: str = "ENMAP_HSI_L2A"
+    bbox: tuple[float, float, float, float] | None = None
+    datetime: str | None = None
+    epoch: str = Field(..., description="map epoch (time coordinate), e.g. 2024 or 2024-06")
+    max_cloud: float | None = Field(None, ge=0, le=100, description="max eo:cloud_cover in %")
+    covariates: str
+    model: str
+    out: str
+    grid: str = "conus"
+    chunk: int = Field(256, ge=16)
+    mc_samples: int = Field(5, ge=0, description="MC-dropout passes for ece_sd (0: no uncertainty)")
+    quality_masks: tuple[str, ...] = ("quality_cloud", "quality_cloud_shadow", "quality_haze", "quality_snow")
+    predict_actors: int = Field(1, ge=1)
+    storage_options: dict = Field(default_factory=dict)

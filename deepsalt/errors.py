@@ -13,3 +13,23 @@ class DeepSaltInputError(ValueError):
         if fix:
             msg += f" ({fix})"
         super().__init__(msg)
+
+    def __reduce__(self):  # survives pickling across Ray workers
+        return (type(self), (self.where, self.fault, self.fix))
+
+
+def find_input_error(exc: BaseException) -> "DeepSaltInputError | None":
+    """The DeepSaltInputError behind an exception that Ray (tasks, Ray Data) wrapped, if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, DeepSaltInputError):
+            return exc
+        text = str(exc)
+        marker = "deepsalt.errors.DeepSaltInputError: "
+        if marker in text:  # Ray Data keeps the original only as text in the traceback it forwards
+            line = text.split(marker, 1)[1].splitlines()[0]
+            where, _, fault = line.partition(": ")
+            return DeepSaltInputError(where, fault)
+        exc = exc.__cause__ or getattr(exc, "cause", None) or exc.__context__
+    return None

@@ -11,13 +11,16 @@ cd "$(dirname "$0")/.."
 . .venv/bin/activate
 WORK=$(mktemp -d -t deepsalt-services.XXXXXX)
 PIDS=()
-# Each service runs under setsid, so its PID is also the id of a process group holding it and every
-# helper it spawned (Ray's raylet, GCS, agents): stopping the group stops exactly what we started.
+# Stop exactly what we started: each service and all its descendants (Ray's GCS, raylet, agents and
+# workers; some of those start their own sessions, so a process-group kill alone would miss them).
+descendants() { local c; for c in $(ps -o pid= --ppid "$1" 2>/dev/null); do echo "$c"; descendants "$c"; done; }
 cleanup() {
-  for pid in "${PIDS[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do
-    for _ in $(seq 30); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.5; done
-    kill -KILL -- "-$pid" 2>/dev/null || true
+  local all=()
+  for pid in "${PIDS[@]}"; do all+=("$pid" $(descendants "$pid")); done
+  for pid in "${all[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${all[@]}"; do
+    for _ in $(seq 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    kill -KILL "$pid" 2>/dev/null || true
   done
   rm -rf "$WORK"
 }

@@ -58,3 +58,17 @@ def s3_bucket(s3_endpoint, request):
         for obj in page.get("Contents", []):
             s3.delete_object(Bucket=name, Key=obj["Key"])
     s3.delete_bucket(Bucket=name)
+
+
+# Small enough for CI, large enough that every stage and every variant really trains.
+FAST = dict(ae_hidden=(64,), ae_epochs=3, sau_epochs=3, teacher_epochs=6, student_epochs=6, checkpoint_every=2, seeds=(0,))
+
+
+@pytest.fixture(scope="session")
+def trained(world, tmp_path_factory):
+    """(run folder, metrics) of one quick training on the tiny world, shared by training and mapping tests."""
+    from deepsalt.config import TrainConfig
+    from deepsalt.train.run import train
+
+    out = tmp_path_factory.mktemp("run")
+    return out, train(world, out, TrainConfig.for_preset("tiny", **FAST), log=lambda *_: None)

@@ -18,8 +18,8 @@ def test_reprojected_onto_a_utm_grid_agrees_with_point_samples(world):
     grid = covariates_on_grid(world / "covariates", crs, tr, shape)
     assert grid.shape == (8, *shape) and np.isfinite(grid).all()
     at_site = grid[:, int(one["row"]), int(one["col"])]
-    # bilinear on the grid vs nearest cell at the point: within one 0.01-deg cell's variation
-    np.testing.assert_allclose(at_site, one[list(COVARIATE_NAMES)].to_numpy(float), rtol=0.15, atol=1.0)
+    # nearest cell on the grid and at the point: the very value the training table holds
+    np.testing.assert_allclose(at_site, one[list(COVARIATE_NAMES)].to_numpy(float), rtol=1e-6)
 
 
 def test_outside_coverage_is_nan(world):

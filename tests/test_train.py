@@ -12,16 +12,12 @@ from deepsalt.models.bundle import DeepSaltBundle
 from deepsalt.train.run import _latest_checkpoint, train
 from deepsalt.train.stages import load_state
 
-# small enough for CI, large enough that every stage and every variant really trains
-FAST = dict(ae_hidden=(64,), ae_epochs=3, sau_epochs=3, teacher_epochs=6, student_epochs=6, checkpoint_every=2,
-            seeds=(0,))
+from conftest import FAST
 
 
 @pytest.fixture(scope="module")
-def run(world, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    metrics = train(world, out, TrainConfig.for_preset("tiny", **FAST), log=lambda *_: None)
-    return out, metrics
+def run(trained):
+    return trained
 
 
 def test_run_writes_metrics_report_and_bundle(run):

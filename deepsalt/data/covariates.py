@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from rasterio.enums import Resampling
+from pyproj import Transformer
 from rasterio.transform import rowcol
-from rasterio.warp import reproject, transform as warp_transform
+from rasterio.windows import Window
 
 from deepsalt.data.cog import open_raster
 from deepsalt.errors import DeepSaltInputError
@@ -57,28 +57,34 @@ def covariate_hrefs(source: str | Path) -> dict[str, str]:
     return {n: str(mapping[n]) for n in COVARIATE_NAMES}
 
 
-def sample_covariates(source, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
-    """Covariates at points (nearest cell), ``(n_points, 8)`` float32; NaN where a raster has no data."""
-    out = np.full((len(lon), len(COVARIATE_NAMES)), np.nan, np.float32)
+def _lookup(source, xs: np.ndarray, ys: np.ndarray, crs) -> np.ndarray:
+    """Covariates at points given in ``crs`` (the cell containing each point), ``(n, 8)``, NaN outside or nodata.
+
+    Exact per point (no warper approximation), so a site in training and the pixel at the same place in a
+    map get the same value.
+    """
+    out = np.full((len(xs), len(COVARIATE_NAMES)), np.nan, np.float32)
     for j, (name, href) in enumerate(covariate_hrefs(source).items()):
         with open_raster(href, f"covariate '{name}'") as ds:
-            xs, ys = warp_transform("EPSG:4326", ds.crs, list(map(float, lon)), list(map(float, lat)))
-            rows, cols = rowcol(ds.transform, xs, ys)
-            rows, cols = np.asarray(rows), np.asarray(cols)
+            tx, ty = Transformer.from_crs(crs, ds.crs, always_xy=True).transform(xs, ys)
+            rows, cols = rowcol(ds.transform, tx, ty, op=np.floor)
+            rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
             inside = (rows >= 0) & (rows < ds.height) & (cols >= 0) & (cols < ds.width)
-            band = ds.read(1, masked=True)
-            vals = np.full(len(lon), np.nan, np.float32)
-            vals[inside] = band[rows[inside], cols[inside]].filled(np.nan)
-            out[:, j] = vals
+            if inside.any():  # read only the window the points fall in: rasters may be continental
+                r0, c0 = rows[inside].min(), cols[inside].min()
+                win = Window(c0, r0, cols[inside].max() - c0 + 1, rows[inside].max() - r0 + 1)
+                band = ds.read(1, window=win, masked=True).filled(np.nan).astype(np.float32)
+                out[inside, j] = band[rows[inside] - r0, cols[inside] - c0]
     return out
+
+
+def sample_covariates(source, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+    """Covariates at lon/lat points, ``(n_points, 8)`` float32; NaN where a raster has no data."""
+    return _lookup(source, np.asarray(lon, float), np.asarray(lat, float), "EPSG:4326")
 
 
 def covariates_on_grid(source, crs, transform, shape: tuple[int, int]) -> np.ndarray:
-    """All 8 covariates reprojected (bilinear) onto a target grid, ``(8, rows, cols)`` float32, NaN outside."""
-    out = np.full((len(COVARIATE_NAMES), *shape), np.nan, np.float32)
-    for j, (name, href) in enumerate(covariate_hrefs(source).items()):
-        with open_raster(href, f"covariate '{name}'") as ds:
-            reproject(source=ds.read(1).astype(np.float32), destination=out[j], src_transform=ds.transform,
-                      src_crs=ds.crs, src_nodata=ds.nodata, dst_transform=transform, dst_crs=crs,
-                      dst_nodata=np.nan, resampling=Resampling.bilinear)
-    return out
+    """All 8 covariates at the pixel centres of a target grid, ``(8, rows, cols)`` float32, NaN outside."""
+    rows, cols = np.mgrid[0:shape[0], 0:shape[1]]
+    xs, ys = transform * (cols.ravel() + 0.5, rows.ravel() + 0.5)
+    return _lookup(source, np.asarray(xs), np.asarray(ys), crs).T.reshape(len(COVARIATE_NAMES), *shape)

@@ -21,6 +21,7 @@ from deepsalt.errors import DeepSaltInputError
 from deepsalt.models.autoencoder import SparseAutoEncoder
 from deepsalt.models.scalers import Scaler
 from deepsalt.models.transformer import SpectralTransformer
+from deepsalt.spectra.bands import select_bands
 
 FORMAT = "deepsalt-bundle/1"
 
@@ -96,33 +97,24 @@ class DeepSaltBundle:
 
     def select_bands(self, band_names, band_centers, where: str) -> np.ndarray:
         """Column indices of the bundle's bands in an input with ``band_names``; refuses a mismatch."""
-        pos = {str(n): i for i, n in enumerate(band_names)}
-        missing = [n for n in self.band_names if n not in pos]
-        if missing:
-            raise DeepSaltInputError(where, f"{len(missing)} of the model's bands are missing (first: {missing[:3]})",
-                                     "the scene's eo:bands must contain every band the model was trained on")
-        idx = np.array([pos[n] for n in self.band_names])
-        off = np.abs(np.asarray(band_centers, float)[idx] - np.array(self.meta["band_centers_nm"]))
-        if off.max() > 1.0:
-            raise DeepSaltInputError(where, f"band centres differ from the model's by up to {off.max():.1f} nm",
-                                     "this model was trained for another sensor or band calibration")
-        return idx
+        return select_bands(self.band_names, self.meta["band_centers_nm"], band_names, band_centers, where)
 
     @torch.no_grad()
     def predict(self, reflectance: np.ndarray, covariates: np.ndarray, mc_samples: int = 0, seed: int = 0):
         """ECe for rows of raw reflectance ``(N, n_bundle_bands)`` and raw covariates ``(N, 8)``.
 
-        Returns ``(mean, sd)``: with ``mc_samples`` > 1 the student runs with dropout on (MC dropout) and sd is
-        the spread of those passes; otherwise sd is zeros.
+        Returns ``(ece, sd)``: ``ece`` is the deterministic prediction (dropout off, exactly what was evaluated);
+        with ``mc_samples`` > 1, ``sd`` is the spread of that many passes with dropout on (MC dropout,
+        seeded), otherwise zeros.
         """
         z = self.encoder.encode(torch.from_numpy(self.scalers["enmap"].transform(reflectance)))
         x = torch.cat([z, torch.from_numpy(self.scalers["covariates"].transform(covariates))], 1)
+        self.student.eval()
+        pred = self.student(x)[0].numpy()
         if mc_samples <= 1:
-            self.student.eval()
-            pred = self.student(x)[0].numpy()
             return pred, np.zeros_like(pred)
         torch.manual_seed(seed)
         self.student.train()  # dropout on
         runs = np.stack([self.student(x)[0].numpy() for _ in range(mc_samples)])
         self.student.eval()
-        return runs.mean(0), runs.std(0)
+        return pred, runs.std(0)

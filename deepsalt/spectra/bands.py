@@ -72,3 +72,20 @@ def enmap_bands() -> BandTable:
         centers_nm=df["center_wavelength_nm"].to_numpy(float),
         fwhm_nm=df["fwhm_nm"].to_numpy(float),
     )
+
+
+def select_bands(model_names, model_centers, names, centers, where: str) -> np.ndarray:
+    """Positions of a model's bands in an input band list; refuses missing or shifted (> 1 nm) bands."""
+    from deepsalt.errors import DeepSaltInputError
+
+    pos = {str(n): i for i, n in enumerate(names)}
+    missing = [n for n in model_names if n not in pos]
+    if missing:
+        raise DeepSaltInputError(where, f"{len(missing)} of the model's bands are missing (first: {missing[:3]})",
+                                 "the scene's eo:bands must contain every band the model was trained on")
+    idx = np.array([pos[n] for n in model_names])
+    off = np.abs(np.asarray(centers, float)[idx] - np.asarray(model_centers, float))
+    if off.max() > 1.0:
+        raise DeepSaltInputError(where, f"band centres differ from the model's by up to {off.max():.1f} nm",
+                                 "this model was trained for another sensor or band calibration")
+    return idx

@@ -50,7 +50,7 @@ def spatial_split(lat, lon, n_blocks: int, fractions, seed: int) -> np.ndarray:
     Whole blocks, not samples, so that neighbouring (spatially autocorrelated) sites never straddle train
     and test: a random split would leak and flatter every model.
     """
-    n_blocks = min(n_blocks, len(lat))
+    n_blocks = min(n_blocks or max(10, len(lat) // 8), len(lat))
     labels = KMeans(n_blocks, n_init=4, random_state=seed).fit_predict(np.column_stack([lat, lon]))
     order = np.random.default_rng(seed).permutation(n_blocks)
     sizes = np.bincount(labels, minlength=n_blocks)[order]

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from deepsalt.config import BASELINES, TrainConfig
+from deepsalt.raycluster import init_ray
 from deepsalt.train import evaluate as ev
 from deepsalt.train.data import TrainingData, load_training_data
 from deepsalt.train.stages import Ctx, encode, load_state, make_ckpt_dir, predict, run_pipeline, student_features
@@ -124,8 +125,6 @@ def evaluate_seed(data: TrainingData, cfg: TrainConfig, state: dict, seed: int) 
 
 def train(world: str | Path, out: str | Path, cfg: TrainConfig, log=print) -> dict:
     """Train every seed, evaluate, write RUN/{config.json, metrics.json, report/, bundle/}."""
-    import ray
-
     from deepsalt.data.covariates import COVARIATES
     from deepsalt.models.bundle import DeepSaltBundle
     from deepsalt.train.report import write_report
@@ -133,12 +132,7 @@ def train(world: str | Path, out: str | Path, cfg: TrainConfig, log=print) -> di
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / "config.json")
-    if not ray.is_initialized():
-        # Ray Train's controller polls workers at this interval; its 2 s default costs ~1 s per reported epoch.
-        env = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.05")}
-        os.environ.update(env)
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False, runtime_env={"env_vars": env})
+    init_ray()
     per_seed, t0 = [], time.time()
     for seed in cfg.seeds:
         data = load_training_data(world, cfg, seed)

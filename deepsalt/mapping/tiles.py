@@ -1,0 +1,108 @@
+"""Tile plan (which scenes touch which chunk-tile) and per-tile preparation (read, warp, composite, join).
+
+Compositing rule, per pixel: the first scene, in order of lowest ``eo:cloud_cover`` then newest datetime
+then id, whose pixel is valid (not nodata, not flagged by the quality masks) after warping.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+import numpy as np
+import pystac
+from rasterio.enums import Resampling
+from rasterio.warp import reproject, transform_bounds
+from rasterio.windows import Window, from_bounds
+
+from deepsalt.data.covariates import covariates_on_grid
+from deepsalt.data.enmap import EnMAPScene
+from deepsalt.errors import DeepSaltInputError
+from deepsalt.mapping.grid import Grid
+from deepsalt.spectra.bands import select_bands
+
+
+def priority(item: pystac.Item):
+    return (float(item.properties.get("eo:cloud_cover") or 0), -item.datetime.timestamp(), item.id)
+
+
+def fingerprint(items: list[pystac.Item], model_hash: str) -> str:
+    """Changes when a tile's scene set, any scene's content pointer, or the model changes."""
+    parts = [model_hash] + [json.dumps([i.id, i.datetime.isoformat(), i.properties.get("updated"),
+                                        i.assets["image"].href if "image" in i.assets else None]) for i in items]
+    return hashlib.sha256("\n".join(sorted(parts)).encode()).hexdigest()[:20]
+
+
+def scene_header(scene: EnMAPScene) -> dict:
+    """CRS, transform and size of a scene's image, and a check that its band count matches the item."""
+    da = scene.open_image()
+    return {"crs": da.rio.crs.to_wkt(), "transform": tuple(da.rio.transform())[:6], "height": da.sizes["y"], "width": da.sizes["x"]}
+
+
+def plan(items: list[pystac.Item], grid: Grid) -> dict[tuple[int, int], list[pystac.Item]]:
+    """Tiles touched by each scene (from the image's own georeference), scenes per tile in priority order."""
+    tiles: dict[tuple[int, int], list[pystac.Item]] = {}
+    for item in items:
+        h = scene_header(EnMAPScene.from_item(item))
+        t = h["transform"]
+        bounds = (t[2], t[5] + t[4] * h["height"], t[2] + t[0] * h["width"], t[5])
+        for key in grid.tiles_for_bounds(bounds, h["crs"]):
+            tiles.setdefault(key, []).append(item)
+    return {k: sorted(v, key=priority) for k, v in sorted(tiles.items())}
+
+
+def _window(scene_h: dict, tile_bounds, grid_crs) -> Window | None:
+    from affine import Affine
+    b = transform_bounds(grid_crs, scene_h["crs"], *tile_bounds, densify_pts=21)
+    win = from_bounds(*b, transform=Affine(*scene_h["transform"]))
+    c0, r0 = max(0, math.floor(win.col_off) - 2), max(0, math.floor(win.row_off) - 2)
+    c1 = min(scene_h["width"], math.ceil(win.col_off + win.width) + 2)
+    r1 = min(scene_h["height"], math.ceil(win.row_off + win.height) + 2)
+    return Window(c0, r0, c1 - c0, r1 - r0) if c1 > c0 and r1 > r0 else None
+
+
+def prepare_tile(task: dict, grid: Grid, covariates: str, band_names: list[str], band_centers: list[float],
+                 quality: tuple[str, ...]) -> dict:
+    """Reflectance of the valid pixels of one tile, composited over its scenes, with covariates joined.
+
+    Returns ``pix`` (flat indices into the tile), ``refl (n, n_bands)``, ``cov (n, 8)``, ``scene (n,)`` (global
+    scene index) and the tile position; arrays are empty when no pixel is valid.
+    """
+    ty, tx = task["ty"], task["tx"]
+    h, w = grid.tile_shape(ty, tx)
+    tr = grid.tile_transform(ty, tx)
+    tile_bounds = (tr.c, tr.f - h * grid.res, tr.c + w * grid.res, tr.f)
+    nb = len(band_names)
+    refl = np.full((nb, h, w), np.nan, np.float32)
+    scene_of = np.full((h, w), -1, np.int32)
+    for item_dict, gidx in zip(task["items"], task["scene_index"]):
+        scene = EnMAPScene.from_item(pystac.Item.from_dict(json.loads(item_dict)))
+        sel = select_bands(band_names, band_centers, scene.bands.names, scene.bands.centers_nm, f"STAC item {scene.id}")
+        hdr = scene_header(scene)
+        win = _window(hdr, tile_bounds, grid.crs)
+        if win is None:
+            continue
+        da = scene.read(win, quality=quality, require_valid=False)
+        src = da.values[sel]
+        dst = np.full((nb, h, w), np.nan, np.float32)
+        reproject(src, dst, src_transform=da.rio.transform(), src_crs=da.rio.crs, src_nodata=np.nan,
+                  dst_transform=tr, dst_crs=grid.crs, dst_nodata=np.nan, resampling=Resampling.nearest)
+        new = (scene_of < 0) & np.isfinite(dst).all(0)
+        refl[:, new] = dst[:, new]
+        scene_of[new] = gidx
+    filled = scene_of >= 0
+    out = {"ty": ty, "tx": tx, "n_valid": int(filled.sum())}
+    if not filled.any():
+        return {**out, "pix": np.zeros(0, np.int64), "refl": np.zeros((0, nb), np.float32),
+                "cov": np.zeros((0, 8), np.float32), "scene": np.zeros(0, np.int32)}
+    cov = covariates_on_grid(covariates, grid.crs, tr, (h, w))
+    missing = filled & ~np.isfinite(cov).all(0)
+    if missing.any():
+        raise DeepSaltInputError(covariates, f"covariates do not cover tile ({ty}, {tx}) (bounds {tuple(round(b) for b in tile_bounds)} "
+                                 f"in {grid.crs}): {int(missing.sum())} valid EnMAP pixels have no covariate value",
+                                 "extend the covariate rasters over the mapped region")
+    pix = np.flatnonzero(filled)
+    return {**out, "pix": pix, "refl": refl.reshape(nb, -1)[:, pix].T.copy(), "cov": cov.reshape(8, -1)[:, pix].T.copy(),
+            "scene": scene_of.ravel()[pix]}
+

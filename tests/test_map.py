@@ -1,0 +1,222 @@
+"""Mapping: Ray Data from STAC to the Zarr cube, on the tiny world and the test services."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import xarray as xr
+from pyproj import Transformer
+
+from deepsalt.config import MapConfig
+from deepsalt.data.covariates import covariates_on_grid
+from deepsalt.data.stac import search_items
+from deepsalt.errors import DeepSaltInputError
+from deepsalt.mapping.cube import mapped_extent
+from deepsalt.mapping.grid import Grid
+from deepsalt.mapping.pipeline import map_region
+from deepsalt.mapping.score import quicklook, score
+from deepsalt.models.bundle import DeepSaltBundle
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cfg(world, bundle, out, **kw):
+    return MapConfig(**{"stac": str(world / "stac"), "covariates": str(world / "covariates"), "model": str(bundle),
+                        "out": str(out), "epoch": "2024", "mc_samples": 3, **kw})  # kw may override out
+
+
+@pytest.fixture(scope="module")
+def cube(world, trained, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cube") / "ece.zarr"
+    summary = map_region(_cfg(world, trained[0] / "bundle", out), log=lambda *_: None)
+    return out, summary
+
+
+def _files(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+def test_cube_opens_with_xarray_and_rioxarray(cube):
+    out, summary = cube
+    ds = xr.open_zarr(out)
+    assert ds.rio.crs.to_epsg() == 5070
+    assert ds["ece"].dims == ("time", "y", "x") and ds["ece"].dtype == np.float32
+    assert ds["ece"].attrs["units"] == "dS m-1"
+    assert str(ds["time"].values[0])[:10] == "2024-01-01"
+    assert summary["pixels_mapped"] > 10_000
+    # empty chunks are never written: only the mapped tiles have chunk files
+    n_chunks = len(list((out / "ece" / "c").rglob("*")))
+    assert 0 < sum(1 for p in (out / "ece" / "c").rglob("*") if p.is_file()) <= summary["tiles_mapped"] <= n_chunks
+
+
+def test_mapped_pixels_equal_valid_pixels_and_land_in_the_right_cell(cube, world, trained):
+    out, summary = cube
+    ds = xr.open_zarr(out)
+    g = Grid(**ds.attrs["grid"])
+    ys, xs = mapped_extent(str(out), None, g.chunk)
+    valid = ds["valid"].isel(time=0, y=ys, x=xs).values
+    ece = ds["ece"].isel(time=0, y=ys, x=xs).values
+    assert int(summary["pixels_mapped"]) == int(valid.sum()) == int(np.isfinite(ece).sum())
+    bundle = DeepSaltBundle.load(str(trained[0] / "bundle"))
+    item = search_items(str(world / "stac"))[0]
+    sid = ds.attrs["scene_ids"].index(item.id)
+    with rasterio.open(item.assets["image"].href) as src:
+        dn, s_tr, s_crs = src.read(), src.transform, src.crs
+    eo = item.assets["image"].extra_fields["eo:bands"]
+    sel = bundle.select_bands([b["name"] for b in eo], [b["center_wavelength"] for b in eo], item.id)
+    to_grid = Transformer.from_crs(s_crs, g.crs, always_xy=True)
+    to_scene = Transformer.from_crs(g.crs, s_crs, always_xy=True)
+    rng = np.random.default_rng(0)
+    checked = exact = 0
+    for _ in range(200):
+        r, c = rng.integers(0, dn.shape[1]), rng.integers(0, dn.shape[2])
+        x, y = to_grid.transform(*(s_tr * (c + 0.5, r + 0.5)))
+        row, col = g.cell_of(x, y)
+        if int(ds["scene"][0, row, col]) != sid:
+            continue
+        # the cell's centre falls in a scene pixel at most one pixel from the one we started from ...
+        sx, sy = to_scene.transform(g.x0 + (col + 0.5) * g.res, g.y0 - (row + 0.5) * g.res)
+        cc, rr = ~s_tr * (sx, sy)
+        rr, cc = int(np.floor(rr)), int(np.floor(cc))
+        assert abs(rr - r) <= 1 and abs(cc - c) <= 1
+        # ... and the cube holds the model's prediction for that pixel (GDAL's warper approximates the
+        # transform to 1/8 pixel, so near a pixel edge the neighbour may be the one taken)
+        nb = [(rr + i, cc + j) for i in (0, -1, 1) for j in (0, -1, 1) if 0 <= rr + i < dn.shape[1] and 0 <= cc + j < dn.shape[2]]
+        refl = np.stack([dn[:, a, b] for a, b in nb]).astype(np.float32) * 1e-4
+        tr = rasterio.Affine(g.res, 0, g.x0 + col * g.res, 0, -g.res, g.y0 - row * g.res)
+        cov = np.repeat(covariates_on_grid(world / "covariates", g.crs, tr, (1, 1)).reshape(1, 8), len(nb), 0)
+        pred, _ = bundle.predict(refl[:, sel], cov)
+        hit = np.flatnonzero(np.isclose(pred, float(ds["ece"][0, row, col]), rtol=1e-5))
+        assert hit.size, (float(ds["ece"][0, row, col]), pred)
+        exact += hit[0] == 0
+        checked += 1
+    assert checked > 50 and exact / checked > 0.8
+
+
+def test_cube_scores_like_the_model_and_quicklook(cube, world, trained, tmp_path):
+    out, _ = cube
+    s = score(str(out), world)
+    assert s["overall"]["n_pixels"] > 10_000 and set(s["scenes"])
+    # the cube against the truth rasters vs the bundle on the labelled sites of the same scenes
+    import pandas as pd
+    sites = pd.read_parquet(world / "samples" / "satellite_samples.parquet")
+    b = DeepSaltBundle.load(str(trained[0] / "bundle"))
+    cols = [f"refl_{n}" for n in b.band_names]
+    pred, _ = b.predict(sites[cols].to_numpy(np.float32), sites[["sand", "clay", "tm_min", "tm_max", "tm_avg", "pr_min", "pr_max", "pr_avg"]].to_numpy(np.float32))
+    site_mae = float(np.mean(np.abs(pred - sites["ece_dsm"].to_numpy())))
+    assert abs(s["overall"]["mae"] - site_mae) < 0.5 * site_mae + 0.2
+    png = quicklook(str(out), tmp_path / "q.png")
+    assert png.stat().st_size > 20_000
+
+
+def test_repeated_run_writes_nothing(cube, world, trained):
+    out, _ = cube
+    before = _files(out)
+    again = map_region(_cfg(world, trained[0] / "bundle", out), log=lambda *_: None)
+    assert again["tiles_mapped"] == 0 and again["published"] is False
+    assert _files(out) == before
+
+
+def test_killed_job_resubmitted_gives_an_array_equal_cube(cube, world, trained, tmp_path):
+    ref, _ = cube
+    out = tmp_path / "killed.zarr"
+    cmd = [sys.executable, "-m", "deepsalt.cli", "map", "--stac", str(world / "stac"), "--model", str(trained[0] / "bundle"),
+           "--covariates", str(world / "covariates"), "--out", str(out), "--epoch", "2024", "--mc-samples", "3"]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline:  # kill the driver as soon as the first chunk lands
+        if (out / "ece" / "c").exists() and any(f.is_file() for f in (out / "ece" / "c").rglob("*")):
+            break
+        time.sleep(0.2)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    assert xr.open_zarr(out).sizes["time"] == 0  # nothing published by the killed run
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = xr.open_zarr(ref), xr.open_zarr(out)
+    ys, xs = mapped_extent(str(ref), None, a.attrs["grid"]["chunk"])
+    assert mapped_extent(str(out), None, a.attrs["grid"]["chunk"]) == (ys, xs)
+    for v in ("ece", "ece_sd", "valid", "scene"):
+        np.testing.assert_array_equal(a[v][0, ys, xs].values, b[v][0, ys, xs].values)
+
+
+def test_cube_on_s3_from_the_stac_api(world, trained, stac_url, s3_bucket, s3_endpoint):
+    so = {"client_kwargs": {"endpoint_url": s3_endpoint}}
+    url = f"s3://{s3_bucket}/cube.zarr"
+    s = map_region(_cfg(world, trained[0] / "bundle", url, stac=stac_url, storage_options=so, mc_samples=0), log=lambda *_: None)
+    ds = xr.open_zarr(url, storage_options=so)
+    ys, xs = mapped_extent(url, so, ds.attrs["grid"]["chunk"])
+    assert int(ds["valid"][0, ys, xs].sum()) == s["pixels_mapped"] > 0
+
+
+@pytest.mark.parametrize("fault", ["missing_asset", "corrupt_cog", "band_count", "covariates", "stac_down", "bucket"])
+def test_faults_fail_clearly_and_publish_nothing(fault, world_copy, trained, tmp_path, s3_endpoint):
+    out = tmp_path / "c.zarr"
+    kw = {}
+    items_path = world_copy / "stac" / "items.json"
+    fc = json.loads(items_path.read_text())
+    first = fc["features"][0]
+    if fault == "missing_asset":
+        del first["assets"]["quality_cloud"]
+        match = "missing asset 'quality_cloud'"
+    elif fault == "corrupt_cog":
+        Path(first["assets"]["image"]["href"]).write_bytes(b"II*\x00" + os.urandom(5000))
+        match = "not a readable GeoTIFF"
+    elif fault == "band_count":
+        first["assets"]["image"]["eo:bands"] = first["assets"]["image"]["eo:bands"][:200]
+        match = "image has 224 bands but the item's eo:bands lists 200"
+    elif fault == "covariates":
+        for f in (world_copy / "covariates").glob("*.tif"):
+            with rasterio.open(f) as src:
+                a, prof = src.read(), src.profile
+            a[:, :, 350:] = src.nodata  # cut the rasters east of ~110.5 W
+            with rasterio.open(f, "w", **{**prof, "driver": "GTiff"}) as dst:
+                dst.write(a)
+        match = "covariates do not cover tile"
+    elif fault == "stac_down":
+        kw["stac"] = "http://127.0.0.1:9"
+        match = "STAC API search failed"
+    else:
+        kw.update(out=f"s3://no-such-bucket-{os.getpid()}/c.zarr", storage_options={"client_kwargs": {"endpoint_url": s3_endpoint}})
+        match = "no-such-bucket|NoSuchBucket|not exist|Not Found|404"
+    items_path.write_text(json.dumps(fc))
+    with pytest.raises((DeepSaltInputError, FileNotFoundError, OSError, ValueError), match=match):
+        map_region(_cfg(world_copy, trained[0] / "bundle", kw.pop("out", out), **kw), log=lambda *_: None)
+    if out.exists():
+        assert xr.open_zarr(out).sizes["time"] == 0
+
+
+def test_all_cloud_scene_is_skipped_not_fatal(world_copy, trained, tmp_path):
+    item = search_items(str(world_copy / "stac"))[0]
+    path = item.assets["quality_cloud"].href
+    with rasterio.open(path) as src:
+        prof, shape = src.profile, src.shape
+    with rasterio.open(path, "w", **{**prof, "driver": "GTiff"}) as dst:
+        dst.write(np.ones((1, *shape), np.uint8))
+    s = map_region(_cfg(world_copy, trained[0] / "bundle", tmp_path / "c.zarr", mc_samples=0), log=lambda *_: None)
+    ds = xr.open_zarr(tmp_path / "c.zarr")
+    sid = ds.attrs["scene_ids"].index(item.id)
+    ys, xs = mapped_extent(str(tmp_path / "c.zarr"), None, ds.attrs["grid"]["chunk"])
+    assert s["pixels_mapped"] > 0 and int((ds["scene"][0, ys, xs] == sid).sum()) == 0
+
+
+def test_ray_job_submit_map_region(world, trained, tmp_path):
+    dash = os.environ["DEEPSALT_TEST_RAY_DASHBOARD"]
+    out = tmp_path / "job.zarr"
+    env = {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "RAY_TRAIN"))}
+    cmd = ["ray", "job", "submit", "--address", dash, "--working-dir", str(REPO), "--runtime-env-json", json.dumps({"env_vars": env}),
+           "--", "python", "jobs/map_region.py", "--stac", str(world / "stac"), "--model", str(trained[0] / "bundle"),
+           "--covariates", str(world / "covariates"), "--out", str(out), "--epoch", "2024", "--mc-samples", "0"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "RAY_ADDRESS": ""})
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    assert "published epoch 2024" in r.stdout
+    ys, xs = mapped_extent(str(out), None, 256)
+    assert int(xr.open_zarr(out)["valid"][0, ys, xs].sum()) > 10_000
