@@ -28,13 +28,17 @@ VARS = {
 STATE = "_deepsalt/state.json"
 
 
+def _store(url: str, storage_options: dict | None):
+    return zarr.storage.FsspecStore.from_url(url, storage_options=storage_options) if "://" in url else url
+
+
 def _fs(url: str, storage_options: dict | None):
     return fsspec.core.url_to_fs(url, **(storage_options or {}))
 
 
 def open_cube(url: str, grid: Grid, storage_options: dict | None = None) -> zarr.Group:
     """Open the cube, creating its (empty, zero-epoch) template on first use; refuses another grid."""
-    store = zarr.storage.FsspecStore.from_url(url, storage_options=storage_options) if "://" in url else url
+    store = _store(url, storage_options)
     try:
         root = zarr.open_group(store, mode="r+")
     except (FileNotFoundError, zarr.errors.GroupNotFoundError):
@@ -92,7 +96,7 @@ def epoch_index(root: zarr.Group, epoch: str) -> int:
 
 def write_tile(url: str, storage_options: dict | None, grid: Grid, t: int, ty: int, tx: int, arrays: dict) -> None:
     """Write one tile (= one chunk per variable) at time index ``t``."""
-    store = zarr.storage.FsspecStore.from_url(url, storage_options=storage_options) if "://" in url else url
+    store = _store(url, storage_options)
     root = zarr.open_group(store, mode="r+", use_consolidated=False)
     ys, xs = grid.tile_slices(ty, tx)
     for name, values in arrays.items():
@@ -100,7 +104,7 @@ def write_tile(url: str, storage_options: dict | None, grid: Grid, t: int, ty: i
 
 
 def publish(url: str, storage_options: dict | None, scene_ids: list[str], models: dict) -> None:
-    store = zarr.storage.FsspecStore.from_url(url, storage_options=storage_options) if "://" in url else url
+    store = _store(url, storage_options)
     root = zarr.open_group(store, mode="r+", use_consolidated=False)
     root.attrs.update({"scene_ids": scene_ids, "models": models})
     root["scene"].attrs["scene_ids"] = scene_ids
