@@ -62,8 +62,10 @@ def world(
 @_clean_errors
 def train(
     world: Path = typer.Option(..., help="world folder (deepsalt world) holding lab/, samples/ and covariates/"),
-    out: Path = typer.Option(..., help="run folder: config.json, metrics.json, report/, bundle/, ray/ checkpoints"),
-    preset: str = typer.Option("demo", help="hyper-parameter preset: tiny (minutes on a laptop), demo, benchmark (paper sizes)"),
+    out: str = typer.Option(..., help="run folder, local or any fsspec URL (s3://bucket/run): config.json, metrics.json, "
+                            "report/, bundle/, ray/ checkpoints"),
+    preset: str = typer.Option("demo", help="hyper-parameter preset: tiny (minutes on a laptop), demo, benchmark (3 seeds in "
+                               "<= 45 min on 2 CPU cores), paper (DESIGN.md's full sizes, for GPUs)"),
     workers: int = typer.Option(1, help="Ray Train workers (DDP); one per GPU with --gpu"),
     gpu: bool = typer.Option(False, help="one GPU per worker"),
     seeds: str = typer.Option("0,1,2", help="comma-separated seeds; metrics are mean and sd over them"),
@@ -76,8 +78,8 @@ def train(
     from deepsalt.config import TrainConfig
     from deepsalt.train.run import train as run_train
 
-    if preset not in ("tiny", "demo", "benchmark"):
-        raise DeepSaltInputError("--preset", f"unknown preset '{preset}'", "use tiny, demo or benchmark")
+    if preset not in ("tiny", "demo", "benchmark", "paper"):
+        raise DeepSaltInputError("--preset", f"unknown preset '{preset}'", "use tiny, demo, benchmark or paper")
     if not (world / "samples" / "satellite_samples.parquet").exists():
         raise DeepSaltInputError(world, "not a world folder (samples/satellite_samples.parquet missing)", "build one with `deepsalt world`")
     cfg = TrainConfig.for_preset(preset, workers=workers, gpu=gpu, tokens=tokens,

@@ -21,6 +21,15 @@ $ds map --stac "$OUT/world/stac" --model "$OUT/run/bundle" --covariates "$OUT/wo
         --out "$OUT/cube.zarr" --epoch 2024 --region seen
 $ds score --cube "$OUT/cube.zarr" --world "$OUT/world" | tee "$OUT/score.json"
 $ds quicklook --cube "$OUT/cube.zarr" --out "$OUT/quicklook.png"
+.venv/bin/python - "$OUT" <<'PY'
+import json, sys
+out = sys.argv[1]
+cube = json.load(open(f"{out}/score.json"))["overall"]
+model = json.load(open(f"{out}/run/metrics.json"))["results"]["deepsalt"]["seen"]
+print(f"cube vs truth: R2 {cube['r2']:.3f}, MAE {cube['mae']:.3f} dS/m over {cube['n_pixels']} px; "
+      f"model's pixel-level seen-test R2 {model['r2']:.3f}, MAE {model['mae']:.3f} (n={model['n']:.0f}); "
+      f"R2 gap {abs(cube['r2'] - model['r2']):.3f}")
+PY
 echo
 echo "done in $(( $(date +%s) - start )) s"
 echo "  cube:      $OUT/cube.zarr   (xarray.open_zarr(\"$OUT/cube.zarr\"))"

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import pytest
 import rasterio
@@ -148,13 +149,20 @@ def test_killed_job_resubmitted_gives_an_array_equal_cube(cube, world, trained, 
         np.testing.assert_array_equal(a[v][0, ys, xs].values, b[v][0, ys, xs].values)
 
 
-def test_cube_on_s3_from_the_stac_api(world, trained, stac_url, s3_bucket, s3_endpoint):
-    so = {"client_kwargs": {"endpoint_url": s3_endpoint}}
+def test_cube_on_s3_from_the_stac_api_through_transient_errors(world, trained, stac_url, s3_bucket, s3_endpoint):
+    from s3_fault_proxy import FaultProxy
+
     url = f"s3://{s3_bucket}/cube.zarr"
-    s = map_region(_cfg(world, trained[0] / "bundle", url, stac=stac_url, storage_options=so, mc_samples=0), log=lambda *_: None)
+    # the first 4 chunk PUTs of the ece variable get 503 SlowDown, which the client must retry
+    with FaultProxy(s3_endpoint, match="/ece/c/", fail_first=4) as proxy:
+        cfg = _cfg(world, trained[0] / "bundle", url, stac=stac_url, mc_samples=0,
+                   storage_options={"client_kwargs": {"endpoint_url": proxy.url}})
+        s = map_region(cfg, log=lambda *_: None)
+    assert proxy.failed == 4 and s["published"]
+    so = {"client_kwargs": {"endpoint_url": s3_endpoint}}
     ds = xr.open_zarr(url, storage_options=so)
     ys, xs = mapped_extent(url, so, ds.attrs["grid"]["chunk"])
-    assert int(ds["valid"][0, ys, xs].sum()) == s["pixels_mapped"] > 0
+    assert int(ds["valid"][0, ys, xs].sum()) == int(np.isfinite(ds["ece"][0, ys, xs]).sum()) == s["pixels_mapped"] > 0
 
 
 @pytest.mark.parametrize("fault", ["missing_asset", "corrupt_cog", "band_count", "covariates", "stac_down", "bucket"])
@@ -220,3 +228,19 @@ def test_ray_job_submit_map_region(world, trained, tmp_path):
     assert "published epoch 2024" in r.stdout
     ys, xs = mapped_extent(str(out), None, 256)
     assert int(xr.open_zarr(out)["valid"][0, ys, xs].sum()) > 10_000
+
+
+def test_s3_permanent_write_error_fails_clearly_and_publishes_nothing(world, trained, s3_bucket, s3_endpoint):
+    from s3_fault_proxy import FaultProxy
+
+    url = f"s3://{s3_bucket}/cube.zarr"
+    with FaultProxy(s3_endpoint, match="/ece/c/", fail_first=None) as proxy:  # every tile write: 403 AccessDenied
+        cfg = _cfg(world, trained[0] / "bundle", url, mc_samples=0, storage_options={"client_kwargs": {"endpoint_url": proxy.url}})
+        with pytest.raises(DeepSaltInputError, match=r"cube.zarr \(variable ece, tile \d+_\d+\): writing to the cube failed: "
+                                                      r"PermissionError: Access Denied.*nothing was published"):
+            map_region(cfg, log=lambda *_: None)
+    assert proxy.failed >= 1
+    so = {"client_kwargs": {"endpoint_url": s3_endpoint}}
+    assert xr.open_zarr(url, storage_options=so).sizes["time"] == 0  # readers see no epoch
+    fs, path = fsspec.core.url_to_fs(url, **so)
+    assert not fs.exists(f"{path}/_deepsalt/state.json")  # and no tile was recorded as done

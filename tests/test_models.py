@@ -43,6 +43,46 @@ def test_response_term_is_nonzero_and_passes_gradient():
     assert s.grad[0] < 0 and s.grad[1] == 0  # pulls the first prediction up towards the teacher
 
 
+def test_distillation_terms_only_where_the_teacher_has_targets():
+    g = torch.Generator().manual_seed(0)
+    pred = (torch.rand(4, generator=g) * 5 + 0.5).requires_grad_()
+    feats = [torch.randn(4, 72, generator=g, requires_grad=True) for _ in range(4)]
+    t_pred, t_feats = torch.rand(4, generator=g) * 5 + 0.5, [torch.randn(4, 64, generator=g) for _ in range(3)]
+    y = torch.rand(4, generator=g) * 5
+    mask = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    # garbage targets on the masked-out samples change nothing
+    t_pred2, t_feats2 = t_pred.clone(), [f.clone() for f in t_feats]
+    t_pred2[2:], t_feats2[0][2:] = 70.0, 1e3
+    a, pa = distillation_loss(pred, feats, y, t_pred, t_feats, mask=mask)
+    b, pb = distillation_loss(pred, feats, y, t_pred2, t_feats2, mask=mask)
+    assert torch.allclose(a, b) and pa["response"] > 0 and pa["feature"] > 0
+    a.backward()
+    assert feats[0].grad[2:].abs().sum() == 0 and feats[0].grad[:2].abs().sum() > 0
+    # without a mask every sample counts
+    c, _ = distillation_loss(pred, feats, y, t_pred2, t_feats2)
+    assert c > a
+
+
+def test_paired_lab_targets_come_from_the_paired_lab_samples():
+    from types import SimpleNamespace
+
+    from deepsalt.train.stages import Ctx, build_models, distillation_targets, encode, predict
+
+    cfg = TrainConfig.for_preset("tiny", ae_hidden=(16,), variants=("deepsalt",))
+    rng = np.random.default_rng(0)
+    data = SimpleNamespace(lab_x=rng.random((10, 30), dtype=np.float32), sat_x=rng.random((6, 20), dtype=np.float32),
+                           sat_y=np.ones(6, np.float32), pairs=(np.array([7, 2]), np.array([4, 1]), np.array([0.1, 0.3])))
+    models = build_models(cfg, 30, 20)
+    ctx = Ctx()
+    pred, feats, mask = distillation_targets(data, models, "deepsalt", "paired_lab", ctx)
+    np.testing.assert_array_equal(mask, [0, 1, 0, 0, 1, 0])
+    t, tf = predict(models["teacher"], encode(models["sau_ftir"], data.lab_x[[7, 2]], ctx), ctx)
+    np.testing.assert_allclose(pred[[4, 1]], t, rtol=1e-6)
+    np.testing.assert_allclose(feats[-1][[4, 1]], tf[-1], rtol=1e-6)
+    pred, _, mask = distillation_targets(data, models, "deepsalt", "aligned_enmap", ctx)
+    assert mask.all() and pred.shape == (6,)
+
+
 def test_every_student_layer_gets_a_teacher_layer():
     # defect 4: 3 weights for 4 student layers left the deepest layer without signal
     with pytest.raises(ValueError, match="student has 4 layers, layer_map has 3, weights has 3"):
@@ -66,6 +106,43 @@ def test_tokenisations_and_output_range():
         pred, feats = m(torch.randn(5, 72) * 100)
         assert pred.shape == (5,) and len(feats) == 2 and feats[0].shape == (5, 72)
         assert (pred >= 0.05).all() and (pred <= 77.0).all()
+
+
+def test_input_standardisation_is_fitted_and_saved_with_the_weights():
+    # sigmoid codes: a common offset with ~1e-2 spread, which the transformer must see standardised
+    x = 0.05 + 0.01 * torch.randn(200, 6, generator=torch.Generator().manual_seed(0))
+    m = SpectralTransformer(6, 8, 2, 1, 16, 0.0)
+    m.fit_input_norm(x)
+    z = (x - m.in_shift) / m.in_scale
+    assert torch.allclose(z.mean(0), torch.zeros(6), atol=1e-5) and torch.allclose(z.std(0), torch.ones(6), atol=1e-4)
+    m2 = SpectralTransformer(6, 8, 2, 1, 16, 0.0)
+    assert not torch.allclose(m2.eval()(x)[0], m.eval()(x)[0])
+    m2.load_state_dict(m.state_dict())  # the buffers travel in the state dict, hence in checkpoints and the bundle
+    assert torch.equal(m2.eval()(x)[0], m.eval()(x)[0])
+
+
+def test_auto_encoder_read_out_makes_the_code_carry_the_target():
+    # a weak, low-variance target direction among strong nuisance variation (like salt among minerals)
+    g = torch.Generator().manual_seed(0)
+    n, d = 512, 40
+    target = torch.randn(n, generator=g)
+    x = torch.sigmoid(torch.randn(n, 4, generator=g) @ torch.randn(4, d, generator=g) + 0.05 * target[:, None] * torch.randn(1, d, generator=g))
+    r2 = {}
+    for w in (0.0, 1.0):
+        torch.manual_seed(0)
+        ae = SparseAutoEncoder(d, (32,), 8)
+        opt = torch.optim.Adam(ae.parameters(), 3e-3)
+        for _ in range(300):
+            z, xh = ae(x)
+            loss = torch.nn.functional.mse_loss(xh, x) + w * torch.nn.functional.mse_loss(ae.aux(z).squeeze(-1), target)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        z = ae.encode(x).detach()
+        zz = torch.cat([z, torch.ones(n, 1)], 1)
+        coef = torch.linalg.lstsq(zz, target[:, None]).solution
+        r2[w] = 1 - float(((zz @ coef).squeeze() - target).pow(2).mean() / target.var())
+    assert r2[1.0] > 0.8 and r2[1.0] > r2[0.0] + 0.2, r2
 
 
 def test_metrics_score_each_sample_with_its_own_prediction():

@@ -2,6 +2,7 @@
 
 import json
 
+import fsspec
 import numpy as np
 import pytest
 import torch
@@ -32,7 +33,11 @@ def test_run_writes_metrics_report_and_bundle(run):
             assert np.isfinite(r[region]["mae"])
         # defect 5: the unseen-region evaluation must really run, on real samples
         assert r["unseen"]["n"] > 0 and r["seen"]["n"] > 0
-    assert on_disk["alignment"]["n_pairs"] > 0 and {"teacher_lab", "categories"} <= set(on_disk)
+    assert on_disk["alignment"]["n_pairs"] > 0 and {"teacher_lab", "teacher_enmap", "categories"} <= set(on_disk)
+    r = on_disk["results"]
+    for v in expected - {"deepsalt"}:  # paired by seed: with one seed, exactly the difference of the two MAEs
+        assert on_disk["deepsalt_minus"][v]["seen"]["mae"] == pytest.approx(r["deepsalt"]["seen"]["mae"] - r[v]["seen"]["mae"])
+    assert on_disk["kd_targets"] == "paired_lab"
     assert (out / "report" / "evaluation.png").stat().st_size > 10_000
     assert "Students and baselines" in (out / "report" / "summary.md").read_text()
     assert json.loads((out / "config.json").read_text())["ae_epochs"] == 3
@@ -41,7 +46,7 @@ def test_run_writes_metrics_report_and_bundle(run):
 def test_alignment_changes_the_encoder_and_the_bundle_carries_the_aligned_one(run):
     # defect 1: aligned weights were saved but never loaded downstream
     out, metrics = run
-    state = load_state(str(_latest_checkpoint(out / "ray" / "seed0")))
+    state = load_state(_latest_checkpoint(out / "ray" / "seed0"))
     enc = {k.removeprefix("encoder."): v for k, v in load_file(out / "bundle" / "weights.safetensors").items() if k.startswith("encoder.")}
     for k, v in enc.items():
         assert torch.equal(v, state["models"]["sau_enmap"][k]), k
@@ -51,19 +56,24 @@ def test_alignment_changes_the_encoder_and_the_bundle_carries_the_aligned_one(ru
     assert b.meta["data_hash"] == metrics["data_hash"] and len(b.band_names) == 218
 
 
-def test_killed_run_resumes_from_its_last_checkpoint(world, tmp_path, monkeypatch):
+def test_killed_run_on_s3_resumes_from_its_last_checkpoint(world, run, s3_bucket, monkeypatch):
+    # the same config as the shared `trained` run, so that run is the uninterrupted reference
+    _, ref = run
     cfg = TrainConfig.for_preset("tiny", **FAST)
-    ref = train(world, tmp_path / "ref", cfg, log=lambda *_: None)
-    monkeypatch.setenv("DEEPSALT_FAIL_AT", "teacher:3")  # the worker process dies mid-teacher
+    url = f"s3://{s3_bucket}/run"
+    monkeypatch.setenv("DEEPSALT_FAIL_AT", "teacher:3")  # the worker process dies mid-teacher, once
     with pytest.raises(Exception) as failure:
-        train(world, tmp_path / "killed", cfg, log=lambda *_: None)
-    assert _latest_checkpoint(tmp_path / "killed" / "ray" / "seed0") is not None, repr(failure.value)[:2000]
-    assert _latest_checkpoint(tmp_path / "killed" / "ray" / "seed0") is not None
-    resumed = train(world, tmp_path / "killed", cfg, log=lambda *_: None)
-    state = load_state(str(_latest_checkpoint(tmp_path / "killed" / "ray" / "seed0")))
+        train(world, url, cfg, log=lambda *_: None)
+    assert _latest_checkpoint(f"{url}/ray/seed0") is not None, repr(failure.value)[:2000]
+    resumed = train(world, url, cfg, log=lambda *_: None)
+    state = load_state(_latest_checkpoint(f"{url}/ray/seed0"))
     stages = [h["stage"] for h in state["history"]]
     assert stages.count("ae") == 3  # the auto-encoder stage was not run again
     assert resumed["results"]["deepsalt"]["seen"]["mae"] == pytest.approx(ref["results"]["deepsalt"]["seen"]["mae"], rel=0.25)
+    # the whole run folder is on S3, and the bundle loads from there
+    fs, path = fsspec.core.url_to_fs(url)
+    assert {"config.json", "metrics.json", "report", "bundle", "ray"} <= {p.rsplit("/", 1)[-1] for p in fs.ls(path)}
+    assert DeepSaltBundle.load(f"{url}/bundle").meta["data_hash"] == ref["data_hash"]
 
 
 def test_two_workers_train_to_comparable_quality(world, tmp_path, run):

@@ -15,6 +15,7 @@ import zarr
 from pyproj import CRS
 
 from deepsalt import __version__
+from deepsalt.errors import DeepSaltInputError
 from deepsalt.mapping.grid import Grid
 
 VARS = {
@@ -28,12 +29,25 @@ VARS = {
 STATE = "_deepsalt/state.json"
 
 
+#: botocore attempts per S3 request (standard mode: exponential backoff on 5xx, throttling and dropped connections)
+S3_RETRIES = 10
+
+
+def _options(url: str, storage_options: dict | None) -> dict:
+    so = dict(storage_options or {})
+    if url.startswith("s3://"):
+        ck = dict(so.get("config_kwargs", {}))
+        ck.setdefault("retries", {"max_attempts": S3_RETRIES, "mode": "standard"})
+        so["config_kwargs"] = ck
+    return so
+
+
 def _store(url: str, storage_options: dict | None):
-    return zarr.storage.FsspecStore.from_url(url, storage_options=storage_options) if "://" in url else url
+    return zarr.storage.FsspecStore.from_url(url, storage_options=_options(url, storage_options)) if "://" in url else url
 
 
 def _fs(url: str, storage_options: dict | None):
-    return fsspec.core.url_to_fs(url, **(storage_options or {}))
+    return fsspec.core.url_to_fs(url, **_options(url, storage_options))
 
 
 def open_cube(url: str, grid: Grid, storage_options: dict | None = None) -> zarr.Group:
@@ -95,12 +109,22 @@ def epoch_index(root: zarr.Group, epoch: str) -> int:
 
 
 def write_tile(url: str, storage_options: dict | None, grid: Grid, t: int, ty: int, tx: int, arrays: dict) -> None:
-    """Write one tile (= one chunk per variable) at time index ``t``."""
+    """Write one tile (= one chunk per variable) at time index ``t``.
+
+    Transient store errors (S3 503 SlowDown, 500, throttling, dropped connections) are retried by the
+    client (botocore: up to ``S3_RETRIES`` attempts with backoff); what still fails is reported with the
+    store and tile it hit, and the epoch stays unpublished.
+    """
     store = _store(url, storage_options)
     root = zarr.open_group(store, mode="r+", use_consolidated=False)
     ys, xs = grid.tile_slices(ty, tx)
     for name, values in arrays.items():
-        root[name][t, ys, xs] = values
+        try:
+            root[name][t, ys, xs] = values
+        except Exception as e:  # noqa: BLE001 - any store failure left after the client's retries
+            raise DeepSaltInputError(f"{url} (variable {name}, tile {ty}_{tx})", f"writing to the cube failed: {type(e).__name__}: {e}",
+                                     "check that the store is reachable and writable with these credentials; "
+                                     "transient errors were already retried") from e
 
 
 def publish(url: str, storage_options: dict | None, scene_ids: list[str], models: dict) -> None:

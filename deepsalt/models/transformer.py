@@ -42,12 +42,23 @@ class SpectralTransformer(nn.Module):
         self.layers = nn.ModuleList(
             nn.TransformerEncoderLayer(d_model, heads, ff, dropout, batch_first=True) for _ in range(layers))
         self.head = RangeHead(d_model, *out_range)
+        # Input standardisation, fitted on the training inputs (``fit_input_norm``) and saved with the weights:
+        # sigmoid auto-encoder codes vary by ~1e-2 around a common offset, too little for attention to see.
+        self.register_buffer("in_shift", torch.zeros(in_dim))
+        self.register_buffer("in_scale", torch.ones(in_dim))
+
+    @torch.no_grad()
+    def fit_input_norm(self, x: torch.Tensor) -> None:
+        """Set the input shift/scale to the mean and sd of ``x (n, in_dim)`` (the training inputs)."""
+        self.in_shift.copy_(x.mean(0))
+        self.in_scale.copy_(x.std(0).clamp_min(1e-6))
 
     @property
     def out_range(self) -> tuple[float, float]:
         return self.head.lo, self.head.hi
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        x = (x - self.in_shift) / self.in_scale
         h = self.embed(x)[:, None, :] if self.tokens == "one" else x[..., None] * self.value + self.pos
         feats = []
         for layer in self.layers:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
+import fsspec
 import numpy as np
 
 from deepsalt.config import BASELINES, TrainConfig
@@ -49,27 +52,47 @@ def _train_loop(config: dict) -> None:
     run_pipeline(ray.get(config["data"]), TrainConfig(**config["cfg"]), config["seed"], ctx, resume)
 
 
-def _latest_checkpoint(run_dir: Path):
-    cands = [p for p in run_dir.glob("checkpoint_*") if (p / "state.pt").exists()] if run_dir.exists() else []
-    return max(cands, key=lambda p: p.name) if cands else None
+def _latest_checkpoint(run_dir: str | Path) -> str | None:
+    """The newest ``checkpoint_*`` folder (with its state file) under a local path or fsspec URL, or None."""
+    fs, path = fsspec.core.url_to_fs(str(run_dir))
+    cands = [p for p in fs.glob(f"{path.rstrip('/')}/checkpoint_*") if fs.exists(f"{p}/state.pt")]
+    if not cands:
+        return None
+    best = max(cands, key=lambda p: p.rsplit("/", 1)[-1])
+    return best if "://" not in str(run_dir) else f"{str(run_dir).split('://', 1)[0]}://{best}"
 
 
-def fit_seed(data: TrainingData, cfg: TrainConfig, seed: int, storage: Path, max_failures: int = 0) -> dict:
-    """Train all stages for one seed with Ray Train; resumes from the latest checkpoint in ``storage``."""
-    if _latest_checkpoint(storage / f"seed{seed}") is not None:
-        print(f"seed {seed}: resuming from {_latest_checkpoint(storage / f'seed{seed}').name}")
+def _ray_storage(url: str) -> tuple[str, object]:
+    """(storage_path, storage_filesystem) for Ray Train: local paths as they are; remote URLs through the same
+    fsspec filesystem (endpoint, credentials) the rest of DeepSalt uses, wrapped for pyarrow."""
+    if "://" not in url:
+        return str(Path(url).resolve()), None
+    import pyarrow.fs
+
+    fs, path = fsspec.core.url_to_fs(url)
+    return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
+
+
+def fit_seed(data: TrainingData, cfg: TrainConfig, seed: int, storage: str, max_failures: int = 0) -> dict:
+    """Train all stages for one seed with Ray Train; resumes from the latest checkpoint under ``storage``
+    (a local folder or an fsspec URL such as s3://bucket/run/ray)."""
+    latest = _latest_checkpoint(f"{storage}/seed{seed}")
+    if latest is not None:
+        print(f"seed {seed}: resuming from {latest.rsplit('/', 1)[-1]}")
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
 
     name = f"seed{seed}"
+    storage_path, storage_fs = _ray_storage(storage)
     trainer = TorchTrainer(
         _train_loop,
         train_loop_config={"data": ray.put(data), "cfg": cfg.model_dump(mode="json"), "seed": seed,
-                           "fail_marker": str(storage / f".{name}.failed-once"),
+                           "fail_marker": os.path.join(tempfile.gettempdir(), "deepsalt-" + hashlib.sha256(
+                               f"{storage}/{name}".encode()).hexdigest()[:12] + ".failed-once"),
                            "fail_at": os.environ.get("DEEPSALT_FAIL_AT")},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu),
-        run_config=ray.train.RunConfig(name=name, storage_path=str(storage.resolve()),
+        run_config=ray.train.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs,
                                        failure_config=ray.train.FailureConfig(max_failures=max_failures),
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
     )  # same name + storage as an interrupted run: Ray Train restores its latest checkpoint (get_checkpoint)
@@ -113,6 +136,10 @@ def evaluate_seed(data: TrainingData, cfg: TrainConfig, state: dict, seed: int) 
     tp, _ = predict(models["teacher"], z_lab, ctx)
     lt, lu = data.idx("lab", "test"), data.idx("lab", "unseen")
     out["teacher_lab"] = {"seen": ev.metrics(data.lab_y[lt], tp[lt]), "unseen": ev.metrics(data.lab_y[lu], tp[lu])}
+    # the distillation targets' quality: the teacher fed the aligned EnMAP latent of the satellite test sites
+    tsat, _ = predict(models["teacher"], encode(models["sau_enmap"], data.sat_x, ctx), ctx)
+    out["teacher_enmap"] = {"seen": ev.metrics(data.sat_y[seen_test], tsat[seen_test]),
+                            "unseen": ev.metrics(data.sat_y[unseen], tsat[unseen])}
     li, sj, km = data.pairs
     cos_before = ev.cosine_rows(encode(models["ae_ftir"], data.lab_x[li], ctx), encode(models["ae_enmap"], data.sat_x[sj], ctx))
     cos_after = ev.cosine_rows(encode(models["sau_ftir"], data.lab_x[li], ctx), encode(models["sau_enmap"], data.sat_x[sj], ctx))
@@ -129,16 +156,23 @@ def train(world: str | Path, out: str | Path, cfg: TrainConfig, log=print) -> di
     from deepsalt.models.bundle import DeepSaltBundle
     from deepsalt.train.report import write_report
 
-    out = Path(out)
+    out_url = str(out)
+    remote = "://" in out_url
+    # A remote run folder (s3://...) is written locally and uploaded when complete; its Ray Train
+    # checkpoints go straight to the remote storage, so a run resumes from any machine.
+    out = Path(tempfile.mkdtemp(prefix="deepsalt-run-")) if remote else Path(out_url)
+    storage = f"{out_url.rstrip('/')}/ray" if remote else str(out / "ray")
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / "config.json")
+    if remote:
+        _upload(out / "config.json", f"{out_url.rstrip('/')}/config.json")
     init_ray()
     per_seed, t0 = [], time.time()
     for seed in cfg.seeds:
         data = load_training_data(world, cfg, seed)
         log(f"seed {seed}: {data.info['n_lab']} lab samples, {data.info['n_sat']} sites, {data.info['n_pairs']} pairs; training on "
             f"{cfg.workers} worker(s){' with GPU' if cfg.gpu else ''}")
-        state = fit_seed(data, cfg, seed, out / "ray")
+        state = fit_seed(data, cfg, seed, storage)
         res = evaluate_seed(data, cfg, state, seed)
         log(f"seed {seed}: DeepSalt seen MAE {res['results']['deepsalt']['seen']['mae']:.3f} dS/m "
             f"R2 {res['results']['deepsalt']['seen']['r2']:.3f} ({time.time() - t0:.0f} s)")
@@ -150,12 +184,29 @@ def train(world: str | Path, out: str | Path, cfg: TrainConfig, log=print) -> di
                                   covariates={c.name: c.units for c in COVARIATES}, data_hash=data.data_hash,
                                   seed=seed).save(str(out / "bundle"))
             first = (data, res, state["history"])
-    metrics = {"seeds": list(cfg.seeds), "data_hash": first[0].data_hash,
+    metrics = {"seeds": list(cfg.seeds), "data_hash": first[0].data_hash, "kd_targets": cfg.kd_targets,
                "teacher_lab": ev.aggregate([r["teacher_lab"] for r in per_seed]),
+               "teacher_enmap": ev.aggregate([r["teacher_enmap"] for r in per_seed]),
                "alignment": ev.aggregate([r["alignment"] for r in per_seed]),
                "results": {v: ev.aggregate([r["results"][v] for r in per_seed]) for v in per_seed[0]["results"]},
                "categories": ev.aggregate([r["categories"] for r in per_seed]),
+               # paired by seed (same split, same test sites): DeepSalt's MAE minus each variant's; < 0: DeepSalt better
+               "deepsalt_minus": ev.aggregate([{v: {region: {"mae": r["results"]["deepsalt"][region]["mae"] - r["results"][v][region]["mae"]}
+                                                    for region in ("seen", "unseen")} for v in r["results"] if v != "deepsalt"}
+                                               for r in per_seed]),
                "seconds": round(time.time() - t0, 1)}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     write_report(out / "report", metrics, *first)
+    if remote:
+        _upload(out, out_url)
+        shutil.rmtree(out, ignore_errors=True)
     return metrics
+
+
+def _upload(local: Path, url: str) -> None:
+    fs, path = fsspec.core.url_to_fs(url)
+    if local.is_dir():
+        for f in sorted(p for p in local.rglob("*") if p.is_file()):
+            fs.put_file(str(f), f"{path.rstrip('/')}/{f.relative_to(local).as_posix()}")
+    else:
+        fs.put_file(str(local), path)

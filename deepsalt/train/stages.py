@@ -76,6 +76,12 @@ def _t(a, ctx):
     return torch.as_tensor(np.asarray(a), dtype=torch.float32, device=ctx.device)
 
 
+def _std_log(y: np.ndarray, train_idx: np.ndarray) -> np.ndarray:
+    """ln y standardised with the training samples' mean and sd (the auto-encoders' read-out target)."""
+    ln = np.log(np.clip(y, 1e-3, None))
+    return (ln - ln[train_idx].mean()) / max(ln[train_idx].std(), 1e-6)
+
+
 def _unwrap(m):
     return m.module if hasattr(m, "module") else m
 
@@ -104,6 +110,34 @@ def student_features(data, models, variant: str, ctx: Ctx) -> np.ndarray:
     if variant == "ancillary_only":
         return data.sat_cov
     return np.concatenate([z, data.sat_cov], axis=1)
+
+
+def distillation_targets(data, models, variant: str, kind: str, ctx: Ctx):
+    """Teacher prediction and layer features for every satellite sample, and a 0/1 mask of samples that have one.
+
+    ``aligned_enmap`` (the authors'): the teacher reads the site's own EnMAP latent (aligned; unaligned for the
+    ``student_no_sau`` ablation), so every site gets targets, as good as the alignment is.
+    ``paired_lab``: the teacher reads the FTIR latent of the lab sample paired with the site (mutual nearest
+    neighbour within ``pair_max_km``), i.e. real privileged information; sites without a pair get no
+    distillation terms, only the task term.
+    """
+    if kind == "aligned_enmap":
+        z_sat = encode(models["ae_enmap"] if variant == "student_no_sau" else models["sau_enmap"], data.sat_x, ctx)
+        pred, feats = predict(models["teacher"], z_sat, ctx)
+        return pred, feats, np.ones(len(pred), np.float32)
+    li, sj, _ = data.pairs
+    n = len(data.sat_y)
+    pred, feats = predict(models["teacher"], encode(models["sau_ftir"], data.lab_x[li], ctx), ctx)
+    full_pred = np.ones(n, np.float32)  # placeholder 1 dS/m (log 0) where masked out
+    full_pred[sj] = pred
+    full_feats = []
+    for f in feats:
+        ff = np.zeros((n, f.shape[1]), np.float32)
+        ff[sj] = f
+        full_feats.append(ff)
+    mask = np.zeros(n, np.float32)
+    mask[sj] = 1.0
+    return full_pred, full_feats, mask
 
 
 def run_pipeline(data, cfg: TrainConfig, seed: int, ctx: Ctx, resume: dict | None = None) -> dict:
@@ -136,18 +170,21 @@ def run_pipeline(data, cfg: TrainConfig, seed: int, ctx: Ctx, resume: dict | Non
             trained = {k: ctx.prepare(models[k]) for k in ("sau_ftir", "sau_enmap")}
             opt = torch.optim.Adam([p for m in trained.values() for p in m.parameters()], lr=cfg.ae_lr, weight_decay=cfg.ae_wd)
         elif name == "teacher":
+            z_lab = encode(models["sau_ftir"], data.lab_x, ctx)
+            if start == 0:
+                models["teacher"].fit_input_norm(_t(z_lab[data.idx("lab", "train")], ctx))
             trained = {"teacher": ctx.prepare(models["teacher"])}
             opt = torch.optim.Adam(trained["teacher"].parameters(), lr=cfg.teacher_lr)
-            z_lab = encode(models["sau_ftir"], data.lab_x, ctx)
         else:
             variant = name.split(":", 1)[1]
+            feats_in = student_features(data, models, variant, ctx)
+            if start == 0:
+                models[name].fit_input_norm(_t(feats_in[data.idx("sat", "train")], ctx))
             trained = {name: ctx.prepare(models[name])}
             opt = torch.optim.Adam(trained[name].parameters(), lr=cfg.student_lr, weight_decay=cfg.student_wd)
-            feats_in = student_features(data, models, variant, ctx)
             kd = variant in ("deepsalt", "student_no_sau")
-            if kd:  # the teacher, fed the (aligned or not) EnMAP latent, gives the distillation targets
-                z_sat = encode(models["ae_enmap"] if variant == "student_no_sau" else models["sau_enmap"], data.sat_x, ctx)
-                t_pred, t_feats = predict(models["teacher"], z_sat, ctx)
+            if kd:
+                t_pred, t_feats, t_mask = distillation_targets(data, models, variant, cfg.kd_targets, ctx)
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg.plateau_factor, patience=cfg.plateau_patience)
         if start and stage_state.get("opt"):
             opt.load_state_dict(stage_state["opt"])
@@ -165,6 +202,7 @@ def run_pipeline(data, cfg: TrainConfig, seed: int, ctx: Ctx, resume: dict | Non
                 sat_b = _shard_batches(sat_idx, cfg.ae_batch, rng, ctx)
                 pair_b = _shard_batches(np.arange(len(data.pairs[0])), cfg.ae_batch, rng, ctx) if name == "sau" else []
                 n_pairs = 0
+                ly, sy = _std_log(data.lab_y, lab_idx), _std_log(data.sat_y, sat_idx)
                 for b in range(max(len(lab_b), len(sat_b))):
                     # One forward per model per step (DDP allows no second forward before backward): the
                     # paired samples ride along with the reconstruction batch.
@@ -177,6 +215,10 @@ def run_pipeline(data, cfg: TrainConfig, seed: int, ctx: Ctx, resume: dict | Non
                     ze, xe_hat = trained[f"{pre}_enmap"](xe)
                     loss = (F.mse_loss(xf_hat[:len(li)], xf[:len(li)]) + cfg.kl_weight * kl_sparsity(zf[:len(li)], cfg.kl_rho)
                             + F.mse_loss(xe_hat[:len(si_)], xe[:len(si_)]) + cfg.kl_weight * kl_sparsity(ze[:len(si_)], cfg.kl_rho))
+                    # always in the graph (DDP expects every parameter to get a gradient), weighted 0 when off
+                    loss = loss + cfg.ae_aux_weight * (
+                        F.mse_loss(_unwrap(trained[f"{pre}_ftir"]).aux(zf[:len(li)]).squeeze(-1), _t(ly[li], ctx))
+                        + F.mse_loss(_unwrap(trained[f"{pre}_enmap"]).aux(ze[:len(si_)]).squeeze(-1), _t(sy[si_], ctx)))
                     if name == "sau":
                         loss = cfg.sau_recon_weight * loss
                         if n_pairs:
@@ -199,7 +241,8 @@ def run_pipeline(data, cfg: TrainConfig, seed: int, ctx: Ctx, resume: dict | Non
                     pred, feats = model(_t(x_all[bidx], ctx))
                     if not is_teacher and kd:
                         loss, _ = distillation_loss(pred, feats, _t(y_all[bidx], ctx), _t(t_pred[bidx], ctx),
-                                                    [_t(f[bidx], ctx) for f in t_feats], alpha=cfg.kd_alpha, beta=cfg.kd_beta,
+                                                    [_t(f[bidx], ctx) for f in t_feats], mask=_t(t_mask[bidx], ctx),
+                                                    alpha=cfg.kd_alpha, beta=cfg.kd_beta,
                                                     gamma=cfg.kd_gamma, layer_map=cfg.kd_layer_map,
                                                     weights=cfg.kd_layer_weights, feat_dim=cfg.latent, sigma=cfg.kd_sigma)
                     else:
@@ -244,8 +287,12 @@ def save_state(state: dict, directory: str) -> None:
 
 
 def load_state(directory: str) -> dict:
+    """The state saved in a checkpoint folder (local path or fsspec URL)."""
+    import fsspec
+
     # weights_only: a checkpoint is never unpickled as arbitrary code
-    return torch.load(os.path.join(directory, STATE_FILE), weights_only=True, map_location="cpu")
+    with fsspec.open(f"{str(directory).rstrip('/')}/{STATE_FILE}", "rb") as f:
+        return torch.load(f, weights_only=True, map_location="cpu")
 
 
 def make_ckpt_dir(state: dict) -> str:
