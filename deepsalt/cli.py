@@ -61,7 +61,8 @@ def world(
 @app.command()
 @_clean_errors
 def train(
-    world: Path = typer.Option(..., help="world folder (deepsalt world) holding lab/, samples/ and covariates/"),
+    world: Path = typer.Option(..., help="world folder (deepsalt world) holding lab/, samples/, covariates/ and stac/ "
+                               "(the EnMAP items, read for the pixels at the lab samples)"),
     out: str = typer.Option(..., help="run folder, local or any fsspec URL (s3://bucket/run): config.json, metrics.json, "
                             "report/, bundle/, ray/ checkpoints"),
     preset: str = typer.Option("demo", help="hyper-parameter preset: tiny (minutes on a laptop), demo, benchmark (3 seeds in "
@@ -70,6 +71,8 @@ def train(
     gpu: bool = typer.Option(False, help="one GPU per worker"),
     seeds: str = typer.Option("0,1,2", help="comma-separated seeds; metrics are mean and sd over them"),
     tokens: str = typer.Option("one", help="transformer tokenisation: one (whole latent = one token) or per_dim"),
+    kd_transfer: bool = typer.Option(True, help="also distil on the EnMAP pixels at training-block lab sample locations "
+                                     "(needs the world's stac/); --no-kd-transfer: on the field sites only"),
 ):
     """Train SAU, teacher and student (+ ablations) with Ray Train; evaluate; write the model bundle.
 
@@ -82,7 +85,7 @@ def train(
         raise DeepSaltInputError("--preset", f"unknown preset '{preset}'", "use tiny, demo, benchmark or paper")
     if not (world / "samples" / "satellite_samples.parquet").exists():
         raise DeepSaltInputError(world, "not a world folder (samples/satellite_samples.parquet missing)", "build one with `deepsalt world`")
-    cfg = TrainConfig.for_preset(preset, workers=workers, gpu=gpu, tokens=tokens,
+    cfg = TrainConfig.for_preset(preset, workers=workers, gpu=gpu, tokens=tokens, kd_transfer=kd_transfer,
                                  seeds=tuple(int(s) for s in seeds.split(",")))
     m = run_train(world, out, cfg, log=typer.echo)
     typer.echo(f"wrote {out}/metrics.json, {out}/report/summary.md, {out}/bundle ({m['seconds']} s)")

@@ -9,7 +9,7 @@ import rasterio
 from rasterio.windows import Window
 
 from deepsalt.data.cog import write_cog
-from deepsalt.data.enmap import EnMAPScene
+from deepsalt.data.enmap import EnMAPScene, pixels_at
 from deepsalt.data.stac import search_items
 from deepsalt.errors import DeepSaltInputError
 
@@ -35,6 +35,25 @@ def test_window_read_scales_and_masks(world):
     assert np.isnan(v[:, nodata]).all() and np.isnan(v[:, cloud]).all()
     ok = ~np.isnan(v[0])
     np.testing.assert_allclose(v[0][ok], dn[ok] * 1e-4, rtol=1e-6)
+
+
+def test_pixels_at_points_are_the_site_spectra_and_nan_where_no_scene_sees(world):
+    import pandas as pd
+
+    from deepsalt.spectra.bands import enmap_bands
+
+    sites = pd.read_parquet(world / "samples" / "satellite_samples.parquet")
+    b = enmap_bands()
+    keep = b.model_band_mask()
+    names = list(np.array(b.names)[keep])
+    # the world wrote the sites' spectra from the scene it picked them in: reading the COGs at their lon/lat
+    # through STAC must give the same pixels, band for band
+    lon = np.r_[sites["longitude"].to_numpy(), -100.0]  # plus a point no scene covers
+    lat = np.r_[sites["latitude"].to_numpy(), 30.0]
+    px = pixels_at(search_items(str(world / "stac")), lon, lat, names, b.centers_nm[keep])
+    assert px.shape == (len(sites) + 1, len(names))
+    np.testing.assert_array_equal(px[:-1], sites[[f"refl_{n}" for n in names]].to_numpy(np.float32))
+    assert np.isnan(px[-1]).all()
 
 
 def test_item_numbers_as_strings_are_accepted(world):

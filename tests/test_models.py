@@ -61,6 +61,14 @@ def test_distillation_terms_only_where_the_teacher_has_targets():
     # without a mask every sample counts
     c, _ = distillation_loss(pred, feats, y, t_pred2, t_feats2)
     assert c > a
+    # transfer-set rows have no field label: a task mask keeps their (placeholder) y out of the task term
+    y2 = y.clone()
+    y2[3] = 70.0
+    tm = torch.tensor([1.0, 1.0, 1.0, 0.0])
+    _, pt = distillation_loss(pred, feats, y, t_pred, t_feats, mask=mask, task_mask=tm)
+    _, pt2 = distillation_loss(pred, feats, y2, t_pred, t_feats, mask=mask, task_mask=tm)
+    assert pt["task"] == pytest.approx(pt2["task"]) and pt["task"] == pytest.approx(
+        torch.nn.functional.huber_loss(pred[:3], y[:3]).item())
 
 
 def test_paired_lab_targets_come_from_the_paired_lab_samples():
@@ -177,6 +185,54 @@ def test_positional_indices_and_seeded_undersampling():
     lat, lon = rng.uniform(38, 39, 300), rng.uniform(-110, -109, 300)
     split = spatial_split(lat, lon, 20, (0.8, 0.1, 0.1), 0)
     assert set(split) == {"train", "val", "test"} and 0.6 < (split == "train").mean() < 0.95
+    # other points (the transfer set's lab samples) take the split of the block they fall in: a point on a
+    # site is in that site's block
+    again, other = spatial_split(lat, lon, 20, (0.8, 0.1, 0.1), 0, also=(lat[:50] + 1e-5, lon[:50]))
+    np.testing.assert_array_equal(again, split)
+    np.testing.assert_array_equal(other, split[:50])
+
+
+def test_transfer_set_is_lab_pixels_in_training_blocks_with_teacher_targets(world):
+    from deepsalt.data.lab import read_lab_table
+    from deepsalt.train.data import load_training_data
+    from deepsalt.train.stages import Ctx, build_models, encode, predict, with_transfer_set
+
+    cfg = TrainConfig.for_preset("tiny", ae_hidden=(16,), variants=("deepsalt",))
+    d = load_training_data(world, cfg, 0)
+    n_tr = len(d.transfer_lab)
+    assert n_tr > 20 and d.info["n_transfer"] == n_tr and np.isfinite(d.transfer_x).all() and np.isfinite(d.transfer_cov).all()
+    # no transfer sample sits in a validation or test block of the site split, nor in the held-out region
+    seen = d.sat_split != "unseen"
+    lat, lon = d.sat_meta["latitude"].to_numpy()[seen], d.sat_meta["longitude"].to_numpy()[seen]
+    assert (d.lab_split[d.transfer_lab] != "unseen").all()
+    meta = read_lab_table(world / "lab" / "mir_library.parquet").meta
+    _, blocks = spatial_split(lat, lon, cfg.split_blocks, cfg.split_fractions, 0,
+                              also=(meta["latitude"].to_numpy()[d.transfer_lab], meta["longitude"].to_numpy()[d.transfer_lab]))
+    assert (blocks == "train").all()
+    # appended rows: the student's inputs at those pixels, the teacher's reading of each sample's own FTIR
+    # spectrum as target, no task term
+    models, ctx = build_models(cfg, d.lab_x.shape[1], d.sat_x.shape[1]), Ctx()
+    n = len(d.sat_y)
+    x, y, tp, tf, tm, tw = with_transfer_set(d, models, "deepsalt", ctx, np.zeros((n, 72), np.float32), d.sat_y,
+                                             np.ones(n, np.float32), [np.zeros((n, 64), np.float32)] * 3,
+                                             np.zeros(n, np.float32))
+    t, _ = predict(models["teacher"], encode(models["sau_ftir"], d.lab_x[d.transfer_lab], ctx), ctx)
+    assert x.shape == (n + n_tr, 72) and len(tf) == 3 and tf[0].shape == (n + n_tr, 64)
+    np.testing.assert_allclose(tp[n:], t, rtol=1e-6)
+    assert tm[n:].all() and not tm[:n].any() and tw[:n].all() and not tw[n:].any()
+    np.testing.assert_allclose(x[n:, 64:], d.transfer_cov)
+    assert len(load_training_data(world, TrainConfig.for_preset("tiny", kd_transfer=False), 0).transfer_lab) == 0
+
+
+def test_transfer_set_without_stac_items_is_a_clear_error(world_copy):
+    import shutil
+
+    from deepsalt.errors import DeepSaltInputError
+    from deepsalt.train.data import load_training_data
+
+    shutil.rmtree(world_copy / "stac")
+    with pytest.raises(DeepSaltInputError, match="stac.*no STAC items for the distillation transfer set.*--no-kd-transfer"):
+        load_training_data(world_copy, TrainConfig.for_preset("tiny"), 0)
 
 
 def _bundle(cfg):

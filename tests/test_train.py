@@ -33,7 +33,8 @@ def test_run_writes_metrics_report_and_bundle(run):
             assert np.isfinite(r[region]["mae"])
         # defect 5: the unseen-region evaluation must really run, on real samples
         assert r["unseen"]["n"] > 0 and r["seen"]["n"] > 0
-    assert on_disk["alignment"]["n_pairs"] > 0 and {"teacher_lab", "teacher_enmap", "categories"} <= set(on_disk)
+    assert on_disk["alignment"]["n_pairs"] > 0 and on_disk["alignment"]["n_transfer"] > 0
+    assert {"teacher_lab", "teacher_enmap", "categories"} <= set(on_disk)
     r = on_disk["results"]
     for v in expected - {"deepsalt"}:  # paired by seed: with one seed, exactly the difference of the two MAEs
         assert on_disk["deepsalt_minus"][v]["seen"]["mae"] == pytest.approx(r["deepsalt"]["seen"]["mae"] - r[v]["seen"]["mae"])

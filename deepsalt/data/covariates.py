@@ -78,9 +78,9 @@ def _lookup(source, xs: np.ndarray, ys: np.ndarray, crs) -> np.ndarray:
     return out
 
 
-def sample_covariates(source, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
-    """Covariates at lon/lat points, ``(n_points, 8)`` float32; NaN where a raster has no data."""
-    return _lookup(source, np.asarray(lon, float), np.asarray(lat, float), "EPSG:4326")
+def sample_covariates(source, lon: np.ndarray, lat: np.ndarray, crs="EPSG:4326") -> np.ndarray:
+    """Covariates at points (lon/lat, or x/y in ``crs``), ``(n_points, 8)`` float32; NaN where a raster has no data."""
+    return _lookup(source, np.asarray(lon, float), np.asarray(lat, float), crs)
 
 
 def covariates_on_grid(source, crs, transform, shape: tuple[int, int]) -> np.ndarray:

@@ -17,9 +17,9 @@ from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from deepsalt.data.cog import gdal_path, no_crs_error, open_error
-from deepsalt.data.stac import QUALITY_ASSETS
+from deepsalt.data.stac import QUALITY_ASSETS, priority
 from deepsalt.errors import DeepSaltInputError
-from deepsalt.spectra.bands import BandTable
+from deepsalt.spectra.bands import BandTable, select_bands
 
 
 def open_band_raster(href: str, what: str) -> xr.DataArray:
@@ -122,3 +122,39 @@ class EnMAPScene:
                            "wavelength": ("band", self.bands.centers_nm), "fwhm": ("band", self.bands.fwhm_nm),
                            "band": list(self.bands.names)}, attrs={"scene_id": self.id, "units": "1"})
         return out.rio.write_crs(da.rio.crs).rio.write_transform(da.rio.transform())
+
+    def sample_points(self, lon: np.ndarray, lat: np.ndarray, quality: tuple[str, ...] = QUALITY_MASKS) -> np.ndarray:
+        """Reflectance ``(n, n_bands)`` of the pixels holding WGS84 points; NaN outside the scene and where
+        masked. Reads one window: the points' bounding box."""
+        from pyproj import Transformer
+
+        da = self.open_image()
+        xs, ys = Transformer.from_crs("EPSG:4326", da.rio.crs, always_xy=True).transform(np.asarray(lon), np.asarray(lat))
+        cols, rows = ~da.rio.transform() * (np.asarray(xs), np.asarray(ys))
+        cols, rows = np.floor(cols).astype(np.int64), np.floor(rows).astype(np.int64)
+        inside = (rows >= 0) & (rows < da.sizes["y"]) & (cols >= 0) & (cols < da.sizes["x"])
+        out = np.full((len(cols), len(self.bands)), np.nan, np.float32)
+        if inside.any():
+            r0, c0 = rows[inside].min(), cols[inside].min()
+            win = Window(c0, r0, cols[inside].max() - c0 + 1, rows[inside].max() - r0 + 1)
+            refl = self.read(win, quality, require_valid=False).values
+            out[inside] = refl[:, rows[inside] - r0, cols[inside] - c0].T
+        return out
+
+
+def pixels_at(items: list[pystac.Item], lon: np.ndarray, lat: np.ndarray, band_names: list[str],
+              band_centers: list[float], quality: tuple[str, ...] = EnMAPScene.QUALITY_MASKS) -> np.ndarray:
+    """Reflectance ``(n, len(band_names))`` at WGS84 points from the first scene (least cloud, then newest) with a
+    valid pixel there; rows stay NaN where no scene has one."""
+    out = np.full((len(lon), len(band_names)), np.nan, np.float32)
+    lon, lat = np.asarray(lon, float), np.asarray(lat, float)
+    for item in sorted(items, key=priority):
+        todo = np.flatnonzero(~np.isfinite(out).all(1))
+        x0, y0, x1, y1 = item.bbox
+        todo = todo[(lon[todo] >= x0) & (lon[todo] <= x1) & (lat[todo] >= y0) & (lat[todo] <= y1)]
+        if not len(todo):
+            continue
+        scene = EnMAPScene.from_item(item)
+        sel = select_bands(band_names, band_centers, scene.bands.names, scene.bands.centers_nm, f"STAC item {scene.id}")
+        out[todo] = scene.sample_points(lon[todo], lat[todo], quality)[:, sel]
+    return out

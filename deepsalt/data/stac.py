@@ -74,6 +74,11 @@ def rebase_hrefs(items: list[pystac.Item], old_root: str, new_root: str) -> list
     return out
 
 
+def priority(item: pystac.Item):
+    """Sort key: least cloud first, then newest, then id (which scene's pixel wins where scenes overlap)."""
+    return (float(item.properties.get("eo:cloud_cover") or 0), -item.datetime.timestamp(), item.id)
+
+
 def _parse_interval(dt: str | None):
     if not dt:
         return None, None

@@ -18,13 +18,10 @@ from rasterio.windows import Window, from_bounds
 
 from deepsalt.data.covariates import covariates_on_grid
 from deepsalt.data.enmap import EnMAPScene
+from deepsalt.data.stac import priority
 from deepsalt.errors import DeepSaltInputError
 from deepsalt.mapping.grid import Grid
 from deepsalt.spectra.bands import select_bands
-
-
-def priority(item: pystac.Item):
-    return (float(item.properties.get("eo:cloud_cover") or 0), -item.datetime.timestamp(), item.id)
 
 
 def fingerprint(items: list[pystac.Item], model_hash: str) -> str:

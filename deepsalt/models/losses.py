@@ -28,12 +28,14 @@ def response_kl(pred_s: torch.Tensor, pred_t: torch.Tensor, sigma: float = 0.25,
     return (kl * mask).sum() / mask.sum().clamp_min(1.0)
 
 
-def distillation_loss(pred_s, feats_s, y, pred_t=None, feats_t=None, *, mask=None, alpha=0.07, beta=0.90, gamma=0.10,
+def distillation_loss(pred_s, feats_s, y, pred_t=None, feats_t=None, *, mask=None, task_mask=None, alpha=0.07, beta=0.90, gamma=0.10,
                       layer_map=(0, 1, 2, 2), weights=(1.35, 1.05, 0.65, 0.65), feat_dim=64, sigma=0.25):
     """alpha * Huber(pred, y; delta=1) + beta * sum_l w_l SmoothL1(student_l[:, :feat_dim], teacher_map[l])
     + gamma * response_kl(pred, teacher_pred). Without a teacher (``pred_t is None``) only the task term.
-    ``mask`` (B,) of 0/1 limits the feature and response terms to the samples that have teacher targets."""
-    task = F.huber_loss(pred_s, y, delta=1.0)
+    ``mask`` (B,) of 0/1 limits the feature and response terms to the samples that have teacher targets,
+    ``task_mask`` (B,) the task term to those that have a field label."""
+    task = F.huber_loss(pred_s, y, delta=1.0, reduction="none")
+    task = task.mean() if task_mask is None else (task * task_mask).sum() / task_mask.sum().clamp_min(1.0)
     if pred_t is None:
         return task, {"task": task.item()}
     check_layer_map(len(feats_s), len(feats_t), tuple(layer_map), tuple(weights))

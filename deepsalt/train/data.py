@@ -11,9 +11,11 @@ import pandas as pd
 from sklearn.cluster import KMeans
 
 from deepsalt.config import TrainConfig
-from deepsalt.data.covariates import COVARIATE_NAMES, COVARIATES
+from deepsalt.data.covariates import COVARIATE_NAMES, COVARIATES, sample_covariates
+from deepsalt.data.enmap import pixels_at
 from deepsalt.data.lab import check_lat_lon, read_lab_table
 from deepsalt.data.pairing import mutual_pairs
+from deepsalt.data.stac import search_items
 from deepsalt.errors import DeepSaltInputError
 from deepsalt.models.scalers import Scaler
 from deepsalt.spectra.bands import enmap_bands
@@ -33,6 +35,10 @@ class TrainingData:
     sat_split: np.ndarray  # (n_sat,)
     sat_meta: pd.DataFrame  # positional, aligned with sat_* rows
     pairs: tuple[np.ndarray, np.ndarray, np.ndarray]  # (lab_i, sat_j, km)
+    # distillation transfer set: training-block lab samples with the EnMAP pixel and covariates at their location
+    transfer_lab: np.ndarray  # (n_tr,) lab rows
+    transfer_x: np.ndarray  # (n_tr, n_bands) scaled
+    transfer_cov: np.ndarray  # (n_tr, 8) scaled
     scalers: dict[str, Scaler]
     band_names: list[str]
     band_centers: list[float]
@@ -44,27 +50,31 @@ class TrainingData:
         return np.flatnonzero((self.lab_split if which == "lab" else self.sat_split) == split)
 
 
-def spatial_split(lat, lon, n_blocks: int, fractions, seed: int) -> np.ndarray:
+def spatial_split(lat, lon, n_blocks: int, fractions, seed: int, also=None):
     """KMeans blocks on lat/lon, whole blocks shuffled into train/val/test to reach the fractions.
 
     Whole blocks, not samples, so that neighbouring (spatially autocorrelated) sites never straddle train
-    and test: a random split would leak and flatter every model.
+    and test: a random split would leak and flatter every model. ``also=(lat, lon)`` of other points: they
+    get the split of the block they fall in, returned second.
     """
     n_blocks = min(n_blocks or max(10, len(lat) // 8), len(lat))
-    labels = KMeans(n_blocks, n_init=4, random_state=seed).fit_predict(np.column_stack([lat, lon]))
+    km = KMeans(n_blocks, n_init=4, random_state=seed).fit(np.column_stack([lat, lon]))
+    labels = km.labels_
     order = np.random.default_rng(seed).permutation(n_blocks)
     sizes = np.bincount(labels, minlength=n_blocks)[order]
     cum = np.cumsum(sizes) / len(lat)
-    out = np.empty(len(lat), dtype=object)
     names = np.where(cum <= fractions[0] + 1e-9, "train", np.where(cum <= fractions[0] + fractions[1] + 1e-9, "val", "test"))
     # guarantee a non-empty val and test
     if "val" not in names:
         names[-2] = "val"
     if "test" not in names:
         names[-1] = "test"
-    for b, name in zip(order, names):
-        out[labels == b] = name
-    return out.astype(str)
+    block_name = dict(zip(order, names))
+    out = np.array([block_name[b] for b in labels], dtype=str)
+    if also is None:
+        return out
+    other = km.predict(np.column_stack(also)) if len(also[0]) else np.zeros(0, int)
+    return out, np.array([block_name[b] for b in other], dtype=str)
 
 
 def undersample_zero_ec(y: np.ndarray, idx: np.ndarray, threshold: float, keep: float, seed: int) -> np.ndarray:
@@ -80,6 +90,25 @@ def _hash(*arrays) -> str:
     for a in arrays:
         h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()[:16]
+
+
+_LAB_PIXELS: dict = {}
+
+
+def lab_pixels(world: Path, lon: np.ndarray, lat: np.ndarray, band_names: list[str], band_centers: list[float]):
+    """EnMAP reflectance ``(n, n_bands)`` and covariates ``(n, 8)`` at lab sample locations, NaN where no scene of
+    ``world/stac`` has a clear pixel. Cached per world and points: every seed reads the same pixels."""
+    key = (str(world), _hash(lon, lat), tuple(band_names))
+    if key not in _LAB_PIXELS:
+        stac = world / "stac"
+        if not stac.exists():
+            raise DeepSaltInputError(stac, "no STAC items for the distillation transfer set (EnMAP pixels at the lab samples)",
+                                     "put the EnMAP items (items.json) in the world's stac/ folder, or train with "
+                                     "--no-kd-transfer (kd_transfer=False)")
+        refl = pixels_at(search_items(str(stac)), lon, lat, band_names, band_centers)
+        _LAB_PIXELS.clear()
+        _LAB_PIXELS[key] = refl, sample_covariates(world / "covariates", lon, lat).astype(np.float32)
+    return _LAB_PIXELS[key]
 
 
 def load_training_data(world: str | Path, cfg: TrainConfig, seed: int = 0) -> TrainingData:
@@ -98,10 +127,13 @@ def load_training_data(world: str | Path, cfg: TrainConfig, seed: int = 0) -> Tr
 
     sat_split = np.full(len(sat), "unseen", dtype=object)
     seen = np.flatnonzero(sat["region"].to_numpy() == "seen")
-    sat_split[seen] = spatial_split(sat["latitude"].to_numpy()[seen], sat["longitude"].to_numpy()[seen],
-                                    cfg.split_blocks, cfg.split_fractions, seed)
+    lab_meta = lab.meta
+    lab_seen_region = lab_meta["region"].to_numpy() == "seen" if "region" in lab_meta else np.ones(len(lab_meta), bool)
+    sat_split[seen], lab_block = spatial_split(
+        sat["latitude"].to_numpy()[seen], sat["longitude"].to_numpy()[seen], cfg.split_blocks, cfg.split_fractions, seed,
+        also=(lab_meta["latitude"].to_numpy()[lab_seen_region], lab_meta["longitude"].to_numpy()[lab_seen_region]))
     lab_split = np.full(len(lab.meta), "unseen", dtype=object)
-    lab_seen = np.flatnonzero(lab.meta["region"].to_numpy() == "seen") if "region" in lab.meta else np.arange(len(lab.meta))
+    lab_seen = np.flatnonzero(lab_seen_region)
     perm = np.random.default_rng(seed).permutation(lab_seen)
     n_tr, n_va = int(cfg.split_fractions[0] * len(perm)), int(cfg.split_fractions[1] * len(perm))
     lab_split[perm[:n_tr]], lab_split[perm[n_tr:n_tr + n_va]], lab_split[perm[n_tr + n_va:]] = "train", "val", "test"
@@ -115,14 +147,27 @@ def load_training_data(world: str | Path, cfg: TrainConfig, seed: int = 0) -> Tr
     li, sj, km = mutual_pairs(lab.meta["latitude"].to_numpy(), lab.meta["longitude"].to_numpy(),
                               sat["latitude"].to_numpy()[tr_s], sat["longitude"].to_numpy()[tr_s], cfg.pair_max_km)
     pairs = (li, np.flatnonzero(tr_s)[sj], km)
+    # Transfer set: seen-region lab samples in TRAINING blocks of the site split (so none sits in a val/test
+    # block), with a clear EnMAP pixel and covariates at their own location.
+    tr_lab = np.zeros(0, np.int64)
+    tr_refl, tr_cov = np.zeros((0, len(refl_cols)), np.float32), np.zeros((0, len(COVARIATE_NAMES)), np.float32)
+    refl_all = tr_refl
+    if cfg.kd_transfer:
+        cand = np.flatnonzero(lab_seen_region)[lab_block == "train"]
+        refl_all, cov_all = lab_pixels(world, lab_meta["longitude"].to_numpy(), lab_meta["latitude"].to_numpy(),
+                                       np.array(bands.names)[keep].tolist(), bands.centers_nm[keep].tolist())
+        ok = np.isfinite(refl_all[cand]).all(1) & np.isfinite(cov_all[cand]).all(1)
+        tr_lab = cand[ok]
+        tr_refl, tr_cov = refl_all[tr_lab], cov_all[tr_lab]
     return TrainingData(
         lab_x=scalers["ftir"].transform(lab.spectra), lab_y=lab.meta["ece_dsm"].to_numpy(np.float32),
         lab_split=lab_split.astype(str), sat_x=scalers["enmap"].transform(sat_raw),
         sat_cov=scalers["covariates"].transform(cov_raw), sat_y=sat["ece_dsm"].to_numpy(np.float32),
         sat_split=sat_split.astype(str), sat_meta=sat.drop(columns=[c for c in sat.columns if c.startswith("refl_")]),
-        pairs=pairs, scalers=scalers, band_names=list(np.array(bands.names)[keep]),
+        pairs=pairs, transfer_lab=tr_lab, transfer_x=scalers["enmap"].transform(tr_refl),
+        transfer_cov=scalers["covariates"].transform(tr_cov), scalers=scalers, band_names=list(np.array(bands.names)[keep]),
         band_centers=bands.centers_nm[keep].tolist(), wavenumbers=lab.wavenumbers.tolist(),
-        data_hash=_hash(lab.spectra, lab.meta["ece_dsm"].to_numpy(), sat_raw, cov_raw, sat["ece_dsm"].to_numpy()),
-        info={"n_lab": len(lab.meta), "n_sat": len(sat), "n_pairs": int(len(li)),
+        data_hash=_hash(lab.spectra, lab.meta["ece_dsm"].to_numpy(), sat_raw, cov_raw, sat["ece_dsm"].to_numpy(), refl_all),
+        info={"n_lab": len(lab.meta), "n_sat": len(sat), "n_pairs": int(len(li)), "n_transfer": int(len(tr_lab)),
               "covariate_units": {c.name: c.units for c in COVARIATES}},
     )

@@ -58,6 +58,8 @@ def write_report(folder: Path, metrics: dict, data, res: dict, history: list) ->
     plt.close(fig)
     a, t, te = metrics["alignment"], metrics["teacher_lab"], metrics["teacher_enmap"]
     data_targets = metrics.get("kd_targets", "?")
+    n_tr = a.get("n_transfer", 0)
+    transfer = (f" and on a transfer set of {n_tr:.0f} EnMAP pixels at training-block lab sample locations" if n_tr else "")
     (folder / "summary.md").write_text(
         f"# DeepSalt training report\n\nSeeds: {metrics['seeds']}; training data hash {metrics['data_hash']}; "
         f"{metrics['seconds']} s.\n\n## Students and baselines (ECe, dS/m; mean ± sd over seeds)\n\n{_table(metrics)}\n\n"
@@ -65,6 +67,7 @@ def write_report(folder: Path, metrics: dict, data, res: dict, history: list) ->
         f"## Teacher on held-out lab samples\n\nseen MAE {t['seen']['mae']:.3f}, R2 {t['seen']['r2']:.3f}; "
         f"unseen-region MAE {t['unseen']['mae']:.3f}, R2 {t['unseen']['r2']:.3f}\n\n"
         f"The teacher fed the aligned EnMAP latent of the seen test sites (the authors' distillation targets): "
-        f"MAE {te['seen']['mae']:.3f}, R2 {te['seen']['r2']:.3f}. This run distilled from `{data_targets}` targets.\n\n"
+        f"MAE {te['seen']['mae']:.3f}, R2 {te['seen']['r2']:.3f}. This run distilled from `{data_targets}` targets"
+        f"{transfer}.\n\n"
         f"## Alignment\n\n{a['n_pairs']:.0f} lab-site pairs (median {a['pair_km_median']:.2f} km); mean latent cosine "
         f"{a['cosine_before']:.3f} before alignment, {a['cosine_after']:.3f} after.\n\n![evaluation](evaluation.png)\n")

@@ -143,7 +143,8 @@ def evaluate_seed(data: TrainingData, cfg: TrainConfig, state: dict, seed: int) 
     li, sj, km = data.pairs
     cos_before = ev.cosine_rows(encode(models["ae_ftir"], data.lab_x[li], ctx), encode(models["ae_enmap"], data.sat_x[sj], ctx))
     cos_after = ev.cosine_rows(encode(models["sau_ftir"], data.lab_x[li], ctx), encode(models["sau_enmap"], data.sat_x[sj], ctx))
-    out["alignment"] = {"n_pairs": int(len(li)), "pair_km_median": float(np.median(km)) if len(km) else float("nan"),
+    out["alignment"] = {"n_pairs": int(len(li)), "n_transfer": int(len(data.transfer_lab)),
+                        "pair_km_median": float(np.median(km)) if len(km) else float("nan"),
                         "pair_km_p90": float(np.percentile(km, 90)) if len(km) else float("nan"),
                         "cosine_before": float(cos_before.mean()) if len(li) else float("nan"),
                         "cosine_after": float(cos_after.mean()) if len(li) else float("nan")}
@@ -170,7 +171,8 @@ def train(world: str | Path, out: str | Path, cfg: TrainConfig, log=print) -> di
     per_seed, t0 = [], time.time()
     for seed in cfg.seeds:
         data = load_training_data(world, cfg, seed)
-        log(f"seed {seed}: {data.info['n_lab']} lab samples, {data.info['n_sat']} sites, {data.info['n_pairs']} pairs; training on "
+        log(f"seed {seed}: {data.info['n_lab']} lab samples, {data.info['n_sat']} sites, {data.info['n_pairs']} pairs, "
+            f"{data.info['n_transfer']} transfer pixels; training on "
             f"{cfg.workers} worker(s){' with GPU' if cfg.gpu else ''}")
         state = fit_seed(data, cfg, seed, storage)
         res = evaluate_seed(data, cfg, state, seed)

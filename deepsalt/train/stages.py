@@ -101,15 +101,18 @@ def predict(model: SpectralTransformer, x: np.ndarray, ctx: Ctx) -> tuple[np.nda
     return pred.cpu().numpy(), [f.cpu().numpy() for f in feats]
 
 
-def student_features(data, models, variant: str, ctx: Ctx) -> np.ndarray:
-    """Student inputs for every satellite sample: [EnMAP latent | covariates] (or one part, for ablations)."""
-    enc = models["ae_enmap"] if variant == "student_no_sau" else models["sau_enmap"]
-    z = encode(enc, data.sat_x, ctx)
-    if variant == "hsi_only":
-        return z
+def student_features(data, models, variant: str, ctx: Ctx, transfer: bool = False) -> np.ndarray:
+    """Student inputs [EnMAP latent | covariates] (or one part, for ablations) for every satellite sample, or with
+    ``transfer`` for every transfer-set sample (the pixels at lab sample locations)."""
+    x, cov = (data.transfer_x, data.transfer_cov) if transfer else (data.sat_x, data.sat_cov)
     if variant == "ancillary_only":
-        return data.sat_cov
-    return np.concatenate([z, data.sat_cov], axis=1)
+        return cov
+    z = encode(models["ae_enmap"] if variant == "student_no_sau" else models["sau_enmap"], x, ctx)
+    return z if variant == "hsi_only" else np.concatenate([z, cov], axis=1)
+
+
+def _teacher_dims(models) -> list[int]:
+    return [_unwrap(models["teacher"]).d_model] * len(_unwrap(models["teacher"]).layers)
 
 
 def distillation_targets(data, models, variant: str, kind: str, ctx: Ctx):
@@ -121,6 +124,9 @@ def distillation_targets(data, models, variant: str, kind: str, ctx: Ctx):
     neighbour within ``pair_max_km``), i.e. real privileged information; sites without a pair get no
     distillation terms, only the task term.
     """
+    if kind == "none":  # distillation only on the transfer set (if any): every site gets the task term alone
+        n = len(data.sat_y)
+        return np.ones(n, np.float32), [np.zeros((n, d), np.float32) for d in _teacher_dims(models)], np.zeros(n, np.float32)
     if kind == "aligned_enmap":
         z_sat = encode(models["ae_enmap"] if variant == "student_no_sau" else models["sau_enmap"], data.sat_x, ctx)
         pred, feats = predict(models["teacher"], z_sat, ctx)
@@ -138,6 +144,22 @@ def distillation_targets(data, models, variant: str, kind: str, ctx: Ctx):
     mask = np.zeros(n, np.float32)
     mask[sj] = 1.0
     return full_pred, full_feats, mask
+
+
+def with_transfer_set(data, models, variant: str, ctx: Ctx, x, y, t_pred, t_feats, t_mask):
+    """Append the transfer set to a student's inputs and targets: the pixels at training-block lab sample locations,
+    with the teacher's prediction and features from each sample's own FTIR latent. Returns the extended
+    ``x, y, t_pred, t_feats, t_mask`` and the task-term weights (0 on transfer rows: they have no field label;
+    ``y`` holds the teacher's prediction there, used only to undersample near-zero ECe)."""
+    n_tr = len(data.transfer_lab)
+    task_w = np.concatenate([np.ones(len(y), np.float32), np.zeros(n_tr, np.float32)])
+    if not n_tr:
+        return x, y, t_pred, t_feats, t_mask, task_w
+    p_tr, f_tr = predict(models["teacher"], encode(models["sau_ftir"], data.lab_x[data.transfer_lab], ctx), ctx)
+    return (np.concatenate([x, student_features(data, models, variant, ctx, transfer=True)]),
+            np.concatenate([y, p_tr]).astype(np.float32), np.concatenate([t_pred, p_tr]),
+            [np.concatenate([a, b]) for a, b in zip(t_feats, f_tr)],
+            np.concatenate([t_mask, np.ones(n_tr, np.float32)]), task_w)
 
 
 def run_pipeline(data, cfg: TrainConfig, seed: int, ctx: Ctx, resume: dict | None = None) -> dict:
@@ -177,14 +199,21 @@ def run_pipeline(data, cfg: TrainConfig, seed: int, ctx: Ctx, resume: dict | Non
             opt = torch.optim.Adam(trained["teacher"].parameters(), lr=cfg.teacher_lr)
         else:
             variant = name.split(":", 1)[1]
-            feats_in = student_features(data, models, variant, ctx)
-            if start == 0:
-                models[name].fit_input_norm(_t(feats_in[data.idx("sat", "train")], ctx))
+            feats_in, y_st = student_features(data, models, variant, ctx), data.sat_y
+            st_train = data.idx("sat", "train")
+            if start == 0:  # site inputs only, so every variant standardises alike
+                models[name].fit_input_norm(_t(feats_in[st_train], ctx))
             trained = {name: ctx.prepare(models[name])}
             opt = torch.optim.Adam(trained[name].parameters(), lr=cfg.student_lr, weight_decay=cfg.student_wd)
             kd = variant in ("deepsalt", "student_no_sau")
+            task_w = np.ones(len(y_st), np.float32)
             if kd:
                 t_pred, t_feats, t_mask = distillation_targets(data, models, variant, cfg.kd_targets, ctx)
+                if cfg.kd_transfer:
+                    n_site = len(y_st)
+                    feats_in, y_st, t_pred, t_feats, t_mask, task_w = with_transfer_set(
+                        data, models, variant, ctx, feats_in, y_st, t_pred, t_feats, t_mask)
+                    st_train = np.concatenate([st_train, np.arange(n_site, len(y_st))])
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg.plateau_factor, patience=cfg.plateau_patience)
         if start and stage_state.get("opt"):
             opt.load_state_dict(stage_state["opt"])
@@ -233,8 +262,8 @@ def run_pipeline(data, cfg: TrainConfig, seed: int, ctx: Ctx, resume: dict | Non
                 metric = {"loss": val}
             else:
                 is_teacher = name == "teacher"
-                x_all, y_all = (z_lab, data.lab_y) if is_teacher else (feats_in, data.sat_y)
-                tr_idx = data.idx("lab" if is_teacher else "sat", "train")
+                x_all, y_all = (z_lab, data.lab_y) if is_teacher else (feats_in, y_st)
+                tr_idx = data.idx("lab", "train") if is_teacher else st_train
                 tr_idx = undersample_zero_ec(y_all, tr_idx, cfg.zero_ec_dsm, cfg.zero_ec_keep, seed * 100 + epoch)
                 model = trained[name]
                 for bidx in _shard_batches(tr_idx, cfg.teacher_batch if is_teacher else cfg.student_batch, rng, ctx):
@@ -242,6 +271,7 @@ def run_pipeline(data, cfg: TrainConfig, seed: int, ctx: Ctx, resume: dict | Non
                     if not is_teacher and kd:
                         loss, _ = distillation_loss(pred, feats, _t(y_all[bidx], ctx), _t(t_pred[bidx], ctx),
                                                     [_t(f[bidx], ctx) for f in t_feats], mask=_t(t_mask[bidx], ctx),
+                                                    task_mask=_t(task_w[bidx], ctx),
                                                     alpha=cfg.kd_alpha, beta=cfg.kd_beta,
                                                     gamma=cfg.kd_gamma, layer_map=cfg.kd_layer_map,
                                                     weights=cfg.kd_layer_weights, feat_dim=cfg.latent, sigma=cfg.kd_sigma)
