@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from pydantic import ValidationError
 
 from deepsalt.errors import DeepSaltInputError
 
@@ -28,6 +29,11 @@ def _clean_errors(fn):
             return fn(*a, **k)
         except DeepSaltInputError as e:
             typer.secho(f"error: {e}", fg="red", err=True)
+            raise typer.Exit(2)
+        except ValidationError as e:  # a config field out of range or badly formatted: name the flag
+            err = e.errors()[0]
+            flag = "--" + str(err["loc"][0]).replace("_", "-") if err.get("loc") else "input"
+            typer.secho(f"error: {flag}: {err['msg'].removeprefix('Value error, ')}", fg="red", err=True)
             raise typer.Exit(2)
     return wrapper
 
@@ -126,15 +132,17 @@ def map_cmd(
     chunk: int = typer.Option(256, help="chunk = tile side in pixels"),
     mc_samples: int = typer.Option(5, help="MC-dropout passes for the ece_sd uncertainty (0: none)"),
     actors: int = typer.Option(1, help="student inference actors (one GPU each when the cluster has GPUs)"),
+    allow_http: bool = typer.Option(False, help="accept plain http:// asset hrefs (trusted internal servers only); "
+                                    "s3://, https:// and local paths are always accepted"),
 ):
-    """Map ECe for the scenes of a region into the continental Zarr cube (incremental; atomic publish).
+    """Map ECe for the scenes of a region into the continental cube: one Icechunk commit per run.
 
-    Runs on the Ray cluster at RAY_ADDRESS, or a local one. Only tiles whose scenes or model changed since the
-    last run of this epoch are mapped; running it again changes nothing.
+    Runs on the Ray cluster at RAY_ADDRESS, or a local one. Only tiles whose inputs changed since the last run
+    of this epoch are mapped (scenes and their files, model bundle, covariates, options); tiles of the region
+    whose scenes left the catalog are cleared; running it again changes nothing. A killed run commits nothing.
     """
     from deepsalt.config import MapConfig
-    from deepsalt.mapping.pipeline import map_region
-    from deepsalt.raycluster import init_ray
+    from deepsalt.mapping.pipeline import grid_for, map_region
 
     if region:
         if region not in REGIONS:
@@ -143,8 +151,8 @@ def map_cmd(
     so = _storage_options(out)
     cfg = MapConfig(stac=stac, collection=collection, bbox=_bbox(bbox), datetime=datetime, epoch=epoch, max_cloud=max_cloud,
                     covariates=covariates, model=model, out=out, grid=grid, chunk=chunk, mc_samples=mc_samples,
-                    predict_actors=actors, storage_options=so)
-    init_ray()
+                    predict_actors=actors, storage_options=so, allow_http=allow_http)
+    grid_for(cfg)  # a bad --grid before anything starts; Ray starts only when there are tiles to map
     s = map_region(cfg, log=typer.echo)
     typer.echo(json.dumps(s))
 
@@ -153,6 +161,27 @@ def _storage_options(url: str) -> dict:
     import os
     ep = os.environ.get("AWS_ENDPOINT_URL")
     return {"client_kwargs": {"endpoint_url": ep}} if url.startswith("s3://") and ep else {}
+
+
+@app.command("history")
+@_clean_errors
+def history_cmd(cube: str = typer.Option(..., help="cube URL (local folder or s3://bucket/prefix)"),
+                as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table")):
+    """List the cube's commits, newest first: time, commit id, tags, epoch, tiles, pixels, model.
+
+    Read any of them with `deepsalt.open_cube(URL, version=ID_OR_TAG_OR_DATE)`.
+    """
+    from deepsalt.mapping.cube import history
+
+    rows = history(cube, _storage_options(cube))
+    if as_json:
+        typer.echo(json.dumps(rows, indent=1))
+        return
+    typer.echo(f"{'time (UTC)':25s} {'commit':20s} {'epoch':8s} {'tiles':>5s} {'cleared':>7s} {'pixels':>9s} {'model':16s} tags")
+    for r in rows:
+        typer.echo(f"{r['time']:25s} {r['id']:20s} {str(r['epoch'] or '-'):8s} {str(r['tiles'] or 0):>5s} "
+                   f"{str(r['tiles_cleared'] or 0):>7s} {str(r['pixels'] or 0):>9s} {str(r['model'] or '-'):16s} "
+                   f"{','.join(r['tags']) or r['message']}")
 
 
 @app.command("score")

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Preset = Literal["tiny", "demo", "benchmark"]
 TrainPreset = Literal["tiny", "demo", "benchmark", "paper"]
@@ -153,7 +153,8 @@ class MapConfig(_Config):
     collection: str = "ENMAP_HSI_L2A"
     bbox: tuple[float, float, float, float] | None = None
     datetime: str | None = None
-    epoch: str = Field(..., description="map epoch (time coordinate), e.g. 2024 or 2024-06")
+    epoch: str = Field(..., description="map epoch on the cube's time axis: YYYY, YYYY-MM or YYYY-MM-DD, year 1950-2200 "
+                       "(the epoch's start is its time coordinate)")
     max_cloud: float | None = Field(None, ge=0, le=100, description="max eo:cloud_cover in %")
     covariates: str
     model: str
@@ -164,3 +165,24 @@ class MapConfig(_Config):
     quality_masks: tuple[str, ...] = ("quality_cloud", "quality_cloud_shadow", "quality_haze", "quality_snow")
     predict_actors: int = Field(1, ge=1)
     storage_options: dict = Field(default_factory=dict)
+    allow_http: bool = Field(False, description="accept plain http:// asset hrefs (trusted internal servers only)")
+    commit_attempts: int = Field(3, ge=1, description="times a run re-plans on the new cube state when another run "
+                                 "committed conflicting changes first")
+
+    @field_validator("epoch")
+    @classmethod
+    def _epoch_format(cls, v: str) -> str:
+        import re
+        from datetime import date
+
+        m = re.fullmatch(r"(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?", v.strip())
+        try:
+            if m is None:
+                raise ValueError
+            y, mo, d = int(m[1]), int(m[2] or 1), int(m[3] or 1)
+            date(y, mo, d)
+        except ValueError:
+            raise ValueError(f"'{v}' is not YYYY, YYYY-MM or YYYY-MM-DD (e.g. 2024 or 2024-06)") from None
+        if not 1950 <= y <= 2200:
+            raise ValueError(f"year {y} is outside 1950-2200 (e.g. 2024, not 24)")
+        return v.strip()

@@ -8,6 +8,19 @@ import os
 TRAIN_POLL = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.05")}
 
 
+#: what workers need to reach the stores, and nothing secret: credentials stay in the processes' own environment
+#: (a local cluster inherits it; a real cluster gets them from its instance role or service account)
+WORKER_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_S3_ENDPOINT", "AWS_HTTPS", "AWS_VIRTUAL_HOSTING",
+              "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_NO_SIGN_REQUEST", "AWS_REQUEST_CHECKSUM_CALCULATION",
+              "AWS_RESPONSE_CHECKSUM_VALIDATION")
+
+
+def worker_env() -> dict[str, str]:
+    """The variables a local cluster's runtime env carries: store endpoints and GDAL settings, no credentials."""
+    return {k: v for k, v in os.environ.items() if k in WORKER_ENV or (k.startswith(("GDAL_", "CPL_")) and "SECRET" not in k
+                                                                         and "TOKEN" not in k and "KEY" not in k)}
+
+
 def init_ray() -> None:
     """Connect once. A local cluster gets the S3/GDAL variables and the Train poll interval in its runtime env;
     an existing cluster or job already carries its own (a second runtime env would conflict with the job's)."""
@@ -19,6 +32,5 @@ def init_ray() -> None:
     address = os.environ.get("RAY_ADDRESS") or None
     kwargs = {}
     if address is None:
-        env = {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "GDAL_", "CPL_"))}
-        kwargs["runtime_env"] = {"env_vars": {**env, **TRAIN_POLL}}
+        kwargs["runtime_env"] = {"env_vars": {**worker_env(), **TRAIN_POLL}}
     ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False, **kwargs)

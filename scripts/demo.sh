@@ -32,6 +32,6 @@ print(f"cube vs truth: R2 {cube['r2']:.3f}, MAE {cube['mae']:.3f} dS/m over {cub
 PY
 echo
 echo "done in $(( $(date +%s) - start )) s"
-echo "  cube:      $OUT/cube.zarr   (xarray.open_zarr(\"$OUT/cube.zarr\"))"
+echo "  cube:      $OUT/cube.zarr   (deepsalt.open_cube(\"$OUT/cube.zarr\"); history: deepsalt history --cube $OUT/cube.zarr)"
 echo "  quicklook: $OUT/quicklook.png"
 echo "  scores:    $OUT/score.json;  training report: $OUT/run/report/summary.md"

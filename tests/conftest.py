@@ -72,3 +72,55 @@ def trained(world, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("run")
     return out, train(world, out, TrainConfig.for_preset("tiny", **FAST), log=lambda *_: None)
+
+
+def map_cfg(world, bundle, out, **kw):
+    """The mapping config the tests share (kw may override any field)."""
+    from deepsalt.config import MapConfig
+
+    return MapConfig(**{"stac": str(world / "stac"), "covariates": str(world / "covariates"), "model": str(bundle),
+                        "out": str(out), "epoch": "2024", "mc_samples": 3, **kw})
+
+
+@pytest.fixture(scope="session")
+def cube(world, trained, tmp_path_factory):
+    """(cube path, summary) of one uninterrupted mapping of the tiny world: the reference other runs must equal."""
+    from deepsalt.mapping.pipeline import map_region
+
+    out = tmp_path_factory.mktemp("cube") / "ece.zarr"
+    summary = map_region(map_cfg(world, trained[0] / "bundle", out), log=lambda *_: None)
+    return out, summary
+
+
+def tile_arrays(url, storage_options=None, version=None, epoch_index=0) -> dict:
+    """{(ty, tx): {var: array}} for every recorded tile of one epoch, with ``scene`` as scene ids."""
+    import numpy as np
+    import zarr
+
+    from deepsalt.mapping.cube import VARS, readonly_session, recorded_tiles
+
+    session = readonly_session(str(url), storage_options, version)
+    try:
+        root = zarr.open_group(session.store, mode="r")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        return {}  # a repository whose template was never committed
+    if "time" not in root or root["time"].shape[0] <= epoch_index:
+        return {}
+    ids = np.array(list(root.attrs["scene_ids"]) + [""], dtype=object)
+    chunk = root.attrs["grid"]["chunk"]
+    out = {}
+    for ty, tx in sorted(recorded_tiles(session, epoch_index)):
+        ys, xs = slice(ty * chunk, (ty + 1) * chunk), slice(tx * chunk, (tx + 1) * chunk)
+        d = {v: root[v][epoch_index, ys, xs] for v in VARS}
+        d["scene"] = ids[d["scene"]]  # -1 -> ""
+        out[(ty, tx)] = d
+    return out
+
+
+def assert_tiles_equal(a: dict, b: dict) -> None:
+    import numpy as np
+
+    assert sorted(a) == sorted(b)
+    for k in a:
+        for v in a[k]:
+            np.testing.assert_array_equal(a[k][v], b[k][v], err_msg=f"tile {k} variable {v}")

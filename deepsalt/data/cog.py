@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,53 @@ def write_cog(path: str | Path, data: np.ndarray, crs, transform, nodata=None, *
     os.replace(tmp, path)
 
 
+#: host names that answer with cloud credentials or instance data
+METADATA_HOSTS = {"metadata", "metadata.google.internal", "metadata.azure.internal", "instance-data",
+                  "instance-data.ec2.internal", "169.254.169.254", "fd00:ec2::254", "100.100.100.200"}
+
+
+def check_href(href: str, what: str, allow_http: bool = False) -> str:
+    """``href`` if it is safe to hand to GDAL, else a DeepSaltInputError naming it.
+
+    Catalogs are input: an asset href must not make workers read GDAL virtual files (``/vsi...``), inline
+    XML (a VRT that reads any file), another driver's syntax (``HDF5:...``), paths with ``..``, or
+    link-local and cloud-metadata addresses. Allowed: ``s3://``, ``https://``, ``file://`` and local paths;
+    ``http://`` only with ``allow_http`` (``--allow-http``).
+    """
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    def refuse(why: str, fix: str = "point the asset at an s3://, https:// or local GeoTIFF"):
+        raise DeepSaltInputError(f"{what} href {href[:120]!r}", f"refused: {why}", fix)
+
+    h = href.strip()
+    if not h:
+        refuse("empty href")
+    if "<" in h or ">" in h or "\n" in h or "\r" in h:
+        refuse("inline XML or control characters")
+    if "/vsi" in h.lower():
+        refuse("GDAL virtual file systems (/vsi...) are not allowed")
+    scheme = urlsplit(h).scheme.lower() if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", h) else ""
+    if scheme not in ("", "s3", "https", "http", "file"):
+        refuse(f"scheme or driver prefix '{scheme}:' is not allowed")
+    if scheme == "http" and not allow_http:
+        refuse("plain http:// is not allowed", "use https://, or pass --allow-http for a trusted internal server")
+    path = urlsplit(h).path if scheme else h
+    if ".." in path.replace("\\", "/").split("/"):
+        refuse("'..' path traversal")
+    if scheme in ("http", "https"):
+        host = (urlsplit(h).hostname or "").lower().rstrip(".")
+        if host in METADATA_HOSTS:
+            refuse("cloud metadata address")
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            ip = None
+        if ip is not None and (ip.is_link_local or ip.is_multicast or ip.is_unspecified or ip.is_reserved):
+            refuse("link-local, multicast or reserved address")
+    return h
+
+
 def gdal_path(href: str) -> str:
     """GDAL path for an href: ``s3://b/k`` -> ``/vsis3/b/k``; ``http(s)`` -> ``/vsicurl/``; files unchanged."""
     if href.startswith("s3://"):
@@ -41,9 +89,10 @@ def gdal_path(href: str) -> str:
 
 
 def open_error(href: str, what: str, e: Exception) -> DeepSaltInputError:
-    """The error for a raster GDAL could not open: missing, or not a (complete) GeoTIFF."""
-    reason = "does not exist" if "No such file" in str(e) or "does not exist" in str(e) else f"is not a readable GeoTIFF ({e})"
-    return DeepSaltInputError(href, f"{what} {reason}", "check the path/URL and that the file is a complete GeoTIFF/COG")
+    """The error for a raster GDAL could not open. One wording for missing and unreadable files, so that an
+    href in a catalog cannot be used to probe which files exist on a worker."""
+    return DeepSaltInputError(href, f"{what} does not exist or is not a readable GeoTIFF",
+                              "check the path/URL, the credentials, and that the file is a complete GeoTIFF/COG")
 
 
 def no_crs_error(href: str, what: str) -> DeepSaltInputError:
@@ -53,7 +102,7 @@ def no_crs_error(href: str, what: str) -> DeepSaltInputError:
 def open_raster(href: str, what: str = "raster"):
     """Open a raster for reading; a missing, corrupt or non-TIFF file, or one with no CRS, is a clear error."""
     try:
-        ds = rasterio.open(gdal_path(href))
+        ds = rasterio.open(gdal_path(href), driver="GTiff")
     except RasterioIOError as e:
         raise open_error(href, what, e) from None
     if ds.crs is None:

@@ -25,19 +25,38 @@ class Covariate:
     name: str
     units: str
     description: str
+    valid_range: tuple[float, float]  # physical limits in ``units``: values outside mean wrong units or a wrong raster
 
 
+#: Temperatures: Earth's recorded extremes of monthly means lie well inside -70..60 degC, so Kelvin (>= 200)
+#: or Fahrenheit extremes fail. Monthly precipitation: >= 0, below the wettest month on record (~9,300 mm).
 COVARIATES: tuple[Covariate, ...] = (
-    Covariate("sand", "%", "total sand, SSURGO sandtotal_r"),
-    Covariate("clay", "%", "total clay, SSURGO claytotal_r"),
-    Covariate("tm_min", "degC", "mean minimum temperature of the coldest month, PRISM"),
-    Covariate("tm_max", "degC", "mean maximum temperature of the warmest month, PRISM"),
-    Covariate("tm_avg", "degC", "mean annual temperature, PRISM"),
-    Covariate("pr_min", "mm", "precipitation of the driest month, PRISM"),
-    Covariate("pr_max", "mm", "precipitation of the wettest month, PRISM"),
-    Covariate("pr_avg", "mm", "mean monthly precipitation, PRISM"),
+    Covariate("sand", "%", "total sand, SSURGO sandtotal_r", (0.0, 100.0)),
+    Covariate("clay", "%", "total clay, SSURGO claytotal_r", (0.0, 100.0)),
+    Covariate("tm_min", "degC", "mean minimum temperature of the coldest month, PRISM", (-70.0, 60.0)),
+    Covariate("tm_max", "degC", "mean maximum temperature of the warmest month, PRISM", (-70.0, 60.0)),
+    Covariate("tm_avg", "degC", "mean annual temperature, PRISM", (-70.0, 60.0)),
+    Covariate("pr_min", "mm", "precipitation of the driest month, PRISM", (0.0, 10_000.0)),
+    Covariate("pr_max", "mm", "precipitation of the wettest month, PRISM", (0.0, 10_000.0)),
+    Covariate("pr_avg", "mm", "mean monthly precipitation, PRISM", (0.0, 10_000.0)),
 )
 COVARIATE_NAMES = tuple(c.name for c in COVARIATES)
+
+
+def check_covariate_ranges(values: np.ndarray, source, where: str = "") -> None:
+    """Refuse covariates outside their physical range (Kelvin for degC, fractions for %, negative rain).
+
+    ``values`` is ``(8, ...)`` in ``COVARIATE_NAMES`` order (pass point samples transposed); NaN is ignored.
+    """
+    for c, row in zip(COVARIATES, np.asarray(values, np.float64).reshape(len(COVARIATES), -1)):
+        row = row[np.isfinite(row)]
+        if row.size and (row.min() < c.valid_range[0] or row.max() > c.valid_range[1]):
+            hint = {"degC": "temperatures must be in degrees Celsius (Kelvin? subtract 273.15)",
+                    "%": "texture must be in percent 0-100 (fractions? multiply by 100)",
+                    "mm": "precipitation must be in mm per month, >= 0"}[c.units]
+            raise DeepSaltInputError(f"{source} (covariate '{c.name}'{where})",
+                                     f"values {row.min():.4g} to {row.max():.4g} lie outside the physical range "
+                                     f"{c.valid_range[0]:g} to {c.valid_range[1]:g} {c.units}", hint)
 
 
 def covariate_hrefs(source: str | Path) -> dict[str, str]:

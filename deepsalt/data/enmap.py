@@ -16,7 +16,7 @@ import xarray as xr
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
-from deepsalt.data.cog import gdal_path, no_crs_error, open_error
+from deepsalt.data.cog import check_href, gdal_path, no_crs_error, open_error
 from deepsalt.data.stac import QUALITY_ASSETS, priority
 from deepsalt.errors import DeepSaltInputError
 from deepsalt.spectra.bands import BandTable, select_bands
@@ -25,7 +25,7 @@ from deepsalt.spectra.bands import BandTable, select_bands
 def open_band_raster(href: str, what: str) -> xr.DataArray:
     """Lazily open a raster as ``(band, y, x)``; missing, corrupt, non-TIFF and CRS-less files are clear errors."""
     try:
-        da = rioxarray.open_rasterio(gdal_path(href), masked=False, cache=False, lock=False)
+        da = rioxarray.open_rasterio(gdal_path(href), masked=False, cache=False, lock=False, driver="GTiff")
     except (RasterioIOError, OSError) as e:
         raise open_error(href, what, e) from None
     if da.rio.crs is None:
@@ -58,9 +58,10 @@ class EnMAPScene:
     gain: np.ndarray  # (n_bands,)
     offset: np.ndarray  # (n_bands,)
     nodata: float
+    allow_http: bool = False  # http:// asset hrefs (``--allow-http``); https, s3 and local paths always
 
     @classmethod
-    def from_item(cls, item: pystac.Item) -> "EnMAPScene":
+    def from_item(cls, item: pystac.Item, allow_http: bool = False) -> "EnMAPScene":
         asset = item.assets.get(cls.IMAGE_ASSET)
         if asset is None:
             raise DeepSaltInputError(f"STAC item {item.id}", f"missing asset '{cls.IMAGE_ASSET}'",
@@ -70,10 +71,14 @@ class EnMAPScene:
             raise DeepSaltInputError(f"STAC item {item.id}", "image asset has no eo:bands",
                                      "the band centres and FWHM must come with the item")
         bands = BandTable.from_eo_bands(eo)
-        gain = np.array([float(b.get("enmap:gain_of_band", 1e-4)) for b in eo], np.float32)
-        offset = np.array([float(b.get("enmap:offset_of_band", 0.0)) for b in eo], np.float32)
-        nodata = float(item.properties.get("enmap:nodata", cls.DEFAULT_NODATA))
-        return cls(item=item, bands=bands, gain=gain, offset=offset, nodata=nodata)
+        try:
+            gain = np.array([float(b.get("enmap:gain_of_band", 1e-4)) for b in eo], np.float32)
+            offset = np.array([float(b.get("enmap:offset_of_band", 0.0)) for b in eo], np.float32)
+            nodata = float(item.properties.get("enmap:nodata", cls.DEFAULT_NODATA))
+        except (TypeError, ValueError) as e:
+            raise DeepSaltInputError(f"STAC item {item.id}", f"gain, offset or nodata is not a number ({e})",
+                                     "fix enmap:gain_of_band / enmap:offset_of_band / enmap:nodata in the item") from None
+        return cls(item=item, bands=bands, gain=gain, offset=offset, nodata=nodata, allow_http=allow_http)
 
     @property
     def id(self) -> str:
@@ -83,7 +88,7 @@ class EnMAPScene:
         if key not in self.item.assets:
             raise DeepSaltInputError(f"STAC item {self.id}", f"missing asset '{key}'",
                                      f"drop '{key}' from the quality masks to apply, or fix the item")
-        return self.item.assets[key].href
+        return check_href(self.item.assets[key].href, f"STAC item {self.id} asset '{key}'", self.allow_http)
 
     def open_image(self) -> xr.DataArray:
         da = open_band_raster(self.href(self.IMAGE_ASSET), f"EnMAP image of {self.id}")

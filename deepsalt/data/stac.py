@@ -11,6 +11,7 @@ import pystac
 from pyproj import Transformer
 
 from deepsalt.errors import DeepSaltInputError
+from deepsalt.redact import redact_url
 
 COLLECTION = "ENMAP_HSI_L2A"
 COG = "image/tiff; application=geotiff; profile=cloud-optimized"
@@ -74,9 +75,34 @@ def rebase_hrefs(items: list[pystac.Item], old_root: str, new_root: str) -> list
     return out
 
 
+def item_time(item: pystac.Item) -> datetime:
+    """The acquisition time: ``datetime``, or for an item with ``datetime: null`` (valid STAC) the start (else
+    end) of its ``start_datetime``/``end_datetime`` range."""
+    t = item.datetime or item.common_metadata.start_datetime or item.common_metadata.end_datetime
+    if t is None:
+        raise DeepSaltInputError(f"STAC item {item.id}", "has neither datetime nor start_datetime/end_datetime",
+                                 "fix the item: STAC requires one of them")
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+def cloud_cover(item: pystac.Item) -> float:
+    """``eo:cloud_cover`` in % (0 when absent; numbers may arrive as strings); anything else is an error."""
+    v = item.properties.get("eo:cloud_cover")
+    if v is None:
+        return 0.0
+    try:
+        c = float(v)
+    except (TypeError, ValueError):
+        c = float("nan")
+    if not 0 <= c <= 100:
+        raise DeepSaltInputError(f"STAC item {item.id}", f"eo:cloud_cover {v!r} is not a percentage in 0-100",
+                                 "fix the item, or drop it from the catalog")
+    return c
+
+
 def priority(item: pystac.Item):
     """Sort key: least cloud first, then newest, then id (which scene's pixel wins where scenes overlap)."""
-    return (float(item.properties.get("eo:cloud_cover") or 0), -item.datetime.timestamp(), item.id)
+    return (cloud_cover(item), -item_time(item).timestamp(), item.id)
 
 
 def _parse_interval(dt: str | None):
@@ -118,7 +144,7 @@ def search_items(stac: str, collection: str = COLLECTION, bbox=None, datetime_ra
                                    max_items=None, limit=100)
             items = list(search.items())
         except Exception as e:  # noqa: BLE001 - connection, HTTP and JSON errors all mean "no answer"
-            raise DeepSaltInputError(stac, f"STAC API search failed ({type(e).__name__}: {str(e)[:200]})",
+            raise DeepSaltInputError(redact_url(stac), f"STAC API search failed ({type(e).__name__}: {str(e)[:200]})",
                                      "check that the API URL is right and reachable") from None
     else:
         items = [i for i in _static_items(Path(stac)) if i.collection_id in (None, collection)]
@@ -128,7 +154,7 @@ def search_items(stac: str, collection: str = COLLECTION, bbox=None, datetime_ra
             x0, y0, x1, y1 = bbox
             items = [i for i in items if not (i.bbox[0] > x1 or i.bbox[2] < x0 or i.bbox[1] > y1 or i.bbox[3] < y0)]
         lo, hi = _parse_interval(datetime_range)
-        items = [i for i in items if (lo is None or i.datetime >= lo) and (hi is None or i.datetime <= hi)]
+        items = [i for i in items if (lo is None or item_time(i) >= lo) and (hi is None or item_time(i) <= hi)]
     if max_cloud is not None:
-        items = [i for i in items if float(i.properties.get("eo:cloud_cover", 0) or 0) <= max_cloud]
-    return sorted(items, key=lambda i: (i.datetime, i.id))
+        items = [i for i in items if cloud_cover(i) <= max_cloud]
+    return sorted(items, key=lambda i: (item_time(i), i.id))

@@ -1,15 +1,31 @@
-"""The ECe cube: Zarr v3 on any fsspec URL, dims (time, y, x), CF attributes, readable by xarray/rioxarray.
+"""The ECe cube: an Icechunk repository (Zarr v3 underneath) on a local folder or ``s3://bucket/prefix``.
 
-Publishing is one write: tasks write chunks into arrays that were resized beyond what the consolidated
-metadata (the root ``zarr.json``) advertises, and the run ends by re-consolidating. Readers that open with
-consolidated metadata (``xr.open_zarr``'s default) see the new epoch all at once or not at all.
+Layout of the ``main`` branch (dims ``time, y, x``; CF attributes; CRS in ``spatial_ref``, readable by
+rioxarray):
+
+- ``ece``, ``ece_sd``, ``valid``, ``scene``: one chunk per tile and epoch; tiles with no mapped pixel hold
+  no chunk;
+- ``time``, ``x``, ``y``, ``spatial_ref``: coordinates;
+- root attributes: ``grid``, ``scene_ids`` (what ``scene`` indexes), ``models`` (the bundle per epoch),
+  ``deepsalt_cube`` (the output contract's version);
+- ``_deepsalt/fingerprint`` ``(time, tile_y, tile_x)`` uint64: per tile, a hash of everything that made its
+  pixels (see ``mapping.fingerprint``); 0 = no tile. One chunk per tile, so runs on other tiles never touch it.
+
+Every run is one Icechunk commit: data and fingerprints change together or not at all. Ray workers write
+tiles into forks of the driver's session, the driver merges them and commits once; a killed run commits
+nothing. Each commit carries metadata (epoch, tiles, pixels, scenes, model, run) and each published epoch
+gets a tag ``epoch-<E>-r<N>``, so every earlier state stays readable (``open_cube(..., version=...)``).
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import os
+import pickle
+import re
+from datetime import datetime, time as dtime, timezone
+from pathlib import Path
 
-import fsspec
 import numpy as np
 import zarr
 from pyproj import CRS
@@ -17,7 +33,11 @@ from pyproj import CRS
 from deepsalt import __version__
 from deepsalt.errors import DeepSaltInputError
 from deepsalt.mapping.grid import Grid
+from deepsalt.redact import redact_url
 
+#: The output contract: bump when the meaning of a stored value changes (a fingerprint input too).
+CUBE_FORMAT = "deepsalt-cube/2"
+BRANCH = "main"
 VARS = {
     "ece": dict(dtype="float32", fill=np.nan, attrs={"units": "dS m-1", "long_name": "soil salinity, electrical conductivity of the saturated-paste extract, 0-12 cm",
                                                        "valid_min": 0.05, "valid_max": 77.0}),
@@ -26,46 +46,123 @@ VARS = {
                                                "flag_meanings": "not_mapped mapped"}),
     "scene": dict(dtype="int32", fill=-1, attrs={"long_name": "index of the EnMAP scene the pixel came from (see the scene_ids attribute)"}),
 }
-STATE = "_deepsalt/state.json"
-
-
-#: botocore attempts per S3 request (standard mode: exponential backoff on 5xx, throttling and dropped connections)
+FINGERPRINT = "_deepsalt/fingerprint"
+#: botocore-style attempts per S3 request (exponential backoff on 5xx, throttling and dropped connections)
 S3_RETRIES = 10
 
 
-def _options(url: str, storage_options: dict | None) -> dict:
-    so = dict(storage_options or {})
+def _quiet_icechunk() -> None:
+    """Icechunk logs a warning per local-filesystem open; DeepSalt serialises local commits itself (``_commit_lock``)."""
+    import icechunk
+
+    if "ICECHUNK_LOG" not in os.environ:
+        icechunk.set_logs_filter("error")
+
+
+def storage(url: str, storage_options: dict | None = None):
+    """The Icechunk storage for a cube URL: a local folder, or ``s3://bucket/prefix`` (endpoint and keys from
+    ``storage_options`` in s3fs style, else from the ``AWS_*`` environment)."""
+    import icechunk
+
+    _quiet_icechunk()
+    so = storage_options or {}
     if url.startswith("s3://"):
-        ck = dict(so.get("config_kwargs", {}))
-        ck.setdefault("retries", {"max_attempts": S3_RETRIES, "mode": "standard"})
-        so["config_kwargs"] = ck
-    return so
+        bucket, _, prefix = url[5:].partition("/")
+        ep = (so.get("client_kwargs") or {}).get("endpoint_url") or so.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL")
+        creds = dict(access_key_id=so["key"], secret_access_key=so.get("secret"), session_token=so.get("token")) if so.get("key") else dict(from_env=True)
+        return icechunk.s3_storage(bucket=bucket, prefix=prefix.strip("/") or None, endpoint_url=ep,
+                                   region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+                                   allow_http=bool(ep and ep.startswith("http://")), force_path_style=bool(ep), **creds)
+    if "://" in url and not url.startswith("file://"):
+        raise DeepSaltInputError(redact_url(url), "unsupported cube URL", "use a local folder or s3://bucket/prefix")
+    return icechunk.local_filesystem_storage(str(Path(url.removeprefix("file://")).resolve()))
 
 
-def _store(url: str, storage_options: dict | None):
-    return zarr.storage.FsspecStore.from_url(url, storage_options=_options(url, storage_options)) if "://" in url else url
+def _config():
+    import icechunk
+
+    return icechunk.RepositoryConfig(storage=icechunk.StorageSettings(
+        retries=icechunk.StorageRetriesSettings(max_tries=S3_RETRIES, initial_backoff_ms=100, max_backoff_ms=5000)))
 
 
-def _fs(url: str, storage_options: dict | None):
-    return fsspec.core.url_to_fs(url, **_options(url, storage_options))
+def open_repo(url: str, storage_options: dict | None = None, create: bool = False):
+    """The cube's repository; with ``create``, a new one (an empty template needs ``init_template``)."""
+    import icechunk
+
+    import time
+
+    st = storage(url, storage_options)
+    for attempt in range(3):
+        try:
+            if icechunk.Repository.exists(st):
+                return icechunk.Repository.open(st, config=_config())
+            if create:
+                return icechunk.Repository.open_or_create(st, config=_config())
+            break
+        except icechunk.IcechunkError as e:
+            if attempt < 2 and create:  # two first runs racing to create the repository: the loser opens it
+                time.sleep(0.5)
+                continue
+            raise DeepSaltInputError(redact_url(url), f"cannot open the cube's store ({str(e).strip().splitlines()[0][:200]})",
+                                     "check the URL, the bucket and the credentials") from None
+    raise DeepSaltInputError(redact_url(url), "no DeepSalt cube here", "pass the --out of `deepsalt map`")
 
 
-def open_cube(url: str, grid: Grid, storage_options: dict | None = None) -> zarr.Group:
-    """Open the cube, creating its (empty, zero-epoch) template on first use; refuses another grid."""
-    store = _store(url, storage_options)
+@contextlib.contextmanager
+def _commit_lock(url: str):
+    """Icechunk's local-filesystem storage has no atomic conditional writes: serialise commits on this machine
+    with an advisory lock. Object storage (S3) detects concurrent commits itself."""
+    if "://" in url and not url.startswith("file://"):
+        yield
+        return
+    import fcntl
+
+    path = Path(url.removeprefix("file://")).resolve() / ".deepsalt-commit.lock"
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def ensure_template(repo, url: str, grid: Grid) -> None:
+    """Create the empty cube (no epoch) in its own commit if the branch has none; refuse another grid.
+
+    A run killed before this commit leaves an empty repository, which the next run completes.
+    """
+    import icechunk
+
     try:
-        root = zarr.open_group(store, mode="r+")
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
-        root = _create(store, grid)
-    if root.attrs.get("grid") != grid.to_dict():
-        raise ValueError(f"{url}: the cube's grid {root.attrs.get('grid')} is not the requested {grid.to_dict()}")
-    return root
+        attrs = zarr.open_group(repo.readonly_session(BRANCH).store, mode="r").attrs
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError):
+        attrs = {}
+    if "deepsalt_cube" not in attrs:
+        session = repo.writable_session(BRANCH)
+        _create(session.store, grid)
+        with _commit_lock(url):
+            try:
+                session.commit("create the empty cube", metadata={"deepsalt": __version__, "kind": "template"})
+            except icechunk.ConflictError:  # another run created it first; its template is checked below
+                pass
+    check_grid(zarr.open_group(repo.readonly_session(BRANCH).store, mode="r"), grid, url)
 
 
-def _create(store, grid: Grid) -> zarr.Group:
+def check_grid(root: zarr.Group, grid: Grid, url: str) -> None:
+    have = root.attrs.get("grid")
+    if root.attrs.get("deepsalt_cube") != CUBE_FORMAT:
+        raise DeepSaltInputError(redact_url(url), f"cube format {root.attrs.get('deepsalt_cube')!r} is not {CUBE_FORMAT!r}",
+                                 "write to a new cube URL")
+    if have != grid.to_dict():
+        diff = ", ".join(f"{k} {have.get(k)!r} (not {v!r})" for k, v in grid.to_dict().items() if have.get(k) != v)
+        raise DeepSaltInputError(redact_url(url), f"the cube was made with another grid: {diff}",
+                                 "use the cube's --grid and --chunk, or write to a new cube URL")
+
+
+def _create(store, grid: Grid) -> None:
     root = zarr.open_group(store, mode="w", attributes={
         "Conventions": "CF-1.8", "title": "DeepSalt soil salinity (ECe) cube", "source": f"deepsalt {__version__}",
-        "grid": grid.to_dict(), "scene_ids": [], "models": {}})
+        "deepsalt_cube": CUBE_FORMAT, "grid": grid.to_dict(), "scene_ids": [], "models": {}})
     crs = CRS.from_user_input(grid.crs)
     sr = root.create_array("spatial_ref", shape=(), dtype="int32", fill_value=0)
     sr.attrs.update({**crs.to_cf(), "crs_wkt": crs.to_wkt(), "spatial_ref": crs.to_wkt(),
@@ -83,78 +180,182 @@ def _create(store, grid: Grid) -> zarr.Group:
         a = root.create_array(name, shape=(0, grid.height, grid.width), chunks=(1, grid.chunk, grid.chunk),
                               dtype=spec["dtype"], fill_value=spec["fill"], dimension_names=("time", "y", "x"))
         a.attrs.update({**spec["attrs"], "grid_mapping": "spatial_ref", "coordinates": "spatial_ref"})
-    zarr.consolidate_metadata(store)
-    return zarr.open_group(store, mode="r+")
+    nty, ntx = grid.n_tiles
+    fp = root.create_group("_deepsalt").create_array("fingerprint", shape=(0, nty, ntx), chunks=(1, 1, 1), dtype="uint64",
+                                                     fill_value=0, dimension_names=("time", "tile_y", "tile_x"))
+    fp.attrs["description"] = "per tile: hash of the scenes, model, covariates and options that made its pixels; 0 = none"
 
 
 def epoch_days(epoch: str) -> int:
     return int(np.datetime64(epoch, "D").astype("int64"))
 
 
-def epoch_index(root: zarr.Group, epoch: str) -> int:
-    """Index of ``epoch`` on the time axis, appending it (unpublished) if new."""
-    days = epoch_days(epoch)
+def epoch_slot(root: zarr.Group, epoch: str) -> tuple[int, bool]:
+    """(time index of ``epoch``, whether it is new). A new epoch goes after the existing ones."""
     t = root["time"]
-    values = t[:] if t.shape[0] else np.array([], dtype="int64")
-    hit = np.flatnonzero(values == days)
-    if hit.size:
-        return int(hit[0])
-    n = t.shape[0]
-    t.resize((n + 1,))
-    t[n] = days
-    for name in VARS:
-        a = root[name]
-        a.resize((n + 1, *a.shape[1:]))
-    return n
+    hit = np.flatnonzero((t[:] if t.shape[0] else np.zeros(0, "int64")) == epoch_days(epoch))
+    return (int(hit[0]), False) if hit.size else (t.shape[0], True)
 
 
-def write_tile(url: str, storage_options: dict | None, grid: Grid, t: int, ty: int, tx: int, arrays: dict) -> None:
-    """Write one tile (= one chunk per variable) at time index ``t``.
+def recorded_tiles(session, t: int | None = None) -> set[tuple[int, int]]:
+    """Tiles with a fingerprint (at time index ``t``, or at any): from the chunk index, never a scan of the grid."""
+    from zarr.core.sync import sync
 
-    Transient store errors (S3 503 SlowDown, 500, throttling, dropped connections) are retried by the
-    client (botocore: up to ``S3_RETRIES`` attempts with backoff); what still fails is reported with the
-    store and tile it hit, and the epoch stays unpublished.
+    async def coords():
+        return [c async for c in session.chunk_coordinates(f"/{FINGERPRINT}")]
+
+    return {(int(c[1]), int(c[2])) for c in sync(coords()) if t is None or c[0] == t}
+
+
+def read_fingerprints(root: zarr.Group, t: int, tiles: list[tuple[int, int]]) -> dict[tuple[int, int], int]:
+    fp = root[FINGERPRINT]
+    if not tiles or t >= fp.shape[0]:
+        return {k: 0 for k in tiles}
+    tys, txs = np.array(tiles).T
+    vals = fp.get_coordinate_selection((np.full(len(tiles), t), tys, txs))
+    return {k: int(v) for k, v in zip(tiles, vals)}
+
+
+def fork_bytes(session) -> bytes:
+    """A pickled fork of a clean writable session, for Ray workers (Icechunk's distributed-write pattern)."""
+    return pickle.dumps(session.fork())
+
+
+def write_tile(fork: bytes, where: str, grid: Grid, t: int, ty: int, tx: int, arrays: dict | None, fingerprint: int) -> bytes:
+    """Write one tile (one chunk per variable; ``arrays=None`` clears it) and its fingerprint at time index ``t``
+    into a fork of the run's session; returns the fork for the driver to merge. Nothing is visible to readers
+    until the driver commits.
+
+    Transient store errors are retried by Icechunk's storage client (``S3_RETRIES`` attempts with backoff);
+    what still fails is reported with the store and tile it hit, and nothing is committed.
     """
-    store = _store(url, storage_options)
-    root = zarr.open_group(store, mode="r+", use_consolidated=False)
-    ys, xs = grid.tile_slices(ty, tx)
-    for name, values in arrays.items():
+    session = pickle.loads(fork)
+    name = "open"
+    try:
+        root = zarr.open_group(session.store, mode="r+")
+        for name in (*VARS, FINGERPRINT):  # a new epoch: every fork grows the arrays the same way; merge keeps one
+            a = root[name]
+            if a.shape[0] < t + 1:
+                a.resize((t + 1, *a.shape[1:]))
+        ys, xs = grid.tile_slices(ty, tx)
+        for name, spec in VARS.items():
+            root[name][t, ys, xs] = arrays[name] if arrays is not None else spec["fill"]
+        name = FINGERPRINT
+        root[FINGERPRINT][t, ty, tx] = fingerprint
+    except Exception as e:  # noqa: BLE001 - any store failure left after the client's retries
+        raise DeepSaltInputError(f"{where} (variable {name.split('/')[-1]}, tile {ty}_{tx})",
+                                 f"writing to the cube failed: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}",
+                                 "check that the store is reachable and writable with these credentials; "
+                                 "transient errors were already retried") from None
+    return pickle.dumps(session)
+
+
+def finish_epoch(session, t: int, epoch: str, scene_ids: list[str], models: dict) -> None:
+    """The driver's part of a run, after merging the forks: the time coordinate and the root attributes.
+    Only what changed is written, so runs that add nothing new here can rebase onto each other."""
+    root = zarr.open_group(session.store, mode="r+")
+    tarr = root["time"]
+    if tarr.shape[0] < t + 1:
+        tarr.resize((t + 1,))
+        tarr[t] = epoch_days(epoch)
+    if list(root.attrs.get("scene_ids", [])) != scene_ids:
+        root.attrs["scene_ids"] = scene_ids
+    if root.attrs.get("models", {}) != models:
+        root.attrs["models"] = models
+
+
+def commit(repo, session, url: str, message: str, metadata: dict) -> str:
+    """One commit; rebases onto runs that committed meanwhile when nothing conflicts (disjoint tiles, no shared
+    metadata). Raises ``icechunk.RebaseFailedError`` when something does: the caller re-plans."""
+    import icechunk
+
+    with _commit_lock(url):
+        return session.commit(message, metadata=metadata, rebase_with=icechunk.ConflictDetector(), rebase_tries=10)
+
+
+def tag_epoch(repo, epoch: str, snapshot_id: str) -> str:
+    """Tag a published epoch ``epoch-<E>-r<N>`` (N counts its publications), so it stays readable after remaps."""
+    base = f"epoch-{epoch}-r"
+    for _ in range(10):
+        n = 1 + max([int(t[len(base):]) for t in repo.list_tags() if t.startswith(base) and t[len(base):].isdigit()] or [0])
         try:
-            root[name][t, ys, xs] = values
-        except Exception as e:  # noqa: BLE001 - any store failure left after the client's retries
-            raise DeepSaltInputError(f"{url} (variable {name}, tile {ty}_{tx})", f"writing to the cube failed: {type(e).__name__}: {e}",
-                                     "check that the store is reachable and writable with these credentials; "
-                                     "transient errors were already retried") from e
+            repo.create_tag(f"{base}{n}", snapshot_id=snapshot_id)
+            return f"{base}{n}"
+        except Exception:  # noqa: BLE001 - a concurrent run took that number
+            continue
+    raise DeepSaltInputError(epoch, "could not tag the commit", "tag it by hand with icechunk")
 
 
-def publish(url: str, storage_options: dict | None, scene_ids: list[str], models: dict) -> None:
-    store = _store(url, storage_options)
-    root = zarr.open_group(store, mode="r+", use_consolidated=False)
-    root.attrs.update({"scene_ids": scene_ids, "models": models})
-    root["scene"].attrs["scene_ids"] = scene_ids
-    zarr.consolidate_metadata(store)
+def ensure_tagged(repo, epoch: str) -> None:
+    """Tag the branch tip if it published ``epoch`` and has no tag yet."""
+    tip = next(iter(repo.ancestry(branch=BRANCH)))
+    if (tip.metadata or {}).get("epoch") == epoch and tip.id not in {repo.lookup_tag(t) for t in repo.list_tags()}:
+        tag_epoch(repo, epoch, tip.id)
 
 
-def read_state(url: str, storage_options: dict | None) -> dict:
-    fs, path = _fs(url, storage_options)
-    p = f"{path.rstrip('/')}/{STATE}"
-    return json.loads(fs.cat(p)) if fs.exists(p) else {"epochs": {}, "scene_ids": []}
+# --- reading -------------------------------------------------------------------------------------------------
+
+_SNAPSHOT_ID = re.compile(r"^[0-9A-Z]{20}$")
 
 
-def write_state(url: str, storage_options: dict | None, state: dict, name: str = STATE) -> None:
-    fs, path = _fs(url, storage_options)
-    p = f"{path.rstrip('/')}/{name}"
-    fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
-    with fs.open(p, "w") as f:
-        f.write(json.dumps(state, indent=1, sort_keys=True))
+def readonly_session(url: str, storage_options: dict | None = None, version: str | datetime | None = None):
+    """A read-only session of the cube at ``version``: None (latest), a tag, a commit (snapshot) id, or a date or
+    datetime (the latest commit at or before it; a bare date means the end of that day, UTC)."""
+    repo = open_repo(url, storage_options)
+    if version is None:
+        return repo.readonly_session(BRANCH)
+    if isinstance(version, str) and version in set(repo.list_tags()):
+        return repo.readonly_session(tag=version)
+    if isinstance(version, str) and _SNAPSHOT_ID.match(version):
+        try:
+            return repo.readonly_session(snapshot_id=version)
+        except Exception:  # noqa: BLE001
+            raise DeepSaltInputError(f"--version {version}", "no such commit in the cube", "see `deepsalt history`") from None
+    when = version
+    if isinstance(version, str):
+        try:
+            when = datetime.fromisoformat(version.replace("Z", "+00:00"))
+            if len(version) == 10:
+                when = datetime.combine(when.date(), dtime.max)
+        except ValueError:
+            raise DeepSaltInputError(f"--version {version}", "is not a tag, a commit id or a date",
+                                     "see `deepsalt history` for tags and commit ids, or pass e.g. 2026-05-01") from None
+    when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    try:
+        return repo.readonly_session(BRANCH, as_of=when)
+    except Exception:  # noqa: BLE001
+        raise DeepSaltInputError(f"--version {version}", "the cube has no commit at or before that time", "see `deepsalt history`") from None
 
 
-def mapped_extent(url: str, storage_options: dict | None, chunk: int) -> tuple[slice, slice]:
-    """(y, x) slices covering every tile the cube's state records: the part worth reading, never the continent."""
-    from deepsalt.errors import DeepSaltInputError
+def open_cube(url: str, storage_options: dict | None = None, version: str | datetime | None = None):
+    """The cube as an ``xarray.Dataset`` (lazy, dask-backed), at ``version`` (see ``readonly_session``)."""
+    import xarray as xr
 
-    keys = [k for e in read_state(url, storage_options)["epochs"].values() for k in e["tiles"]]
+    session = readonly_session(url, storage_options, version)
+    return xr.open_zarr(session.store, consolidated=False, zarr_format=3)
+
+
+def mapped_extent(url: str, storage_options: dict | None = None, version=None) -> tuple[slice, slice]:
+    """(y, x) slices covering every tile of any epoch: the part worth reading, never the continent."""
+    session = readonly_session(url, storage_options, version)
+    chunk = zarr.open_group(session.store, mode="r").attrs["grid"]["chunk"]
+    keys = recorded_tiles(session)
     if not keys:
-        raise DeepSaltInputError(url, "no mapped tiles recorded", "run `deepsalt map` first")
-    tys, txs = [int(k.split("_")[0]) for k in keys], [int(k.split("_")[1]) for k in keys]
+        raise DeepSaltInputError(redact_url(url), "no mapped tiles recorded", "run `deepsalt map` first")
+    tys, txs = zip(*keys)
     return slice(min(tys) * chunk, (max(tys) + 1) * chunk), slice(min(txs) * chunk, (max(txs) + 1) * chunk)
+
+
+def history(url: str, storage_options: dict | None = None) -> list[dict]:
+    """The cube's commits, newest first: time, id, tags, message, and the run's epoch, tiles, pixels, model."""
+    repo = open_repo(url, storage_options)
+    tags: dict[str, list[str]] = {}
+    for tag in repo.list_tags():
+        tags.setdefault(repo.lookup_tag(tag), []).append(tag)
+    out = []
+    for snap in repo.ancestry(branch=BRANCH):
+        m = snap.metadata or {}
+        out.append({"time": snap.written_at.astimezone(timezone.utc).isoformat(timespec="seconds"), "id": snap.id,
+                    "tags": sorted(tags.get(snap.id, [])), "message": snap.message,
+                    **{k: m.get(k) for k in ("epoch", "tiles", "tiles_cleared", "pixels", "model", "run")}})
+    return out

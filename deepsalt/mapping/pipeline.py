@@ -1,26 +1,33 @@
 """`deepsalt map` / jobs/map_region.py: STAC search -> tile plan -> Ray Data (read+warp+join -> student
-inference in an actor pool -> chunk writes) -> atomic publish of the epoch, with incremental state.
+inference in an actor pool -> tile writes into forks of one Icechunk session) -> one commit.
 
-Only tiles whose fingerprint (scene set, scene content pointers, model) changed since the last published
-run of this epoch are mapped; a repeated run writes nothing. A killed run leaves its state unchanged and
-its epoch unpublished; submitted again it re-maps the pending tiles (inference is deterministic, MC dropout
-seeded per tile) and publishes a cube equal to an uninterrupted run's.
+A run maps the tiles whose fingerprint (``mapping.fingerprint``) differs from the one stored in the cube,
+and clears the tiles of its region whose scenes are gone; a repeated run commits nothing. The plan takes
+every scene that touches a planned tile, also those outside ``--bbox``, so a narrower run never degrades
+edge tiles. Inference is deterministic (MC dropout seeded per tile), so a killed run resubmitted, or a run
+that re-plans after a conflicting commit, gives the same cube as one uninterrupted run.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import pickle
 import time
-from datetime import datetime, timezone
+import uuid
+from dataclasses import dataclass
 
 import numpy as np
+import zarr
 
+from deepsalt import __version__
 from deepsalt.config import MapConfig
 from deepsalt.errors import DeepSaltInputError, find_input_error
 from deepsalt.mapping import cube as cube_mod
+from deepsalt.mapping.fingerprint import bundle_identity, run_identity, scene_identity, tile_fingerprint
 from deepsalt.mapping.grid import GRIDS, Grid
-from deepsalt.mapping.tiles import fingerprint, plan, prepare_tile
+from deepsalt.mapping.tiles import plan, prepare_tile
+from deepsalt.raycluster import init_ray
+from deepsalt.redact import redact, redact_url
 
 
 def grid_for(cfg: MapConfig) -> Grid:
@@ -48,96 +55,209 @@ class Predictor:
             m, s = self.bundle.predict(row["refl"][i:i + 16384], row["cov"][i:i + 16384], self.mc,
                                        seed=int(row["ty"]) * 100003 + int(row["tx"]) + i)
             mean[i:i + 16384], sd[i:i + 16384] = m, s
-        return {"ty": row["ty"], "tx": row["tx"], "pix": row["pix"], "scene": row["scene"], "ece": mean, "ece_sd": sd}
+        return {"ty": row["ty"], "tx": row["tx"], "fp": row["fp"], "pix": row["pix"], "scene": row["scene"], "ece": mean, "ece_sd": sd}
 
 
-def _write(row: dict, url: str, storage_options: dict, grid: Grid, t: int) -> dict:
-    h, w = grid.tile_shape(row["ty"], row["tx"])
-    arrays = {"ece": np.full(h * w, np.nan, np.float32), "ece_sd": np.full(h * w, np.nan, np.float32),
-              "valid": np.zeros(h * w, np.uint8), "scene": np.full(h * w, -1, np.int32)}
+def _write(row: dict, fork: bytes, where: str, grid: Grid, t: int) -> dict:
+    """Tile arrays from the predicted pixels (a tile with none is cleared), written into a fork of the session."""
+    ty, tx = int(row["ty"]), int(row["tx"])
     pix = np.asarray(row["pix"], np.int64)
-    arrays["ece"][pix], arrays["ece_sd"][pix] = row["ece"], row["ece_sd"]
-    arrays["valid"][pix], arrays["scene"][pix] = 1, row["scene"]
-    cube_mod.write_tile(url, storage_options, grid, t, int(row["ty"]), int(row["tx"]),
-                        {k: v.reshape(h, w) for k, v in arrays.items()})
-    return {"ty": row["ty"], "tx": row["tx"], "n": len(pix)}
+    arrays = None
+    if len(pix):
+        h, w = grid.tile_shape(ty, tx)
+        arrays = {"ece": np.full(h * w, np.nan, np.float32), "ece_sd": np.full(h * w, np.nan, np.float32),
+                  "valid": np.zeros(h * w, np.uint8), "scene": np.full(h * w, -1, np.int32)}
+        arrays["ece"][pix], arrays["ece_sd"][pix] = row["ece"], row["ece_sd"]
+        arrays["valid"][pix], arrays["scene"][pix] = 1, row["scene"]
+        arrays = {k: v.reshape(h, w) for k, v in arrays.items()}
+    fork = cube_mod.write_tile(fork, where, grid, t, ty, tx, arrays, int(row["fp"]))
+    return {"ty": ty, "tx": tx, "n": len(pix), "fork": fork}
 
 
-def _model_hash(model: str) -> tuple[str, dict]:
-    import fsspec
-    fs, path = fsspec.core.url_to_fs(model)
-    try:
-        meta = json.loads(fs.cat(f"{path}/bundle.json"))
-        weights = fs.cat(f"{path}/weights.safetensors")
-    except FileNotFoundError:
-        raise DeepSaltInputError(model, "not a model bundle", "pass RUN/bundle from `deepsalt train`") from None
-    return hashlib.sha256(weights).hexdigest()[:16], meta
+@dataclass
+class RunInputs:
+    """What a run maps, independent of the cube's state: checked once, before anything is written."""
+
+    cfg: MapConfig
+    grid: Grid
+    meta: dict  # bundle.json
+    bundle_sha: str  # SHA-256 of bundle.json + weights
+    run_id: str  # identity of model, covariates, options
+    tiles: dict  # (ty, tx) -> items in compositing order
+    scene_fp: dict  # item id -> scene identity
+    scope: set  # tiles this run owns: recorded tiles here without a scene any more are cleared
 
 
-def map_region(cfg: MapConfig, log=print) -> dict:
-    import ray
+@dataclass
+class Plan:
+    t: int
+    new_epoch: bool
+    scene_ids: list[str]
+    todo: list  # tiles to (re)map
+    clear: list  # tiles whose scenes are gone
+    fps: dict  # (ty, tx) -> fingerprint
 
+
+def _lonlat_bounds(grid: Grid, keys) -> tuple[float, float, float, float]:
+    from rasterio.warp import transform_bounds
+
+    c = grid.chunk * grid.res
+    tys, txs = zip(*keys)
+    b = (grid.x0 + min(txs) * c, grid.y0 - (max(tys) + 1) * c, grid.x0 + (max(txs) + 1) * c, grid.y0 - min(tys) * c)
+    return transform_bounds(grid.crs, "EPSG:4326", *b, densify_pts=21)
+
+
+def prepare_inputs(cfg: MapConfig, log=print) -> RunInputs:
+    """Search, check and plan: every input fault surfaces here, before the cube is touched."""
+    from deepsalt.data.covariates import check_covariate_ranges, sample_covariates
     from deepsalt.data.enmap import EnMAPScene
     from deepsalt.data.stac import search_items
     from deepsalt.models.bundle import DeepSaltBundle
 
-    t0 = time.time()
     grid = grid_for(cfg)
-    DeepSaltBundle.load(cfg.model)  # refuse a bad bundle before any work
-    model_hash, meta = _model_hash(cfg.model)
-    items = search_items(cfg.stac, cfg.collection, cfg.bbox, cfg.datetime, cfg.max_cloud)
+    meta = DeepSaltBundle.load(cfg.model).meta  # refuse a bad bundle before any work
+    quality = tuple(cfg.quality_masks)
+
+    def search(bbox):
+        items = search_items(cfg.stac, cfg.collection, bbox, cfg.datetime, cfg.max_cloud)
+        for item in items:
+            scene = EnMAPScene.from_item(item, cfg.allow_http)  # missing image asset or eo:bands, bad numbers
+            for key in (scene.IMAGE_ASSET, *quality):
+                scene.href(key)  # missing asset, hostile href: before GDAL ever sees it
+        return items
+
+    items = search(cfg.bbox)
     log(f"[1/4] STAC: {len(items)} scenes in {cfg.collection} (bbox={cfg.bbox}, datetime={cfg.datetime}, max_cloud={cfg.max_cloud})")
-    for item in items:
-        EnMAPScene.from_item(item)  # missing image asset or eo:bands: fail before any work
-        for key in cfg.quality_masks:
-            if key not in item.assets:
-                raise DeepSaltInputError(f"STAC item {item.id}", f"missing asset '{key}'", "drop it from --quality-masks or fix the item")
-    tiles = plan(items, grid)
-    root = cube_mod.open_cube(cfg.out, grid, cfg.storage_options)
-    state = cube_mod.read_state(cfg.out, cfg.storage_options)
-    done = state["epochs"].get(cfg.epoch, {}).get("tiles", {})
-    fps = {f"{ty}_{tx}": fingerprint(its, model_hash) for (ty, tx), its in tiles.items()}
-    todo = [k for k in tiles if done.get(f"{k[0]}_{k[1]}") != fps[f"{k[0]}_{k[1]}"]]
-    log(f"[2/4] plan: {len(tiles)} tiles of {grid.chunk} x {grid.chunk} px on {grid.crs}; {len(todo)} new or changed, "
-        f"{len(tiles) - len(todo)} up to date")
-    summary = {"epoch": cfg.epoch, "scenes": len(items), "tiles": len(tiles), "tiles_mapped": len(todo), "pixels_mapped": 0}
-    if not todo:
-        log("[4/4] nothing to do: the cube is up to date for this epoch")
-        return {**summary, "seconds": round(time.time() - t0, 1), "published": False}
-    scene_ids = list(state.get("scene_ids", []))
-    for item in items:
-        if item.id not in scene_ids:
-            scene_ids.append(item.id)
-    t_index = cube_mod.epoch_index(root, cfg.epoch)
-    tasks = [{"ty": ty, "tx": tx, "items": [json.dumps(i.to_dict(include_self_link=False)) for i in tiles[(ty, tx)]],
-              "scene_index": [scene_ids.index(i.id) for i in tiles[(ty, tx)]]} for ty, tx in todo]
+    if not items and cfg.bbox is None:
+        raise DeepSaltInputError(redact_url(cfg.stac), f"no scene in {cfg.collection} matches the search",
+                                 "check --collection, --datetime and --max-cloud (with --bbox, a region without scenes is cleared)")
+    tiles = plan(items, grid, cfg.allow_http)
+    if cfg.bbox is not None and tiles:  # every scene touching a planned tile, also outside the bbox: edge tiles stay whole
+        wider = {i.id: i for i in search(_lonlat_bounds(grid, tiles))}
+        full = plan([wider[k] for k in sorted(wider)], grid, cfg.allow_http)
+        tiles = {k: full[k] for k in tiles}
+    region = cfg.bbox or tuple(np.r_[np.min([i.bbox[:2] for i in items], 0), np.max([i.bbox[2:] for i in items], 0)])
+    scope = set(grid.tiles_for_bounds(region, "EPSG:4326"))
+    # covariates: present and in physical units, checked at the tile centres before any work
+    c = grid.chunk * grid.res
+    keys = list(tiles)
+    xs = np.array([grid.x0 + (tx + 0.5) * c for _, tx in keys])
+    ys = np.array([grid.y0 - (ty + 0.5) * c for ty, _ in keys])
+    if keys:
+        check_covariate_ranges(sample_covariates(cfg.covariates, xs, ys, grid.crs).T, cfg.covariates)
+    scenes = {i.id: i for its in tiles.values() for i in its}
+    scene_fp = {sid: scene_identity(it, quality, cfg.allow_http) for sid, it in scenes.items()}
+    bundle_sha = bundle_identity(cfg.model)
+    run_id = run_identity(bundle_sha, cfg.covariates, cfg.mc_samples, quality)
+    return RunInputs(cfg, grid, meta, bundle_sha, run_id, tiles, scene_fp, scope)
+
+
+def tile_fingerprints(inp: RunInputs) -> dict[tuple[int, int], int]:
+    return {k: tile_fingerprint(inp.run_id, [inp.scene_fp[i.id] for i in its]) for k, its in inp.tiles.items()}
+
+
+def plan_run(inp: RunInputs, session) -> Plan:
+    """Against one state of the cube (a session): which tiles to map, which to clear, at which time index."""
+    root = zarr.open_group(session.store, mode="r")
+    t, new = cube_mod.epoch_slot(root, inp.cfg.epoch)
+    fps = tile_fingerprints(inp)
+    have = cube_mod.read_fingerprints(root, t, list(fps))
+    todo = [k for k in fps if have[k] != fps[k]]
+    recorded = set() if new else cube_mod.recorded_tiles(session, t)
+    clear = sorted((recorded & inp.scope) - set(fps))
+    scene_ids = list(root.attrs.get("scene_ids", []))
+    for k in todo:
+        for item in inp.tiles[k]:
+            if item.id not in scene_ids:
+                scene_ids.append(item.id)
+    return Plan(t, new, scene_ids, todo, clear, fps)
+
+
+def _execute(inp: RunInputs, p: Plan, session, log) -> int:
+    """Ray Data over the plan's tiles, each written into a fork of ``session``; forks merged as they finish."""
+    import ray
+
+    cfg, grid = inp.cfg, inp.grid
+    tasks = [{"ty": ty, "tx": tx, "fp": p.fps[(ty, tx)],
+              "items": [json.dumps(i.to_dict(include_self_link=False)) for i in inp.tiles[(ty, tx)]],
+              "scene_index": [p.scene_ids.index(i.id) for i in inp.tiles[(ty, tx)]]} for ty, tx in p.todo]
+    tasks += [{"ty": ty, "tx": tx, "fp": 0, "items": [], "scene_index": []} for ty, tx in p.clear]
     gpus = ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else 0
     ds = (ray.data.from_items(tasks, override_num_blocks=len(tasks))
-          .map(prepare_tile, fn_kwargs=dict(grid=grid, covariates=cfg.covariates, band_names=meta["band_names"],
-                                            band_centers=meta["band_centers_nm"], quality=tuple(cfg.quality_masks)))
-          .filter(lambda r: r["n_valid"] > 0)
+          .map(prepare_tile, fn_kwargs=dict(grid=grid, covariates=cfg.covariates, band_names=inp.meta["band_names"],
+                                            band_centers=inp.meta["band_centers_nm"], quality=tuple(cfg.quality_masks),
+                                            allow_http=cfg.allow_http))
           .map(Predictor, fn_constructor_kwargs=dict(model=cfg.model, mc_samples=cfg.mc_samples),
                concurrency=cfg.predict_actors, num_gpus=1 if gpus else 0)
-          .map(_write, fn_kwargs=dict(url=cfg.out, storage_options=cfg.storage_options, grid=grid, t=t_index)))
-    log(f"[3/4] Ray Data: read + warp + covariates -> student ({cfg.predict_actors} actor(s){', GPU' if gpus else ''}) -> zarr chunks")
-    n_pix = 0
+          .map(_write, fn_kwargs=dict(fork=cube_mod.fork_bytes(session), where=redact_url(cfg.out), grid=grid, t=p.t),
+               num_cpus=0.25))  # I/O-bound: never starve the read and inference stages of a CPU
+    log(f"[3/4] Ray Data: read + warp + covariates -> student ({cfg.predict_actors} actor(s){', GPU' if gpus else ''}) "
+        f"-> {len(tasks)} tiles into one transaction")
+    n_pix = done = 0
     try:
         for row in ds.iter_rows():
+            session.merge(pickle.loads(row["fork"]))
             n_pix += int(row["n"])
-    except Exception as e:  # noqa: BLE001 - nothing is published; surface the input fault if there is one
+            done += 1
+            if done == len(tasks) or done % max(1, len(tasks) // 10) == 0:
+                log(f"      tiles written {done}/{len(tasks)}, {n_pix} px")
+    except Exception as e:  # noqa: BLE001 - nothing is committed; surface the input fault if there is one
         cause = find_input_error(e)
         if cause is not None:
-            raise DeepSaltInputError(cause.where, cause.fault + " (nothing was published)", cause.fix) from None
+            raise DeepSaltInputError(cause.where, cause.fault + " (nothing was committed)", cause.fix) from None
         raise
-    cube_mod.publish(cfg.out, cfg.storage_options, scene_ids,
-                     {**root.attrs.get("models", {}), cfg.epoch: {"bundle": cfg.model, "weights_sha256": model_hash,
-                                                                   "data_hash": meta["data_hash"]}})
-    state["scene_ids"] = scene_ids
-    state["epochs"][cfg.epoch] = {"tiles": {**done, **{f"{ty}_{tx}": fps[f"{ty}_{tx}"] for ty, tx in todo}}, "model": model_hash}
-    cube_mod.write_state(cfg.out, cfg.storage_options, state)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    summary.update(pixels_mapped=n_pix, seconds=round(time.time() - t0, 1), published=True)
-    cube_mod.write_state(cfg.out, cfg.storage_options, {"config": cfg.model_dump(mode="json"), "summary": summary},
-                         f"_deepsalt/runs/{stamp}-{cfg.epoch}.json")
-    log(f"[4/4] published epoch {cfg.epoch} (time index {t_index}): {n_pix} pixels in {len(todo)} tiles, {summary['seconds']} s")
-    return summary
+    return n_pix
+
+
+def map_region(cfg: MapConfig, log=print) -> dict:
+    """One mapping run = at most one commit to the cube. Returns the run's summary."""
+    import icechunk
+
+    t0 = time.time()
+    run = uuid.uuid4().hex[:12]
+    inp = prepare_inputs(cfg, log)
+    repo = cube_mod.open_repo(cfg.out, cfg.storage_options, create=True)
+    cube_mod.ensure_template(repo, cfg.out, inp.grid)
+    summary = {"epoch": cfg.epoch, "run": run, "scenes": len(inp.scene_fp), "tiles": len(inp.tiles)}
+    for attempt in range(1, cfg.commit_attempts + 1):
+        session = repo.writable_session(cube_mod.BRANCH)
+        p = plan_run(inp, session)
+        log(f"[2/4] plan: {len(inp.tiles)} tiles of {inp.grid.chunk} x {inp.grid.chunk} px on {inp.grid.crs}; "
+            f"{len(p.todo)} new or changed, {len(inp.tiles) - len(p.todo)} up to date, {len(p.clear)} to clear"
+            + (f" (attempt {attempt})" if attempt > 1 else ""))
+        summary.update(tiles_mapped=len(p.todo), tiles_cleared=len(p.clear), pixels_mapped=0, attempts=attempt)
+        if not p.todo and not p.clear:
+            cube_mod.ensure_tagged(repo, cfg.epoch)  # a run killed between its commit and its tag
+            log("[4/4] nothing to do: the cube is up to date for this epoch")
+            return {**summary, "seconds": round(time.time() - t0, 1), "published": False}
+        init_ray()
+        n_pix = _execute(inp, p, session, log)
+        models = dict(zarr.open_group(session.store, mode="r").attrs.get("models", {}))
+        models[cfg.epoch] = {"bundle": redact_url(cfg.model), "sha256": inp.bundle_sha, "data_hash": inp.meta.get("data_hash")}
+        cube_mod.finish_epoch(session, p.t, cfg.epoch, p.scene_ids, models)
+        summary.update(pixels_mapped=n_pix)
+        used = sorted({i.id for k in p.todo for i in inp.tiles[k]})
+        meta = {"deepsalt": __version__, "epoch": cfg.epoch, "tiles": len(p.todo), "tiles_cleared": len(p.clear),
+                "pixels": n_pix, "scenes": used, "model": models[cfg.epoch]["sha256"][:16], "run": run,
+                "config": redact(cfg.model_dump(mode="json"))}
+        message = (f"map epoch {cfg.epoch}: {len(p.todo)} tiles, {n_pix} px, {len(used)} scenes, "
+                   f"{len(p.clear)} tiles cleared, model {meta['model']}, run {run}")
+        log(f"      committing: {message}")
+        try:
+            snap = cube_mod.commit(repo, session, cfg.out, message, meta)
+        except (icechunk.RebaseFailedError, icechunk.ConflictError) as e:
+            n = len(getattr(e, "conflicts", []) or [])
+            log(f"      another run changed the same tiles or cube metadata first ({n} conflicts): re-planning")
+            continue
+        except icechunk.IcechunkError as e:
+            raise DeepSaltInputError(redact_url(cfg.out), f"commit failed, nothing was committed ({str(e).splitlines()[0][:200]})",
+                                     "check that the store is reachable and writable, then resubmit") from None
+        tag = cube_mod.tag_epoch(repo, cfg.epoch, snap)
+        summary.update(seconds=round(time.time() - t0, 1), published=True, commit=snap, tag=tag)
+        log(f"[4/4] published epoch {cfg.epoch} (time index {p.t}) as commit {snap} (tag {tag}): {n_pix} pixels in "
+            f"{len(p.todo)} tiles, {len(p.clear)} cleared, {summary['seconds']} s")
+        return summary
+    raise DeepSaltInputError(redact_url(cfg.out), f"conflict: other runs kept committing to the same tiles or epoch metadata "
+                             f"({cfg.commit_attempts} attempts); nothing of this run was committed and nothing else was lost",
+                             "resubmit when the other runs have finished, or raise commit_attempts")
+

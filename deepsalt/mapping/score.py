@@ -11,15 +11,15 @@ from rasterio.enums import Resampling
 from rasterio.warp import reproject
 
 from deepsalt.errors import DeepSaltInputError
-from deepsalt.mapping.cube import mapped_extent
+from deepsalt.mapping.cube import mapped_extent, open_cube
 from deepsalt.mapping.grid import Grid
 from deepsalt.train.evaluate import metrics
 
 
-def open_cube_dataset(url: str, storage_options: dict | None = None) -> xr.Dataset:
+def open_cube_dataset(url: str, storage_options: dict | None = None, version=None) -> xr.Dataset:
     try:
-        return xr.open_zarr(url, storage_options=storage_options or None, zarr_format=3)
-    except (FileNotFoundError, KeyError, ValueError) as e:
+        return open_cube(url, storage_options, version)
+    except (FileNotFoundError, KeyError) as e:
         raise DeepSaltInputError(url, f"not a DeepSalt cube ({type(e).__name__}: {str(e)[:120]})", "pass the --out of `deepsalt map`") from None
 
 
@@ -77,7 +77,7 @@ def quicklook(cube_url: str, png: str | Path, epoch: str | None = None, storage_
     ds = open_cube_dataset(cube_url, storage_options)
     t = _epoch_index(ds, epoch)
     g = Grid(**ds.attrs["grid"])
-    ys, xs = mapped_extent(cube_url, storage_options, g.chunk)
+    ys, xs = mapped_extent(cube_url, storage_options)
     sub = ds["ece"].isel(time=t, y=ys, x=xs)
     step = max(1, int(np.ceil(max(sub.shape) / max_px)))
     arr = sub.isel(y=slice(None, None, step), x=slice(None, None, step))

@@ -6,7 +6,6 @@ then id, whose pixel is valid (not nodata, not flagged by the quality masks) aft
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 
@@ -16,19 +15,12 @@ from rasterio.enums import Resampling
 from rasterio.warp import reproject, transform_bounds
 from rasterio.windows import Window, from_bounds
 
-from deepsalt.data.covariates import covariates_on_grid
+from deepsalt.data.covariates import check_covariate_ranges, covariates_on_grid
 from deepsalt.data.enmap import EnMAPScene
 from deepsalt.data.stac import priority
 from deepsalt.errors import DeepSaltInputError
 from deepsalt.mapping.grid import Grid
 from deepsalt.spectra.bands import select_bands
-
-
-def fingerprint(items: list[pystac.Item], model_hash: str) -> str:
-    """Changes when a tile's scene set, any scene's content pointer, or the model changes."""
-    parts = [model_hash] + [json.dumps([i.id, i.datetime.isoformat(), i.properties.get("updated"),
-                                        i.assets["image"].href if "image" in i.assets else None]) for i in items]
-    return hashlib.sha256("\n".join(sorted(parts)).encode()).hexdigest()[:20]
 
 
 def scene_header(scene: EnMAPScene) -> dict:
@@ -37,14 +29,23 @@ def scene_header(scene: EnMAPScene) -> dict:
     return {"crs": da.rio.crs.to_wkt(), "transform": tuple(da.rio.transform())[:6], "height": da.sizes["y"], "width": da.sizes["x"]}
 
 
-def plan(items: list[pystac.Item], grid: Grid) -> dict[tuple[int, int], list[pystac.Item]]:
-    """Tiles touched by each scene (from the image's own georeference), scenes per tile in priority order."""
+def plan(items: list[pystac.Item], grid: Grid, allow_http: bool = False) -> dict[tuple[int, int], list[pystac.Item]]:
+    """Tiles touched by each scene (from the image's own georeference), scenes per tile in priority order.
+    A scene that touches no tile of the grid is an error: it would silently map nothing."""
     tiles: dict[tuple[int, int], list[pystac.Item]] = {}
     for item in items:
-        h = scene_header(EnMAPScene.from_item(item))
+        h = scene_header(EnMAPScene.from_item(item, allow_http))
         t = h["transform"]
         bounds = (t[2], t[5] + t[4] * h["height"], t[2] + t[0] * h["width"], t[5])
-        for key in grid.tiles_for_bounds(bounds, h["crs"]):
+        try:
+            keys = grid.tiles_for_bounds(bounds, h["crs"])
+        except Exception:  # noqa: BLE001 - bounds that do not project into the grid's CRS
+            keys = []
+        if not keys:
+            raise DeepSaltInputError(f"STAC item {item.id}", f"the scene lies outside the output grid ({grid.crs}, "
+                                     f"{grid.width} x {grid.height} px)", "use the grid that covers it (--grid), or narrow "
+                                     "the search (--bbox) to scenes inside the grid")
+        for key in keys:
             tiles.setdefault(key, []).append(item)
     return {k: sorted(v, key=priority) for k, v in sorted(tiles.items())}
 
@@ -60,7 +61,7 @@ def _window(scene_h: dict, tile_bounds, grid_crs) -> Window | None:
 
 
 def prepare_tile(task: dict, grid: Grid, covariates: str, band_names: list[str], band_centers: list[float],
-                 quality: tuple[str, ...]) -> dict:
+                 quality: tuple[str, ...], allow_http: bool = False) -> dict:
     """Reflectance of the valid pixels of one tile, composited over its scenes, with covariates joined.
 
     Returns ``pix`` (flat indices into the tile), ``refl (n, n_bands)``, ``cov (n, 8)``, ``scene (n,)`` (global
@@ -74,7 +75,7 @@ def prepare_tile(task: dict, grid: Grid, covariates: str, band_names: list[str],
     refl = np.full((nb, h, w), np.nan, np.float32)
     scene_of = np.full((h, w), -1, np.int32)
     for item_dict, gidx in zip(task["items"], task["scene_index"]):
-        scene = EnMAPScene.from_item(pystac.Item.from_dict(json.loads(item_dict)))
+        scene = EnMAPScene.from_item(pystac.Item.from_dict(json.loads(item_dict)), allow_http)
         sel = select_bands(band_names, band_centers, scene.bands.names, scene.bands.centers_nm, f"STAC item {scene.id}")
         hdr = scene_header(scene)
         win = _window(hdr, tile_bounds, grid.crs)
@@ -89,11 +90,12 @@ def prepare_tile(task: dict, grid: Grid, covariates: str, band_names: list[str],
         refl[:, new] = dst[:, new]
         scene_of[new] = gidx
     filled = scene_of >= 0
-    out = {"ty": ty, "tx": tx, "n_valid": int(filled.sum())}
+    out = {"ty": ty, "tx": tx, "fp": task.get("fp", 0), "n_valid": int(filled.sum())}
     if not filled.any():
         return {**out, "pix": np.zeros(0, np.int64), "refl": np.zeros((0, nb), np.float32),
                 "cov": np.zeros((0, 8), np.float32), "scene": np.zeros(0, np.int32)}
     cov = covariates_on_grid(covariates, grid.crs, tr, (h, w))
+    check_covariate_ranges(cov[:, filled], covariates, f", tile {ty}_{tx}")
     missing = filled & ~np.isfinite(cov).all(0)
     if missing.any():
         raise DeepSaltInputError(covariates, f"covariates do not cover tile ({ty}, {tx}) (bounds {tuple(round(b) for b in tile_bounds)} "

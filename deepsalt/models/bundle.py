@@ -68,18 +68,32 @@ class DeepSaltBundle:
 
     @classmethod
     def load(cls, url: str) -> "DeepSaltBundle":
+        """Load and check a bundle. Anything missing, damaged or edited is a DeepSaltInputError naming it."""
         fs, path = fsspec.core.url_to_fs(str(url))
         try:
-            meta = json.loads(fs.cat(f"{path}/bundle.json"))
+            raw = fs.cat(f"{path}/bundle.json")
             blob = fs.cat(f"{path}/weights.safetensors")
         except FileNotFoundError:
             raise DeepSaltInputError(url, "not a model bundle (bundle.json or weights.safetensors missing)",
                                      "pass the bundle folder written by `deepsalt train` (RUN/bundle)") from None
-        if meta.get("format") != FORMAT:
-            raise DeepSaltInputError(url, f"bundle format {meta.get('format')!r} is not {FORMAT!r}", "retrain with this version")
-        if meta["deepsalt_version"].split(".")[:2] != __version__.split(".")[:2]:
+        try:
+            return cls._from_parts(url, json.loads(raw), blob)
+        except DeepSaltInputError:
+            raise
+        except Exception as e:  # noqa: BLE001 - KeyError, pydantic ValidationError, shape and dtype errors: all "damaged"
+            raise DeepSaltInputError(f"{url}/bundle.json", f"damaged or edited bundle ({type(e).__name__}: {str(e).splitlines()[0][:160]})",
+                                     "use the bundle exactly as `deepsalt train` wrote it, or retrain") from None
+
+    @classmethod
+    def _from_parts(cls, url: str, meta: dict, blob: bytes) -> "DeepSaltBundle":
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            fmt = meta.get("format") if isinstance(meta, dict) else None
+            raise DeepSaltInputError(url, f"bundle format {fmt!r} is not {FORMAT!r}", "retrain with this version")
+        if str(meta["deepsalt_version"]).split(".")[:2] != __version__.split(".")[:2]:
             raise DeepSaltInputError(url, f"bundle made by deepsalt {meta['deepsalt_version']}, this is {__version__}",
                                      "use the matching deepsalt release or retrain")
+        if len(meta["band_names"]) != len(meta["band_centers_nm"]) or set(meta["scalers"]) != {"enmap", "covariates"}:
+            raise DeepSaltInputError(f"{url}/bundle.json", "band list or scalers are inconsistent", "do not edit bundle.json; retrain")
         tensors = st_load(blob)
         enc, stu = cls._build(meta)
         for prefix, model in (("encoder.", enc), ("student.", stu)):
@@ -93,7 +107,13 @@ class DeepSaltBundle:
             # DESIGN defect 7: a head trained for one range silently loaded into another
             raise DeepSaltInputError(url, f"weights were trained for output range {weights_range} dS/m but the bundle "
                                      f"records {meta['out_range']}", "do not edit out_range; retrain instead")
-        return cls(meta, enc, stu)
+        bundle = cls(meta, enc, stu)
+        for name, n in (("enmap", len(meta["band_names"])), ("covariates", len(meta["covariates"]))):
+            sc = bundle.scalers[name]
+            if sc.kind not in ("minmax", "standard") or sc.shift.shape != (n,) or sc.scale.shape != (n,) \
+                    or not (np.isfinite(sc.shift).all() and (sc.scale > 0).all()):
+                raise DeepSaltInputError(f"{url}/bundle.json", f"scaler '{name}' is not a valid {n}-column scaler", "do not edit bundle.json; retrain")
+        return bundle
 
     def select_bands(self, band_names, band_centers, where: str) -> np.ndarray:
         """Column indices of the bundle's bands in an input with ``band_names``; refuses a mismatch."""
