@@ -131,7 +131,9 @@ def map_cmd(
     grid: str = typer.Option("conus", help="output grid: conus (EPSG:5070, 30 m) or europe (EPSG:3035, 30 m)"),
     chunk: int = typer.Option(256, help="chunk = tile side in pixels"),
     mc_samples: int = typer.Option(5, help="MC-dropout passes for the ece_sd uncertainty (0: none)"),
-    actors: int = typer.Option(1, help="student inference actors (one GPU each when the cluster has GPUs)"),
+    actors: int = typer.Option(1, help="most student inference actors: the pool autoscales from --min-actors up to this"),
+    min_actors: int = typer.Option(1, help="inference actors started at once"),
+    gpu: bool = typer.Option(False, help="one GPU per inference actor; GPU workers scale up for the job (CPU otherwise)"),
     allow_http: bool = typer.Option(False, help="accept plain http:// asset hrefs (trusted internal servers only); "
                                     "s3://, https:// and local paths are always accepted"),
 ):
@@ -151,7 +153,7 @@ def map_cmd(
     so = _storage_options(out)
     cfg = MapConfig(stac=stac, collection=collection, bbox=_bbox(bbox), datetime=datetime, epoch=epoch, max_cloud=max_cloud,
                     covariates=covariates, model=model, out=out, grid=grid, chunk=chunk, mc_samples=mc_samples,
-                    predict_actors=actors, storage_options=so, allow_http=allow_http)
+                    predict_actors=actors, min_actors=min_actors, gpu=gpu, storage_options=so, allow_http=allow_http)
     grid_for(cfg)  # a bad --grid before anything starts; Ray starts only when there are tiles to map
     s = map_region(cfg, log=typer.echo)
     typer.echo(json.dumps(s))

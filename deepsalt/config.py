@@ -163,7 +163,12 @@ class MapConfig(_Config):
     chunk: int = Field(256, ge=16)
     mc_samples: int = Field(5, ge=0, description="MC-dropout passes for ece_sd (0: no uncertainty)")
     quality_masks: tuple[str, ...] = ("quality_cloud", "quality_cloud_shadow", "quality_haze", "quality_snow")
-    predict_actors: int = Field(1, ge=1)
+    predict_actors: int = Field(1, ge=1, description="most inference actors (the pool autoscales up to this many)")
+    min_actors: int = Field(1, ge=1, description="inference actors kept up from the start")
+    gpu: bool = Field(False, description="each inference actor reserves one GPU; the cluster's GPU workers scale up "
+                      "for them (decided by this request, not by what is running when the job starts)")
+    read_memory_mb: int = Field(512, ge=64, description="memory a read task reserves: one tile of every scene it "
+                                "composites (~60 MB of reflectance per scene per 256 px tile) plus the warp")
     storage_options: dict = Field(default_factory=dict)
     allow_http: bool = Field(False, description="accept plain http:// asset hrefs (trusted internal servers only)")
     commit_attempts: int = Field(3, ge=1, description="times a run re-plans on the new cube state when another run "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -76,24 +77,38 @@ def covariate_hrefs(source: str | Path) -> dict[str, str]:
     return {n: str(mapping[n]) for n in COVARIATE_NAMES}
 
 
+@lru_cache(maxsize=32)
+def _transformer(src, dst) -> Transformer:
+    return Transformer.from_crs(src, dst, always_xy=True)
+
+
 def _lookup(source, xs: np.ndarray, ys: np.ndarray, crs) -> np.ndarray:
     """Covariates at points given in ``crs`` (the cell containing each point), ``(n, 8)``, NaN outside or nodata.
 
     Exact per point (no warper approximation), so a site in training and the pixel at the same place in a
-    map get the same value.
+    map get the same value. Rasters on the same grid (the usual case) share one coordinate transform and
+    one cell lookup.
     """
     out = np.full((len(xs), len(COVARIATE_NAMES)), np.nan, np.float32)
+    cells: dict = {}
     for j, (name, href) in enumerate(covariate_hrefs(source).items()):
         with open_raster(href, f"covariate '{name}'") as ds:
-            tx, ty = Transformer.from_crs(crs, ds.crs, always_xy=True).transform(xs, ys)
-            rows, cols = rowcol(ds.transform, tx, ty, op=np.floor)
-            rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
-            inside = (rows >= 0) & (rows < ds.height) & (cols >= 0) & (cols < ds.width)
-            if inside.any():  # read only the window the points fall in: rasters may be continental
-                r0, c0 = rows[inside].min(), cols[inside].min()
-                win = Window(c0, r0, cols[inside].max() - c0 + 1, rows[inside].max() - r0 + 1)
+            key = (ds.crs.to_wkt(), tuple(ds.transform), ds.height, ds.width)
+            if key not in cells:
+                tx, ty = _transformer(str(crs), key[0]).transform(xs, ys)
+                rows, cols = rowcol(ds.transform, tx, ty, op=np.floor)
+                rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
+                inside = (rows >= 0) & (rows < ds.height) & (cols >= 0) & (cols < ds.width)
+                win = None
+                if inside.any():  # read only the window the points fall in: rasters may be continental
+                    r0, c0 = rows[inside].min(), cols[inside].min()
+                    win = Window(c0, r0, cols[inside].max() - c0 + 1, rows[inside].max() - r0 + 1)
+                    rows, cols = rows[inside] - r0, cols[inside] - c0
+                cells[key] = (inside, win, rows, cols)
+            inside, win, rows, cols = cells[key]
+            if win is not None:
                 band = ds.read(1, window=win, masked=True).filled(np.nan).astype(np.float32)
-                out[inside, j] = band[rows[inside] - r0, cols[inside] - c0]
+                out[inside, j] = band[rows, cols]
     return out
 
 

@@ -16,7 +16,7 @@ import xarray as xr
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
-from deepsalt.data.cog import check_href, gdal_path, no_crs_error, open_error
+from deepsalt.data.cog import check_href, gdal_path, no_crs_error, open_error, open_raster
 from deepsalt.data.stac import QUALITY_ASSETS, priority
 from deepsalt.errors import DeepSaltInputError
 from deepsalt.spectra.bands import BandTable, select_bands
@@ -98,35 +98,60 @@ class EnMAPScene:
                                      "the item metadata and the COG disagree: re-download the scene or fix the item")
         return da
 
+    def read_array(self, window: Window | None = None, quality: tuple[str, ...] = QUALITY_MASKS, window_for=None):
+        """Reflectance ``(band, y, x)`` float32 with NaN at nodata and masked pixels, its transform and CRS.
+
+        Opens the image once and each quality mask once. ``window`` is in the scene's pixel grid (None: the
+        whole scene); ``window_for(header)``, if given, picks it from the open image's ``crs``, ``transform``,
+        ``height`` and ``width`` (returning None: nothing to read, and None is returned). The masks are read
+        first, so a window they flag entirely costs no image decode.
+        """
+        image = self.href(self.IMAGE_ASSET)
+        with open_raster(image, f"EnMAP image of {self.id}") as ds:
+            if ds.count != len(self.bands):
+                raise DeepSaltInputError(image, f"image has {ds.count} bands but the item's eo:bands lists {len(self.bands)}",
+                                         "the item metadata and the COG disagree: re-download the scene or fix the item")
+            if window_for is not None:
+                window = window_for({"crs": ds.crs, "transform": ds.transform, "height": ds.height, "width": ds.width})
+                if window is None:
+                    return None
+            win = window or Window(0, 0, ds.width, ds.height)
+            shape = (int(win.height), int(win.width))
+            bad = np.zeros(shape, bool)
+            try:
+                for key in quality:
+                    with open_raster(self.href(key), f"quality mask '{key}' of {self.id}") as q:
+                        if (q.height, q.width) != (ds.height, ds.width):
+                            raise DeepSaltInputError(self.href(key), f"quality mask shape {(q.height, q.width)} differs from the image "
+                                                     f"{(ds.height, ds.width)}")
+                        bad |= q.read(1, window=win) == 1
+                if bad.all():
+                    refl = np.full((len(self.bands), *shape), np.nan, np.float32)
+                else:
+                    dn = ds.read(window=win)
+                    bad |= (dn == self.nodata).any(axis=0)
+                    refl = dn.astype(np.float32) * self.gain[:, None, None] + self.offset[:, None, None]
+                    refl[:, bad] = np.nan
+            except (RasterioIOError, OSError) as e:
+                raise DeepSaltInputError(image, f"EnMAP image or quality mask of {self.id} is corrupt or truncated: reading "
+                                         f"pixels failed ({str(e)[:160]})", "re-download or re-write the file") from None
+            return refl, ds.window_transform(win), ds.crs
+
     def read(self, window: Window | None = None, quality: tuple[str, ...] = QUALITY_MASKS,
              require_valid: bool = True) -> xr.DataArray:
-        """Reflectance ``(band, y, x)`` float32 with NaN at nodata and at pixels flagged by ``quality`` masks.
-
-        ``window`` is a rasterio Window in the scene's pixel grid (None: the whole scene). With
-        ``require_valid`` an all-NaN result is an error naming the scene.
-        """
-        da = self.open_image()
-        if window is not None:
-            da = da.rio.isel_window(window)
-        dn = load_values(da, self.href(self.IMAGE_ASSET), f"EnMAP image of {self.id}")
-        bad = (dn == self.nodata).any(axis=0)
-        for key in quality:
-            q = open_band_raster(self.href(key), f"quality mask '{key}' of {self.id}")
-            if window is not None:
-                q = q.rio.isel_window(window)
-            if q.shape[1:] != dn.shape[1:]:
-                raise DeepSaltInputError(self.href(key), f"quality mask shape {q.shape[1:]} differs from the image {dn.shape[1:]}")
-            bad |= load_values(q, self.href(key), f"quality mask '{key}'")[0] == 1
-        refl = dn.astype(np.float32) * self.gain[:, None, None] + self.offset[:, None, None]
-        refl[:, bad] = np.nan
-        if require_valid and bad.all():
+        """Reflectance as a georeferenced ``DataArray (band, y, x)`` (see ``read_array``). With ``require_valid``
+        an all-NaN result is an error naming the scene."""
+        refl, tr, crs = self.read_array(window, quality)
+        if require_valid and np.isnan(refl).all():
             raise DeepSaltInputError(self.href(self.IMAGE_ASSET),
                                      "no valid pixel: the scene (window) is entirely nodata or masked",
                                      "drop this scene (e.g. a lower --max-cloud) or check its quality masks")
-        out = xr.DataArray(refl, dims=("band", "y", "x"), coords={"y": da.y, "x": da.x,
-                           "wavelength": ("band", self.bands.centers_nm), "fwhm": ("band", self.bands.fwhm_nm),
-                           "band": list(self.bands.names)}, attrs={"scene_id": self.id, "units": "1"})
-        return out.rio.write_crs(da.rio.crs).rio.write_transform(da.rio.transform())
+        h, w = refl.shape[1:]
+        out = xr.DataArray(refl, dims=("band", "y", "x"), coords={"y": tr.f + (np.arange(h) + 0.5) * tr.e,
+                           "x": tr.c + (np.arange(w) + 0.5) * tr.a, "wavelength": ("band", self.bands.centers_nm),
+                           "fwhm": ("band", self.bands.fwhm_nm), "band": list(self.bands.names)},
+                           attrs={"scene_id": self.id, "units": "1"})
+        return out.rio.write_crs(crs).rio.write_transform(tr)
 
     def sample_points(self, lon: np.ndarray, lat: np.ndarray, quality: tuple[str, ...] = QUALITY_MASKS) -> np.ndarray:
         """Reflectance ``(n, n_bands)`` of the pixels holding WGS84 points; NaN outside the scene and where

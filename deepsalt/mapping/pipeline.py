@@ -40,12 +40,14 @@ def grid_for(cfg: MapConfig) -> Grid:
 class Predictor:
     """Ray Data actor: loads the bundle once, predicts ECe (+ MC-dropout sd) for a tile's valid pixels."""
 
-    def __init__(self, model: str, mc_samples: int):
+    def __init__(self, model: str, mc_samples: int, gpu: bool = False):
         from deepsalt.models.bundle import DeepSaltBundle
         import torch
 
-        torch.set_num_threads(max(1, torch.get_num_threads()))
         self.bundle, self.mc = DeepSaltBundle.load(model), mc_samples
+        if gpu and torch.cuda.is_available():
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+            self.bundle.to("cuda")
 
     def __call__(self, row: dict) -> dict:
         n = len(row["pix"])
@@ -182,16 +184,19 @@ def _execute(inp: RunInputs, p: Plan, session, log) -> int:
               "items": [json.dumps(i.to_dict(include_self_link=False)) for i in inp.tiles[(ty, tx)]],
               "scene_index": [p.scene_ids.index(i.id) for i in inp.tiles[(ty, tx)]]} for ty, tx in p.todo]
     tasks += [{"ty": ty, "tx": tx, "fp": 0, "items": [], "scene_index": []} for ty, tx in p.clear]
-    gpus = ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else 0
+    # Three stages that Ray Data must not fuse (their resource requests differ): reads as CPU tasks spread over
+    # every node, inference in an autoscaling actor pool (GPUs when the job asks for them), writes as light tasks.
     ds = (ray.data.from_items(tasks, override_num_blocks=len(tasks))
           .map(prepare_tile, fn_kwargs=dict(grid=grid, covariates=cfg.covariates, band_names=inp.meta["band_names"],
                                             band_centers=inp.meta["band_centers_nm"], quality=tuple(cfg.quality_masks),
-                                            allow_http=cfg.allow_http))
-          .map(Predictor, fn_constructor_kwargs=dict(model=cfg.model, mc_samples=cfg.mc_samples),
-               concurrency=cfg.predict_actors, num_gpus=1 if gpus else 0)
+                                            allow_http=cfg.allow_http),
+               num_cpus=1, memory=cfg.read_memory_mb * 2**20)
+          .map(Predictor, fn_constructor_kwargs=dict(model=cfg.model, mc_samples=cfg.mc_samples, gpu=cfg.gpu),
+               compute=ray.data.ActorPoolStrategy(min_size=min(cfg.min_actors, cfg.predict_actors), max_size=cfg.predict_actors),
+               num_gpus=1 if cfg.gpu else 0, num_cpus=0 if cfg.gpu else 1)
           .map(_write, fn_kwargs=dict(fork=cube_mod.fork_bytes(session), where=redact_url(cfg.out), grid=grid, t=p.t),
                num_cpus=0.25))  # I/O-bound: never starve the read and inference stages of a CPU
-    log(f"[3/4] Ray Data: read + warp + covariates -> student ({cfg.predict_actors} actor(s){', GPU' if gpus else ''}) "
+    log(f"[3/4] Ray Data: read + warp + covariates -> student (up to {cfg.predict_actors} actor(s){', one GPU each' if cfg.gpu else ''}) "
         f"-> {len(tasks)} tiles into one transaction")
     n_pix = done = 0
     try:

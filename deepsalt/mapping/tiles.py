@@ -15,6 +15,7 @@ from rasterio.enums import Resampling
 from rasterio.warp import reproject, transform_bounds
 from rasterio.windows import Window, from_bounds
 
+from deepsalt.data.cog import open_raster
 from deepsalt.data.covariates import check_covariate_ranges, covariates_on_grid
 from deepsalt.data.enmap import EnMAPScene
 from deepsalt.data.stac import priority
@@ -25,8 +26,12 @@ from deepsalt.spectra.bands import select_bands
 
 def scene_header(scene: EnMAPScene) -> dict:
     """CRS, transform and size of a scene's image, and a check that its band count matches the item."""
-    da = scene.open_image()
-    return {"crs": da.rio.crs.to_wkt(), "transform": tuple(da.rio.transform())[:6], "height": da.sizes["y"], "width": da.sizes["x"]}
+    with open_raster(scene.href(scene.IMAGE_ASSET), f"EnMAP image of {scene.id}") as ds:
+        if ds.count != len(scene.bands):
+            raise DeepSaltInputError(scene.href(scene.IMAGE_ASSET), f"image has {ds.count} bands but the item's eo:bands "
+                                     f"lists {len(scene.bands)}", "the item metadata and the COG disagree: re-download the "
+                                     "scene or fix the item")
+        return {"crs": ds.crs, "transform": ds.transform, "height": ds.height, "width": ds.width}
 
 
 def plan(items: list[pystac.Item], grid: Grid, allow_http: bool = False) -> dict[tuple[int, int], list[pystac.Item]]:
@@ -51,9 +56,8 @@ def plan(items: list[pystac.Item], grid: Grid, allow_http: bool = False) -> dict
 
 
 def _window(scene_h: dict, tile_bounds, grid_crs) -> Window | None:
-    from affine import Affine
     b = transform_bounds(grid_crs, scene_h["crs"], *tile_bounds, densify_pts=21)
-    win = from_bounds(*b, transform=Affine(*scene_h["transform"]))
+    win = from_bounds(*b, transform=scene_h["transform"])
     c0, r0 = max(0, math.floor(win.col_off) - 2), max(0, math.floor(win.row_off) - 2)
     c1 = min(scene_h["width"], math.ceil(win.col_off + win.width) + 2)
     r1 = min(scene_h["height"], math.ceil(win.row_off + win.height) + 2)
@@ -77,14 +81,14 @@ def prepare_tile(task: dict, grid: Grid, covariates: str, band_names: list[str],
     for item_dict, gidx in zip(task["items"], task["scene_index"]):
         scene = EnMAPScene.from_item(pystac.Item.from_dict(json.loads(item_dict)), allow_http)
         sel = select_bands(band_names, band_centers, scene.bands.names, scene.bands.centers_nm, f"STAC item {scene.id}")
-        hdr = scene_header(scene)
-        win = _window(hdr, tile_bounds, grid.crs)
-        if win is None:
+        got = scene.read_array(quality=quality, window_for=lambda hdr: _window(hdr, tile_bounds, grid.crs))
+        if got is None:
             continue
-        da = scene.read(win, quality=quality, require_valid=False)
-        src = da.values[sel]
+        src, src_tr, src_crs = got
+        if np.isnan(src[0]).all():  # all masked: nothing this scene can add
+            continue
         dst = np.full((nb, h, w), np.nan, np.float32)
-        reproject(src, dst, src_transform=da.rio.transform(), src_crs=da.rio.crs, src_nodata=np.nan,
+        reproject(src[sel], dst, src_transform=src_tr, src_crs=src_crs, src_nodata=np.nan,
                   dst_transform=tr, dst_crs=grid.crs, dst_nodata=np.nan, resampling=Resampling.nearest)
         new = (scene_of < 0) & np.isfinite(dst).all(0)
         refl[:, new] = dst[:, new]

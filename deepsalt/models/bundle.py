@@ -127,14 +127,25 @@ class DeepSaltBundle:
         with ``mc_samples`` > 1, ``sd`` is the spread of that many passes with dropout on (MC dropout,
         seeded), otherwise zeros.
         """
-        z = self.encoder.encode(torch.from_numpy(self.scalers["enmap"].transform(reflectance)))
-        x = torch.cat([z, torch.from_numpy(self.scalers["covariates"].transform(covariates))], 1)
+        dev = self.device
+        z = self.encoder.encode(torch.from_numpy(self.scalers["enmap"].transform(reflectance)).to(dev))
+        x = torch.cat([z, torch.from_numpy(self.scalers["covariates"].transform(covariates)).to(dev)], 1)
         self.student.eval()
-        pred = self.student(x)[0].numpy()
+        pred = self.student(x)[0].float().cpu().numpy()
         if mc_samples <= 1:
             return pred, np.zeros_like(pred)
         torch.manual_seed(seed)
-        self.student.train()  # dropout on
-        runs = np.stack([self.student(x)[0].numpy() for _ in range(mc_samples)])
+        self.student.train()  # dropout on; all passes in one batch (one kernel launch per layer on a GPU)
+        runs = self.student(x.repeat(mc_samples, 1))[0].float().reshape(mc_samples, -1)
         self.student.eval()
-        return pred, runs.std(0)
+        return pred, runs.std(0, unbiased=False).cpu().numpy()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.student.parameters()).device
+
+    def to(self, device) -> "DeepSaltBundle":
+        """Move the encoder and student to ``device`` (e.g. "cuda"); inputs follow, outputs come back as numpy."""
+        self.encoder.to(device)
+        self.student.to(device)
+        return self
