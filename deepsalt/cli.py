@@ -1,7 +1,9 @@
-"""The ``deepsalt`` command. Bad input prints one line naming the fault and exits 2, without a traceback."""
+"""The ``deepsalt`` command. Bad input, a bad flag value included, prints one line naming the fault and exits
+2, without a traceback and before Ray starts."""
 
 from __future__ import annotations
 
+import enum
 import functools
 import json
 import sys
@@ -11,15 +13,52 @@ from typing import Optional
 import typer
 from pydantic import ValidationError
 
+from deepsalt import __version__
 from deepsalt.errors import DeepSaltInputError
+
+try:  # typer >= 0.20 carries its own copy of click
+    from typer._click import exceptions as _cx
+except ImportError:  # pragma: no cover
+    from click import exceptions as _cx
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="DeepSalt: soil salinity (ECe, dS/m) maps from EnMAP imagery, distilled from lab MIR spectra.")
+REGIONS = {"seen": "-110.0,37.5,-106.0,39.5", "unseen": "-113.2,40.6,-111.8,41.6", "western-us": "-125,31,-102,49"}
+#: one default size for every command that has a preset
+DEFAULT_PRESET = "demo"
+
+
+class WorldPreset(str, enum.Enum):
+    tiny = "tiny"
+    demo = "demo"
+    benchmark = "benchmark"
+
+
+class TrainPreset(str, enum.Enum):
+    tiny = "tiny"
+    demo = "demo"
+    benchmark = "benchmark"
+    paper = "paper"
+
+
+class Tokens(str, enum.Enum):
+    one = "one"
+    per_dim = "per_dim"
+
+
+GridName = enum.Enum("GridName", {"conus": "conus", "europe": "europe"}, type=str)
+Region = enum.Enum("Region", {k.replace("-", "_"): k for k in REGIONS}, type=str)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"deepsalt {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
-def _group() -> None:
-    """Commands: world (synthetic data), and the pipeline stages."""
+def _group(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version and exit")) -> None:
+    """Commands: world (synthetic data), train, map, history, score, quicklook."""
 
 
 def _clean_errors(fn):
@@ -42,18 +81,16 @@ def _clean_errors(fn):
 @_clean_errors
 def world(
     out: Path = typer.Option(..., "--out", help="folder to create (must not exist, or be empty, unless --overwrite)"),
-    preset: str = typer.Option("tiny", help="size: tiny (3 scenes of 128 px, seconds), demo (5 x 256 px), "
-                               "benchmark (10 x 512 px, 20,000 lab samples)"),
-    seed: int = typer.Option(7, help="random seed: the same seed gives identical tables and rasters"),
+    preset: WorldPreset = typer.Option(DEFAULT_PRESET, help="size: tiny (3 scenes of 128 px, seconds), demo (5 x 256 px), "
+                                       "benchmark (10 x 512 px, 20,000 lab samples)"),
+    seed: int = typer.Option(7, min=0, help="random seed: the same seed gives identical tables and rasters"),
     overwrite: bool = typer.Option(False, help="replace an existing world at --out"),
 ):
     """Build the synthetic world: lab MIR library, EnMAP L2A-like scenes + STAC, covariates, truth, samples."""
     from deepsalt.config import WorldConfig
     from deepsalt.data.synthetic.world import build_world
 
-    if preset not in ("tiny", "demo", "benchmark"):
-        raise DeepSaltInputError("--preset", f"unknown preset '{preset}'", "use tiny, demo or benchmark")
-    cfg = WorldConfig.for_preset(preset, seed)
+    cfg = WorldConfig.for_preset(preset.value, seed)
     typer.echo(cfg.to_json())
     s = build_world(cfg, out, overwrite=overwrite, progress=sys.stderr.isatty())
     typer.echo(f"wrote {out} in {s['seconds']} s: {len(s['scenes'])} scenes, {s['lab']['n']} lab samples "
@@ -71,12 +108,13 @@ def train(
                                "(the EnMAP items, read for the pixels at the lab samples)"),
     out: str = typer.Option(..., help="run folder, local or any fsspec URL (s3://bucket/run): config.json, metrics.json, "
                             "report/, bundle/, ray/ checkpoints"),
-    preset: str = typer.Option("demo", help="hyper-parameter preset: tiny (minutes on a laptop), demo, benchmark (3 seeds in "
-                               "<= 45 min on 2 CPU cores), paper (DESIGN.md's full sizes, for GPUs)"),
-    workers: int = typer.Option(1, help="Ray Train workers (DDP); one per GPU with --gpu"),
+    preset: TrainPreset = typer.Option(DEFAULT_PRESET, help="hyper-parameter preset: tiny (minutes on a laptop), demo, "
+                                       "benchmark (3 seeds in <= 45 min on 2 CPU cores), paper (DESIGN.md's full sizes, for GPUs)"),
+    workers: int = typer.Option(1, min=1, help="Ray Train workers (DDP); one per GPU with --gpu"),
     gpu: bool = typer.Option(False, help="one GPU per worker"),
-    seeds: str = typer.Option("0,1,2", help="comma-separated seeds; metrics are mean and sd over them"),
-    tokens: str = typer.Option("one", help="transformer tokenisation: one (whole latent = one token) or per_dim"),
+    seeds: str = typer.Option("0,1,2", callback=lambda v: _seeds(v), help="comma-separated seeds (integers >= 0); "
+                              "metrics are mean and sd over them"),
+    tokens: Tokens = typer.Option(Tokens.one.value, help="transformer tokenisation: one (whole latent = one token) or per_dim"),
     kd_transfer: bool = typer.Option(True, help="also distil on the EnMAP pixels at training-block lab sample locations "
                                      "(needs the world's stac/); --no-kd-transfer: on the field sites only"),
 ):
@@ -87,17 +125,25 @@ def train(
     from deepsalt.config import TrainConfig
     from deepsalt.train.run import train as run_train
 
-    if preset not in ("tiny", "demo", "benchmark", "paper"):
-        raise DeepSaltInputError("--preset", f"unknown preset '{preset}'", "use tiny, demo, benchmark or paper")
     if not (world / "samples" / "satellite_samples.parquet").exists():
         raise DeepSaltInputError(world, "not a world folder (samples/satellite_samples.parquet missing)", "build one with `deepsalt world`")
-    cfg = TrainConfig.for_preset(preset, workers=workers, gpu=gpu, tokens=tokens, kd_transfer=kd_transfer,
-                                 seeds=tuple(int(s) for s in seeds.split(",")))
+    cfg = TrainConfig.for_preset(preset.value, workers=workers, gpu=gpu, tokens=tokens.value, kd_transfer=kd_transfer,
+                                 seeds=seeds)
     m = run_train(world, out, cfg, log=typer.echo)
     typer.echo(f"wrote {out}/metrics.json, {out}/report/summary.md, {out}/bundle ({m['seconds']} s)")
     for v, r in m["results"].items():
         typer.echo(f"  {v:15s} seen MAE {r['seen']['mae']:.3f} ± {r['seen']['mae_sd']:.3f}  R2 {r['seen']['r2']:.3f}   "
                    f"unseen MAE {r['unseen']['mae']:.3f}")
+
+
+def _seeds(value: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        seeds = ()
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise typer.BadParameter(f"'{value}' is not a comma-separated list of distinct integers >= 0 (e.g. 0,1,2)")
+    return seeds
 
 
 def _bbox(value: Optional[str]):
@@ -112,8 +158,6 @@ def _bbox(value: Optional[str]):
     return b
 
 
-REGIONS = {"seen": "-110.0,37.5,-106.0,39.5", "unseen": "-113.2,40.6,-111.8,41.6", "western-us": "-125,31,-102,49"}
-
 
 @app.command("map")
 @_clean_errors
@@ -124,18 +168,21 @@ def map_cmd(
     out: str = typer.Option(..., help="cube URL: a local folder or s3://bucket/path.zarr"),
     epoch: str = typer.Option(..., help="map epoch on the cube's time axis, e.g. 2024 or 2024-06"),
     collection: str = typer.Option("ENMAP_HSI_L2A", help="STAC collection"),
-    bbox: Optional[str] = typer.Option(None, help="minlon,minlat,maxlon,maxlat (deg)"),
-    region: Optional[str] = typer.Option(None, help=f"named bbox instead of --bbox: {', '.join(REGIONS)}"),
+    bbox: Optional[str] = typer.Option(None, help="minlon,minlat,maxlon,maxlat (deg); the region this run owns"),
+    region: Optional[Region] = typer.Option(None, help="named bbox instead of --bbox: " + ", ".join(f"{k} ({v})" for k, v in REGIONS.items())),
     datetime: Optional[str] = typer.Option(None, help="STAC datetime interval, e.g. 2024-05-01/2024-09-30"),
-    max_cloud: Optional[float] = typer.Option(None, help="skip scenes with eo:cloud_cover above this (%)"),
-    grid: str = typer.Option("conus", help="output grid: conus (EPSG:5070, 30 m) or europe (EPSG:3035, 30 m)"),
-    chunk: int = typer.Option(256, help="chunk = tile side in pixels"),
-    mc_samples: int = typer.Option(5, help="MC-dropout passes for the ece_sd uncertainty (0: none)"),
-    actors: int = typer.Option(1, help="most student inference actors: the pool autoscales from --min-actors up to this"),
-    min_actors: int = typer.Option(1, help="inference actors started at once"),
+    max_cloud: Optional[float] = typer.Option(None, min=0, max=100, help="skip scenes with eo:cloud_cover above this (%, 0-100)"),
+    grid: GridName = typer.Option("conus", help="output grid: conus (EPSG:5070, 30 m) or europe (EPSG:3035, 30 m)"),
+    chunk: int = typer.Option(256, min=16, max=4096, help="chunk = tile side in pixels (16-4096; a cube keeps the one it was made with)"),
+    mc_samples: int = typer.Option(5, min=0, max=100, help="MC-dropout passes for the ece_sd uncertainty (0: none)"),
+    actors: int = typer.Option(1, min=1, help="most student inference actors: the pool autoscales from --min-actors up to this"),
+    min_actors: int = typer.Option(1, min=1, help="inference actors started at once"),
     gpu: bool = typer.Option(False, help="one GPU per inference actor; GPU workers scale up for the job (CPU otherwise)"),
     allow_http: bool = typer.Option(False, help="accept plain http:// asset hrefs (trusted internal servers only); "
                                     "s3://, https:// and local paths are always accepted"),
+    dry_run: bool = typer.Option(False, help="print the plan (scenes, tiles to map and to clear, pixels, a time estimate) "
+                                 "and stop: nothing is read beyond the headers, nothing is written"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="also show Ray's own INFO logs and progress blocks"),
 ):
     """Map ECe for the scenes of a region into the continental cube: one Icechunk commit per run.
 
@@ -146,17 +193,42 @@ def map_cmd(
     from deepsalt.config import MapConfig
     from deepsalt.mapping.pipeline import grid_for, map_region
 
+    from deepsalt.mapping.pipeline import dry_run as plan_only
+
+    if region and bbox:
+        raise DeepSaltInputError("--region", "given together with --bbox", "pass one of them")
     if region:
-        if region not in REGIONS:
-            raise DeepSaltInputError("--region", f"unknown region '{region}'", f"use one of {', '.join(REGIONS)} or --bbox")
-        bbox = REGIONS[region]
+        bbox = REGIONS[region.value]
     so = _storage_options(out)
     cfg = MapConfig(stac=stac, collection=collection, bbox=_bbox(bbox), datetime=datetime, epoch=epoch, max_cloud=max_cloud,
-                    covariates=covariates, model=model, out=out, grid=grid, chunk=chunk, mc_samples=mc_samples,
+                    covariates=covariates, model=model, out=out, grid=grid.value, chunk=chunk, mc_samples=mc_samples,
                     predict_actors=actors, min_actors=min_actors, gpu=gpu, storage_options=so, allow_http=allow_http)
-    grid_for(cfg)  # a bad --grid before anything starts; Ray starts only when there are tiles to map
+    grid_for(cfg)  # Ray starts only when there are tiles to map
+    if dry_run:
+        typer.echo(json.dumps(plan_only(cfg, log=typer.echo)))
+        return
+    if not verbose:
+        _quiet_ray()
     s = map_region(cfg, log=typer.echo)
     typer.echo(json.dumps(s))
+
+
+def _quiet_ray() -> None:
+    """Ray's INFO lines and Ray Data's progress blocks only with -v: DeepSalt prints its own progress."""
+    import logging
+    import os
+
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    for name in ("ray", "ray.data", "ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        import ray.data
+
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+    except Exception:  # noqa: BLE001 - an older or newer Ray without these knobs still maps
+        pass
 
 
 def _storage_options(url: str) -> dict:
@@ -206,9 +278,19 @@ def quicklook_cmd(cube: str = typer.Option(..., help="cube URL"), out: Path = ty
     typer.echo(f"wrote {quicklook(cube, out, epoch, _storage_options(cube))}")
 
 
-def main() -> None:  # pragma: no cover
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """The console entry point: every usage error (a bad flag value, a missing flag) is one line and exit 2."""
+    try:
+        rc = app(args=argv, standalone_mode=False)
+    except _cx.NoArgsIsHelpError as e:
+        typer.echo(e.ctx.get_help())
+        rc = 0
+    except _cx.UsageError as e:
+        msg = " ".join(e.format_message().replace("Value error, ", "").split())
+        typer.secho(f"error: {msg}", fg="red", err=True)
+        rc = 2
+    sys.exit(rc or 0)
 
 
-if __name__ == "__main__":  # pragma: no cover
+if __name__ == "__main__":
     main()

@@ -6,7 +6,7 @@ cluster through RAY_ADDRESS, which `ray job submit` sets.
 
 import sys
 
-from deepsalt.cli import app
+from deepsalt.cli import main
 
 if __name__ == "__main__":
-    app(["map", *sys.argv[1:]])
+    main(["map", *sys.argv[1:]])

@@ -8,7 +8,7 @@ run that meets a conflicting commit re-plans on the new state.
 
 import sys
 
-from deepsalt.cli import app
+from deepsalt.cli import main
 
 if __name__ == "__main__":
-    app(["map", *sys.argv[1:]])
+    main(["map", *sys.argv[1:]])

@@ -3,7 +3,7 @@
 Thin: the same flags as `deepsalt train`, run inside the Ray job's driver (it joins the cluster via RAY_ADDRESS).
 """
 
-from deepsalt.cli import app
+from deepsalt.cli import main
 
 if __name__ == "__main__":
-    app(["train", *__import__("sys").argv[1:]])
+    main(["train", *__import__("sys").argv[1:]])

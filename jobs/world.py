@@ -1,6 +1,6 @@
 """Entry point for `ray job submit ... -- python jobs/world.py --preset demo --out DIR` (same flags as `deepsalt world`)."""
 
-from deepsalt.cli import app
+from deepsalt.cli import main
 
 if __name__ == "__main__":
-    app(["world", *__import__("sys").argv[1:]])
+    main(["world", *__import__("sys").argv[1:]])

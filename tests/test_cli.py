@@ -1,21 +1,71 @@
+import json
+import os
 import subprocess
 import sys
 
+import pytest
+
 
 def _run(*args):
-    return subprocess.run([sys.executable, "-m", "deepsalt.cli", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "deepsalt.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "250"})  # help tables wide enough to show every choice
 
 
-def test_help_explains_commands():
+def _one_line_exit_2(r, needle):
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, (r.returncode, r.stderr[-1500:])
+    assert needle in lines[0], lines[0]
+
+
+def test_help_explains_commands_and_lists_choices():
     r = _run("world", "--help")
     assert r.returncode == 0 and "--preset" in r.stdout and "benchmark" in r.stdout
+    r = _run("map", "--help")
+    assert r.returncode == 0 and "conus|europe" in r.stdout and "seen|unseen|western-us" in r.stdout and "--dry-run" in r.stdout
+    r = _run("--version")
+    assert r.returncode == 0 and r.stdout.startswith("deepsalt 0.")
 
 
 def test_bad_preset_and_existing_output_are_one_line_errors(tmp_path):
-    r = _run("world", "--preset", "huge", "--out", str(tmp_path / "w"))
-    assert r.returncode == 2 and "unknown preset 'huge'" in r.stderr and "Traceback" not in r.stderr
+    _one_line_exit_2(_run("world", "--preset", "huge", "--out", str(tmp_path / "w")), "'huge' is not one of 'tiny', 'demo', 'benchmark'")
     (tmp_path / "w").mkdir()
     (tmp_path / "w" / "x").write_text("keep me")
     r = _run("world", "--out", str(tmp_path / "w"))
     assert r.returncode == 2 and "output folder exists and is not empty" in r.stderr
     assert (tmp_path / "w" / "x").read_text() == "keep me"
+
+
+MAP = ["map", "--stac", "s", "--model", "m", "--covariates", "c", "--out", "o", "--epoch", "2024"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["train", "--world", "w", "--out", "o", "--seeds", "a,b"], "'a,b' is not a comma-separated list"),
+    (["train", "--world", "w", "--out", "o", "--tokens", "foo"], "'foo' is not one of 'one', 'per_dim'"),
+    (["train", "--world", "w", "--out", "o", "--workers", "0"], "'--workers'"),
+    (MAP + ["--max-cloud", "150"], "'--max-cloud': Input should be less than or equal to 100"),
+    (MAP + ["--chunk", "8"], "'--chunk': Input should be greater than or equal to 16"),
+    (MAP + ["--grid", "mars"], "'mars' is not one of 'conus', 'europe'"),
+    (MAP + ["--region", "moon"], "'moon' is not one of 'seen', 'unseen', 'western-us'"),
+    (MAP + ["--mc-samples", "-1"], "'--mc-samples'"),
+    (MAP + ["--bbox", "1,2,3"], "--bbox: '1,2,3' is not minlon,minlat,maxlon,maxlat"),
+    (MAP[:-2] + ["--epoch", "24"], "--epoch: '24' is not YYYY"),
+    (MAP[:3], "Missing option"),
+])
+def test_every_bad_value_is_one_line_and_exit_2(args, needle):
+    r = _run(*args)
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, (r.returncode, r.stderr[-1500:])
+    assert any(n in lines[0] for n in needle.split("|")), lines[0]
+
+
+def test_map_dry_run_prints_the_plan_and_writes_nothing(world, trained, cube, tmp_path):
+    base = ["map", "--stac", str(world / "stac"), "--model", str(trained[0] / "bundle"), "--covariates",
+            str(world / "covariates"), "--epoch", "2024", "--mc-samples", "3", "--dry-run"]
+    r = _run(*base, "--out", str(tmp_path / "new.zarr"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    plan = json.loads(r.stdout.strip().splitlines()[-1])
+    assert plan["tiles_to_map"] == plan["tiles"] == cube[1]["tiles"] and plan["tile_pixels_to_map"] > 0
+    assert not (tmp_path / "new.zarr").exists()
+    r = _run(*base, "--out", str(cube[0]))  # the reference cube is up to date
+    plan = json.loads(r.stdout.strip().splitlines()[-1])
+    assert plan["tiles_to_map"] == 0 and plan["tiles_up_to_date"] == plan["tiles"]

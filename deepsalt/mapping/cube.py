@@ -91,6 +91,9 @@ def open_repo(url: str, storage_options: dict | None = None, create: bool = Fals
 
     import time
 
+    local = "://" not in url or url.startswith("file://")
+    if local and not create and not Path(url.removeprefix("file://")).exists():  # opening must not create the folder
+        raise DeepSaltInputError(redact_url(url), "no DeepSalt cube here", "pass the --out of `deepsalt map`")
     st = storage(url, storage_options)
     for attempt in range(3):
         try:

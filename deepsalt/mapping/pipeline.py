@@ -214,6 +214,36 @@ def _execute(inp: RunInputs, p: Plan, session, log) -> int:
     return n_pix
 
 
+#: end-to-end mapping rate per CPU core, 5 MC passes, for dry-run estimates: bench/map_cpu.py measured 6,546 px/s
+#: on 2 cores (bench/results/map_cpu.json); GPUs and other machines differ, so the estimate is rough
+PX_PER_CORE_S = 3000
+
+
+def dry_run(cfg: MapConfig, log=print) -> dict:
+    """The plan of ``map_region`` against the cube as it is now (or an empty one): nothing is written."""
+    import os
+
+    inp = prepare_inputs(cfg, log)
+    try:
+        session = cube_mod.open_repo(cfg.out, cfg.storage_options).readonly_session(cube_mod.BRANCH)
+        cube_mod.check_grid(zarr.open_group(session.store, mode="r"), inp.grid, cfg.out)
+        p = plan_run(inp, session)
+    except (DeepSaltInputError, FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
+        if isinstance(e, DeepSaltInputError) and "another grid" in str(e):
+            raise
+        p = Plan(0, True, [], list(inp.tiles), [], tile_fingerprints(inp))
+    px = sum(int(np.prod(inp.grid.tile_shape(*k))) for k in p.todo)
+    cores = os.cpu_count() or 1
+    out = {"epoch": cfg.epoch, "scenes": len(inp.scene_fp), "tiles": len(inp.tiles), "tiles_to_map": len(p.todo),
+           "tiles_to_clear": len(p.clear), "tiles_up_to_date": len(inp.tiles) - len(p.todo), "tile_pixels_to_map": px,
+           "estimated_seconds": round(px / (PX_PER_CORE_S * cores) * max(1, cfg.mc_samples) / 5, 1),
+           "estimate_basis": f"{PX_PER_CORE_S} px/s per core x {cores} cores (bench/map_cpu.py); tile pixels include "
+                             "cells no scene covers, so this is an upper bound"}
+    log(f"[dry run] {out['scenes']} scenes, {out['tiles']} tiles: {out['tiles_to_map']} to map, {out['tiles_to_clear']} "
+        f"to clear, {out['tiles_up_to_date']} up to date; <= {px:,} px, about {out['estimated_seconds']} s here")
+    return out
+
+
 def map_region(cfg: MapConfig, log=print) -> dict:
     """One mapping run = at most one commit to the cube. Returns the run's summary."""
     import icechunk
