@@ -24,7 +24,6 @@ from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _windows(inp):
     """(image href, mask hrefs, window) for every scene of every planned tile: the work of the read stage."""
     from deepsalt.data.enmap import EnMAPScene
-    from deepsalt.mapping.tiles import _window, scene_header
+    from deepsalt.mapping.tiles import _window
 
     out = []
     for (ty, tx), items in inp.tiles.items():
@@ -42,7 +41,7 @@ def _windows(inp):
         bounds = (tr.c, tr.f - h * g.res, tr.c + w * g.res, tr.f)
         for item in items:
             scene = EnMAPScene.from_item(item)
-            win = _window(scene_header(scene), bounds, g.crs)
+            win = _window(scene.header(), bounds, g.crs)
             if win is not None:
                 out.append((scene.href("image"), [scene.href(k) for k in inp.cfg.quality_masks],
                             (int(win.col_off), int(win.row_off), int(win.width), int(win.height))))

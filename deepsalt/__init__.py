@@ -11,3 +11,10 @@ def open_cube(url: str, storage_options: dict | None = None, version=None):
     from deepsalt.mapping.cube import open_cube as _open_cube
 
     return _open_cube(url, storage_options, version)
+
+
+def point(url: str, lon: float, lat: float, epoch: str | None = None, storage_options: dict | None = None, version=None) -> dict:
+    """ECe, uncertainty and source scene at one lon/lat, per epoch. See ``deepsalt.mapping.cube.point``."""
+    from deepsalt.mapping.cube import point as _point
+
+    return _point(url, lon, lat, epoch, storage_options, version)

@@ -258,6 +258,22 @@ def history_cmd(cube: str = typer.Option(..., help="cube URL (local folder or s3
                    f"{','.join(r['tags']) or r['message']}")
 
 
+@app.command("point")
+@_clean_errors
+def point_cmd(cube: str = typer.Option(..., help="cube URL (local folder or s3://bucket/prefix)"),
+              lon: float = typer.Option(..., min=-180, max=180, help="longitude (deg, WGS84)"),
+              lat: float = typer.Option(..., min=-90, max=90, help="latitude (deg, WGS84)"),
+              epoch: Optional[str] = typer.Option(None, help="one epoch (default: all)"),
+              version: Optional[str] = typer.Option(None, help="a tag, commit id or date (default: the latest)")):
+    """Print ECe, its uncertainty and the source scene at one point, per epoch (JSON).
+
+    The same from Python: `deepsalt.point(CUBE, lon, lat)`.
+    """
+    from deepsalt.mapping.cube import point
+
+    typer.echo(json.dumps(point(cube, lon, lat, epoch, _storage_options(cube), version), indent=1))
+
+
 @app.command("score")
 @_clean_errors
 def score_cmd(cube: str = typer.Option(..., help="cube URL"), world: Path = typer.Option(..., help="the world folder with truth/"),

@@ -21,17 +21,18 @@ $ds map --stac "$OUT/world/stac" --model "$OUT/run/bundle" --covariates "$OUT/wo
         --out "$OUT/cube.zarr" --epoch 2024 --region seen
 $ds score --cube "$OUT/cube.zarr" --world "$OUT/world" | tee "$OUT/score.json"
 $ds quicklook --cube "$OUT/cube.zarr" --out "$OUT/quicklook.png"
-.venv/bin/python - "$OUT" <<'PY'
+.venv/bin/python - "$OUT" "$(( $(date +%s) - start ))" <<'PY'
 import json, sys
-out = sys.argv[1]
+out, seconds = sys.argv[1], int(sys.argv[2])
 cube = json.load(open(f"{out}/score.json"))["overall"]
 model = json.load(open(f"{out}/run/metrics.json"))["results"]["deepsalt"]["seen"]
 print(f"cube vs truth: R2 {cube['r2']:.3f}, MAE {cube['mae']:.3f} dS/m over {cube['n_pixels']} px; "
       f"model's pixel-level seen-test R2 {model['r2']:.3f}, MAE {model['mae']:.3f} (n={model['n']:.0f}); "
       f"R2 gap {abs(cube['r2'] - model['r2']):.3f}")
+summary = {"pipeline_seconds": seconds, "cube_vs_truth": cube, "model_seen_test": {k: model[k] for k in ("mae", "r2", "n")}}
+json.dump(summary, open(f"{out}/demo_summary.json", "w"), indent=1)
+print(f"\ndone in {seconds} s (world -> train -> map -> re-map -> score -> quicklook; {out}/demo_summary.json)")
 PY
-echo
-echo "done in $(( $(date +%s) - start )) s"
 echo "  cube:      $OUT/cube.zarr   (deepsalt.open_cube(\"$OUT/cube.zarr\"); history: deepsalt history --cube $OUT/cube.zarr)"
 echo "  quicklook: $OUT/quicklook.png"
 echo "  scores:    $OUT/score.json;  training report: $OUT/run/report/summary.md"

@@ -3,7 +3,6 @@
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -228,3 +227,27 @@ def test_s3_permanent_write_error_fails_clearly_and_commits_nothing(world, train
     assert proxy.failed >= 1
     assert open_cube(url, so).sizes["time"] == 0  # readers see no epoch, and no tile is recorded
     assert not recorded_tiles(readonly_session(url, so))
+
+
+def test_point_reads_one_pixel_with_its_scene(cube):
+    from typer.testing import CliRunner
+
+    import deepsalt
+    from deepsalt.cli import app
+
+    out, _ = cube
+    ds = open_cube(str(out))
+    ys, xs = mapped_extent(str(out))
+    valid = ds["valid"][0, ys, xs].values
+    r, c = np.argwhere(valid == 1)[len(np.argwhere(valid == 1)) // 2]
+    row, col = ys.start + r, xs.start + c
+    lon, lat = Transformer.from_crs("EPSG:5070", "EPSG:4326", always_xy=True).transform(float(ds.x[col]), float(ds.y[row]))
+    p = deepsalt.point(str(out), lon, lat)
+    e = p["epochs"][0]
+    assert (p["row"], p["col"]) == (row, col) and e["mapped"] and e["epoch"] == "2024-01-01"
+    assert e["ece_dsm"] == pytest.approx(float(ds["ece"][0, row, col])) and e["ece_sd_dsm"] > 0
+    assert e["scene"] == ds.attrs["scene_ids"][int(ds["scene"][0, row, col])]
+    r = CliRunner().invoke(app, ["point", "--cube", str(out), "--lon", str(lon), "--lat", str(lat)])
+    assert r.exit_code == 0 and json.loads(r.stdout)["epochs"][0]["scene"] == e["scene"]
+    r = CliRunner().invoke(app, ["point", "--cube", str(out), "--lon", "10", "--lat", "50"])
+    assert r.exit_code == 2 and "outside the cube's grid" in r.stderr

@@ -1,6 +1,5 @@
 """COG reads from a real S3 endpoint (moto server): through GDAL /vsis3/ and through s3fs."""
 
-import io
 from pathlib import Path
 
 import boto3

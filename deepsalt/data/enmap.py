@@ -1,4 +1,4 @@
-"""EnMAP L2A scenes read through rioxarray/GDAL from local files, S3 (``/vsis3/``) or HTTP.
+"""EnMAP L2A scenes read through rasterio/GDAL (GTiff driver only) from local files, S3 (``/vsis3/``) or HTTPS.
 
 Reflectance = DN x ``enmap:gain_of_band`` + ``enmap:offset_of_band`` (0.0001 and 0 in DLR's items);
 DN equal to the item's ``enmap:nodata`` (-32768) and pixels flagged by the quality masks become NaN.
@@ -7,6 +7,7 @@ The band table always comes from the item's ``eo:bands``, never from assumptions
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,30 +17,10 @@ import xarray as xr
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
-from deepsalt.data.cog import check_href, gdal_path, no_crs_error, open_error, open_raster
+from deepsalt.data.cog import check_href, open_raster
 from deepsalt.data.stac import QUALITY_ASSETS, priority
 from deepsalt.errors import DeepSaltInputError
 from deepsalt.spectra.bands import BandTable, select_bands
-
-
-def open_band_raster(href: str, what: str) -> xr.DataArray:
-    """Lazily open a raster as ``(band, y, x)``; missing, corrupt, non-TIFF and CRS-less files are clear errors."""
-    try:
-        da = rioxarray.open_rasterio(gdal_path(href), masked=False, cache=False, lock=False, driver="GTiff")
-    except (RasterioIOError, OSError) as e:
-        raise open_error(href, what, e) from None
-    if da.rio.crs is None:
-        raise no_crs_error(href, what)
-    return da
-
-
-def load_values(da: xr.DataArray, href: str, what: str) -> np.ndarray:
-    """Read pixels; a file that opens but fails mid-read (truncated, corrupt tiles) is a clear error."""
-    try:
-        return da.values
-    except (RasterioIOError, OSError) as e:
-        raise DeepSaltInputError(href, f"{what} is corrupt or truncated: reading pixels failed ({str(e)[:160]})",
-                                 "re-download or re-write the file") from None
 
 
 @dataclass
@@ -90,13 +71,20 @@ class EnMAPScene:
                                      f"drop '{key}' from the quality masks to apply, or fix the item")
         return check_href(self.item.assets[key].href, f"STAC item {self.id} asset '{key}'", self.allow_http)
 
-    def open_image(self) -> xr.DataArray:
-        da = open_band_raster(self.href(self.IMAGE_ASSET), f"EnMAP image of {self.id}")
-        if da.sizes["band"] != len(self.bands):
-            raise DeepSaltInputError(self.href(self.IMAGE_ASSET),
-                                     f"image has {da.sizes['band']} bands but the item's eo:bands lists {len(self.bands)}",
-                                     "the item metadata and the COG disagree: re-download the scene or fix the item")
-        return da
+    @contextlib.contextmanager
+    def open_image(self):
+        """The image as an open rasterio dataset (GTiff driver only); its band count must match ``eo:bands``."""
+        href = self.href(self.IMAGE_ASSET)
+        with open_raster(href, f"EnMAP image of {self.id}") as ds:
+            if ds.count != len(self.bands):
+                raise DeepSaltInputError(href, f"image has {ds.count} bands but the item's eo:bands lists {len(self.bands)}",
+                                         "the item metadata and the COG disagree: re-download the scene or fix the item")
+            yield ds
+
+    def header(self) -> dict:
+        """CRS, transform and size of the image."""
+        with self.open_image() as ds:
+            return {"crs": ds.crs, "transform": ds.transform, "height": ds.height, "width": ds.width}
 
     def read_array(self, window: Window | None = None, quality: tuple[str, ...] = QUALITY_MASKS, window_for=None):
         """Reflectance ``(band, y, x)`` float32 with NaN at nodata and masked pixels, its transform and CRS.
@@ -107,10 +95,7 @@ class EnMAPScene:
         first, so a window they flag entirely costs no image decode.
         """
         image = self.href(self.IMAGE_ASSET)
-        with open_raster(image, f"EnMAP image of {self.id}") as ds:
-            if ds.count != len(self.bands):
-                raise DeepSaltInputError(image, f"image has {ds.count} bands but the item's eo:bands lists {len(self.bands)}",
-                                         "the item metadata and the COG disagree: re-download the scene or fix the item")
+        with self.open_image() as ds:
             if window_for is not None:
                 window = window_for({"crs": ds.crs, "transform": ds.transform, "height": ds.height, "width": ds.width})
                 if window is None:
@@ -158,17 +143,24 @@ class EnMAPScene:
         masked. Reads one window: the points' bounding box."""
         from pyproj import Transformer
 
-        da = self.open_image()
-        xs, ys = Transformer.from_crs("EPSG:4326", da.rio.crs, always_xy=True).transform(np.asarray(lon), np.asarray(lat))
-        cols, rows = ~da.rio.transform() * (np.asarray(xs), np.asarray(ys))
-        cols, rows = np.floor(cols).astype(np.int64), np.floor(rows).astype(np.int64)
-        inside = (rows >= 0) & (rows < da.sizes["y"]) & (cols >= 0) & (cols < da.sizes["x"])
-        out = np.full((len(cols), len(self.bands)), np.nan, np.float32)
-        if inside.any():
+        lon, lat = np.asarray(lon, float), np.asarray(lat, float)
+        at: dict = {}
+
+        def window_for(h):
+            xs, ys = Transformer.from_crs("EPSG:4326", h["crs"], always_xy=True).transform(lon, lat)
+            cols, rows = ~h["transform"] * (np.asarray(xs), np.asarray(ys))
+            cols, rows = np.floor(cols).astype(np.int64), np.floor(rows).astype(np.int64)
+            inside = (rows >= 0) & (rows < h["height"]) & (cols >= 0) & (cols < h["width"])
+            if not inside.any():
+                return None
             r0, c0 = rows[inside].min(), cols[inside].min()
-            win = Window(c0, r0, cols[inside].max() - c0 + 1, rows[inside].max() - r0 + 1)
-            refl = self.read(win, quality, require_valid=False).values
-            out[inside] = refl[:, rows[inside] - r0, cols[inside] - c0].T
+            at.update(inside=inside, rows=rows[inside] - r0, cols=cols[inside] - c0)
+            return Window(c0, r0, cols[inside].max() - c0 + 1, rows[inside].max() - r0 + 1)
+
+        out = np.full((len(lon), len(self.bands)), np.nan, np.float32)
+        got = self.read_array(quality=quality, window_for=window_for)
+        if got is not None:
+            out[at["inside"]] = got[0][:, at["rows"], at["cols"]].T
         return out
 
 

@@ -362,3 +362,35 @@ def history(url: str, storage_options: dict | None = None) -> list[dict]:
                     "tags": sorted(tags.get(snap.id, [])), "message": snap.message,
                     **{k: m.get(k) for k in ("epoch", "tiles", "tiles_cleared", "pixels", "model", "run")}})
     return out
+
+
+def point(url: str, lon: float, lat: float, epoch: str | None = None, storage_options: dict | None = None,
+          version=None) -> dict:
+    """ECe, its uncertainty and provenance at one WGS84 point, for every epoch (or one): reads one chunk per
+    variable and epoch."""
+    from pyproj import Transformer
+
+    ds = open_cube(url, storage_options, version)
+    g = Grid(**ds.attrs["grid"])
+    x, y = Transformer.from_crs("EPSG:4326", g.crs, always_xy=True).transform(lon, lat)
+    row, col = g.cell_of(x, y)
+    if not (0 <= row < g.height and 0 <= col < g.width):
+        raise DeepSaltInputError(f"--lon {lon} --lat {lat}", f"the point lies outside the cube's grid ({g.crs})",
+                                 "pass a point inside the mapped region")
+    times = [str(t)[:10] for t in ds["time"].values]
+    if epoch is not None:
+        day = str(np.datetime64(epoch, "D"))
+        if day not in times:
+            raise DeepSaltInputError(f"--epoch {epoch}", "the cube has no such epoch", f"epochs: {', '.join(times) or 'none'}")
+        times = [day]
+    cell = ds.isel(y=row, x=col).sel(time=times).compute()
+    ids = list(ds.attrs.get("scene_ids", []))
+    out = []
+    for i, t in enumerate(times):
+        v = cell.isel(time=i)
+        s = int(v["scene"])
+        mapped = bool(int(v["valid"]))
+        out.append({"epoch": t, "ece_dsm": float(v["ece"]) if mapped else None, "ece_sd_dsm": float(v["ece_sd"]) if mapped else None,
+                    "mapped": mapped, "scene": ids[s] if 0 <= s < len(ids) else None})
+    return {"lon": lon, "lat": lat, "crs": g.crs, "x": float(g.x0 + (col + 0.5) * g.res), "y": float(g.y0 - (row + 0.5) * g.res),
+            "row": row, "col": col, "epochs": out}

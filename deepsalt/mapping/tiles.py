@@ -15,7 +15,6 @@ from rasterio.enums import Resampling
 from rasterio.warp import reproject, transform_bounds
 from rasterio.windows import Window, from_bounds
 
-from deepsalt.data.cog import open_raster
 from deepsalt.data.covariates import check_covariate_ranges, covariates_on_grid
 from deepsalt.data.enmap import EnMAPScene
 from deepsalt.data.stac import priority
@@ -24,22 +23,12 @@ from deepsalt.mapping.grid import Grid
 from deepsalt.spectra.bands import select_bands
 
 
-def scene_header(scene: EnMAPScene) -> dict:
-    """CRS, transform and size of a scene's image, and a check that its band count matches the item."""
-    with open_raster(scene.href(scene.IMAGE_ASSET), f"EnMAP image of {scene.id}") as ds:
-        if ds.count != len(scene.bands):
-            raise DeepSaltInputError(scene.href(scene.IMAGE_ASSET), f"image has {ds.count} bands but the item's eo:bands "
-                                     f"lists {len(scene.bands)}", "the item metadata and the COG disagree: re-download the "
-                                     "scene or fix the item")
-        return {"crs": ds.crs, "transform": ds.transform, "height": ds.height, "width": ds.width}
-
-
 def plan(items: list[pystac.Item], grid: Grid, allow_http: bool = False) -> dict[tuple[int, int], list[pystac.Item]]:
     """Tiles touched by each scene (from the image's own georeference), scenes per tile in priority order.
     A scene that touches no tile of the grid is an error: it would silently map nothing."""
     tiles: dict[tuple[int, int], list[pystac.Item]] = {}
     for item in items:
-        h = scene_header(EnMAPScene.from_item(item, allow_http))
+        h = EnMAPScene.from_item(item, allow_http).header()
         t = h["transform"]
         bounds = (t[2], t[5] + t[4] * h["height"], t[2] + t[0] * h["width"], t[5])
         try:
