@@ -36,7 +36,11 @@ export AWS_ENDPOINT_URL="http://127.0.0.1:$S3_PORT" AWS_ACCESS_KEY_ID=testing AW
 export AWS_S3_ENDPOINT="127.0.0.1:$S3_PORT" AWS_HTTPS=NO AWS_VIRTUAL_HOSTING=FALSE AWS_REGION=us-east-1
 
 STAC_PORT=$(free_port)
-setsid rustac serve --addr "127.0.0.1:$STAC_PORT" "$WORK/world/stac/collection.json" "$WORK/world/stac/items.json" > "$WORK/stac.log" 2>&1 &
+# rustac resolves a collection's item links against its own working folder, so it gets the collection without
+# them, and the items (absolute hrefs) from items.json
+python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); d["links"] = [l for l in d["links"] if l["rel"] not in ("item", "child")]; json.dump(d, open(sys.argv[2], "w"))' \
+  "$WORK/world/stac/collection.json" "$WORK/collection.json"
+setsid rustac serve --addr "127.0.0.1:$STAC_PORT" "$WORK/collection.json" "$WORK/world/stac/items.json" > "$WORK/stac.log" 2>&1 &
 PIDS+=($!)
 export DEEPSALT_TEST_STAC_URL="http://127.0.0.1:$STAC_PORT"
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -251,3 +252,19 @@ def test_point_reads_one_pixel_with_its_scene(cube):
     assert r.exit_code == 0 and json.loads(r.stdout)["epochs"][0]["scene"] == e["scene"]
     r = CliRunner().invoke(app, ["point", "--cube", str(out), "--lon", "10", "--lat", "50"])
     assert r.exit_code == 2 and "outside the cube's grid" in r.stderr
+
+
+def test_world_copied_elsewhere_with_the_original_deleted_maps_to_the_same_cube(cube, trained, tmp_path):
+    from conftest import assert_tiles_equal, tile_arrays
+
+    from deepsalt.config import WorldConfig
+    from deepsalt.data.synthetic.world import build_world
+
+    build_world(WorldConfig.for_preset("tiny", 7), tmp_path / "w1")  # the services' world: tiny, seed 7
+    shutil.copytree(tmp_path / "w1", tmp_path / "moved")
+    shutil.rmtree(tmp_path / "w1")
+    moved = tmp_path / "moved"
+    s = map_region(_cfg(moved, trained[0] / "bundle", tmp_path / "c.zarr", stac=str(moved / "stac" / "collection.json")),
+                   log=lambda *_: None)
+    assert s["published"] and s["tiles_mapped"] == cube[1]["tiles_mapped"]
+    assert_tiles_equal(tile_arrays(tmp_path / "c.zarr"), tile_arrays(cube[0]))

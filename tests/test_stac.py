@@ -39,3 +39,21 @@ def test_unreachable_api_names_the_url():
 def test_missing_static_catalog(tmp_path):
     with pytest.raises(DeepSaltInputError, match="no STAC items found"):
         search_items(str(tmp_path))
+
+
+def test_static_collection_with_relative_hrefs_is_followed_and_resolved(world, stac_url):
+    import json
+
+    api = {i.id: i.assets["image"].href for i in search_items(stac_url)}
+    static = search_items(str(world / "stac" / "collection.json"))  # links followed, ./ hrefs resolved per item
+    assert {i.id: i.assets["image"].href for i in static} == api
+    item_file = next((world / "scenes").glob("*/*.json"))
+    assert json.loads(item_file.read_text())["assets"]["image"]["href"].startswith("./")
+    assert [i.id for i in search_items(str(item_file))] == [item_file.stem]  # a single Item file
+
+
+@pytest.mark.parametrize("content, match", [("{", "cannot read the static STAC"), ('{"type": "Thing"}', "not a STAC ItemCollection")])
+def test_bad_static_stac_is_one_clear_error(tmp_path, content, match):
+    (tmp_path / "catalog.json").write_text(content)
+    with pytest.raises(DeepSaltInputError, match=match):
+        search_items(str(tmp_path / "catalog.json"))

@@ -63,6 +63,27 @@ def write_item_collection(items: list[pystac.Item], path: str | Path) -> None:
     Path(path).write_text(json.dumps(fc, indent=1))
 
 
+def write_static_collection(items: list[pystac.Item], path: str | Path) -> None:
+    """A relocatable static STAC Collection at ``path``: each item is written beside its assets
+    (``<scene folder>/<id>.json``, asset hrefs ``./<file>``) and linked from the collection by a relative href,
+    so the folder can be copied or uploaded anywhere and ``--stac .../collection.json`` still maps."""
+    import os
+
+    col = enmap_collection(items)
+    col.set_self_href(str(Path(path).resolve()))
+    for item in items:
+        item = item.clone()
+        folder = Path(item.assets["image"].href).resolve().parent
+        for a in item.assets.values():
+            if os.path.relpath(Path(a.href).resolve(), folder).startswith(".."):
+                raise ValueError(f"asset {a.href} is not in the folder of the item's image")
+            a.href = str(Path(a.href).resolve())
+        col.add_item(item)
+        item.set_self_href(str(folder / f"{item.id}.json"))
+    col.make_all_asset_hrefs_relative()  # ./<file>, relative to each item's own JSON
+    col.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+
+
 def rebase_hrefs(items: list[pystac.Item], old_root: str, new_root: str) -> list[pystac.Item]:
     """Copies of ``items`` with asset hrefs under ``old_root`` moved to ``new_root`` (e.g. after an upload to S3)."""
     out = []
@@ -119,13 +140,53 @@ def _parse_interval(dt: str | None):
     return p(parts[0], False), p(parts[1], True)
 
 
-def _static_items(path: Path) -> list[pystac.Item]:
-    p = path / "items.json" if path.is_dir() else path
-    if not p.exists():
-        raise DeepSaltInputError(path, "no STAC items found", "pass a STAC API URL, an items.json FeatureCollection or its folder")
-    doc = json.loads(p.read_text())
-    feats = doc["features"] if doc.get("type") == "FeatureCollection" else [doc]
-    return [pystac.Item.from_dict(f) for f in feats]
+def _resolve_assets(item: pystac.Item, base: str) -> pystac.Item:
+    """Relative asset hrefs resolved against the item's own location (its self link, else the file it came
+    from), as the STAC spec says. Hrefs with '..' segments are left as they are, for the href check to refuse."""
+    import posixpath
+    import re
+
+    for asset in item.assets.values():
+        h = asset.href
+        if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", h) or h.startswith("/") or ".." in h.replace("\\", "/").split("/"):
+            continue
+        root = item.get_self_href() or base
+        asset.href = posixpath.normpath(posixpath.join(posixpath.dirname(root), h)) if "://" in root else \
+            str((Path(root).parent / h).resolve())
+    return item
+
+
+def _static_items(src: str) -> list[pystac.Item]:
+    """Items of a static STAC source: an ItemCollection (FeatureCollection) file, an Item, or a Catalog or
+    Collection whose item links are followed (recursively); a folder means the first of items.json,
+    catalog.json, collection.json in it."""
+    path = Path(src)
+    if path.is_dir():
+        found = [path / n for n in ("items.json", "catalog.json", "collection.json") if (path / n).exists()]
+        if not found:
+            raise DeepSaltInputError(src, "no STAC items found (no items.json, catalog.json or collection.json)",
+                                     "pass a STAC API URL, an ItemCollection file, or a static catalog or collection")
+        path = found[0]
+    if not path.exists():
+        raise DeepSaltInputError(src, "does not exist", "pass a STAC API URL, an ItemCollection file, or a static catalog or collection")
+    try:
+        doc = json.loads(path.read_text())
+        kind = doc.get("type")
+        if kind == "FeatureCollection":
+            items = [pystac.Item.from_dict(f) for f in doc["features"]]
+        elif kind == "Feature":
+            items = [pystac.read_file(str(path))]
+        elif kind in ("Catalog", "Collection"):
+            items = list(pystac.read_file(str(path)).get_items(recursive=True))
+        else:
+            raise DeepSaltInputError(src, f"not a STAC ItemCollection, Item, Catalog or Collection (type {kind!r})",
+                                     "pass a STAC API URL or a static STAC file")
+    except DeepSaltInputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - bad JSON, a broken link, an invalid item
+        raise DeepSaltInputError(src, f"cannot read the static STAC ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})",
+                                 "check the file and the links it follows") from None
+    return [_resolve_assets(i, str(path.resolve())) for i in items]
 
 
 def search_items(stac: str, collection: str = COLLECTION, bbox=None, datetime_range: str | None = None,
@@ -147,7 +208,7 @@ def search_items(stac: str, collection: str = COLLECTION, bbox=None, datetime_ra
             raise DeepSaltInputError(redact_url(stac), f"STAC API search failed ({type(e).__name__}: {str(e)[:200]})",
                                      "check that the API URL is right and reachable") from None
     else:
-        items = [i for i in _static_items(Path(stac)) if i.collection_id in (None, collection)]
+        items = [i for i in _static_items(stac) if i.collection_id in (None, collection)]
         if ids:
             items = [i for i in items if i.id in ids]
         if bbox is not None:

@@ -5,8 +5,9 @@ Layout of ``OUT``::
     world.json                     generator config, physics, summary statistics, file list
     world.png                      a scene's RGB, its true ECe, lab and EnMAP spectra at low/high ECe
     lab/mir_library.parquet        OSSL-style wide table: scan_mir.<cm-1>_abs columns + sample metadata
-    stac/collection.json           STAC Collection ENMAP_HSI_L2A
-    stac/items.json                FeatureCollection of EnMAP L2A-like Items (serve with `rustac serve`)
+    stac/collection.json           STAC Collection ENMAP_HSI_L2A, a relocatable static catalog: it links
+                                   scenes/<id>/<id>.json, whose asset hrefs are relative (./<file>)
+    stac/items.json                FeatureCollection of the same Items with absolute hrefs (serve with `rustac serve`)
     scenes/<id>/<id>-*.TIF|XML     spectral image COG (224 x int16), quality COGs, metadata XML
     truth/<id>_ECE.TIF             ground-truth ECe per scene (float32, same grid)
     covariates/<name>.tif          8 covariate COGs, EPSG:4326 at 0.01 deg
@@ -34,7 +35,7 @@ from deepsalt.config import WorldConfig
 from deepsalt.data.cog import write_cog
 from deepsalt.data.covariates import COVARIATES, COVARIATE_NAMES, sample_covariates
 from deepsalt.data.lab import write_lab_table
-from deepsalt.data.stac import enmap_item, enmap_collection, write_item_collection
+from deepsalt.data.stac import enmap_item, write_item_collection, write_static_collection
 from deepsalt.data.synthetic import enmap_spectra, lab_spectra
 from deepsalt.data.synthetic.fields import RandomFields, SoilPhysics, koppen, soil_at, usda_texture
 from deepsalt.errors import DeepSaltInputError
@@ -289,8 +290,8 @@ def _build(cfg: WorldConfig, out: Path, progress: bool) -> dict:
     (out / "samples").mkdir()
     sites.to_parquet(out / "samples" / "satellite_samples.parquet", index=False)
     (out / "stac").mkdir()
-    enmap_collection(items).save_object(include_self_link=False, dest_href=str(out / "stac" / "collection.json"))
-    write_item_collection(items, out / "stac" / "items.json")
+    write_static_collection(items, out / "stac" / "collection.json")  # relocatable: relative hrefs
+    write_item_collection(items, out / "stac" / "items.json")  # absolute hrefs, for `rustac serve` and tools
     lab_meta, wn, lab_spec = _lab_library(cfg, sites, fields, phys, rng)
     (out / "lab").mkdir()
     write_lab_table(out / "lab" / "mir_library.parquet", lab_meta, wn, lab_spec)
