@@ -46,6 +46,7 @@ class Tokens(str, enum.Enum):
     per_dim = "per_dim"
 
 
+ExportFormat = enum.Enum("ExportFormat", {"cog": "cog", "netcdf": "netcdf"}, type=str)
 GridName = enum.Enum("GridName", {"conus": "conus", "europe": "europe"}, type=str)
 Region = enum.Enum("Region", {k.replace("-", "_"): k for k in REGIONS}, type=str)
 
@@ -272,6 +273,21 @@ def point_cmd(cube: str = typer.Option(..., help="cube URL (local folder or s3:/
     from deepsalt.mapping.cube import point
 
     typer.echo(json.dumps(point(cube, lon, lat, epoch, _storage_options(cube), version), indent=1))
+
+
+@app.command("export")
+@_clean_errors
+def export_cmd(cube: str = typer.Option(..., help="cube URL (local folder or s3://bucket/prefix)"),
+               out: Path = typer.Option(..., help="file to write (.tif or .nc)"),
+               fmt: ExportFormat = typer.Option("cog", "--format", help="cog (ECe and sd, CRS, nodata, overviews) "
+                                                "or netcdf (CF, all variables)"),
+               epoch: Optional[str] = typer.Option(None, help="epoch (default: the latest)"),
+               bbox: Optional[str] = typer.Option(None, help="minlon,minlat,maxlon,maxlat (deg; default: the mapped extent)"),
+               version: Optional[str] = typer.Option(None, help="a tag, commit id or date (default: the latest)")):
+    """Export one epoch to a GeoTIFF (COG) or NetCDF file that GIS tools open."""
+    from deepsalt.mapping.export import export
+
+    typer.echo(json.dumps(export(cube, out, fmt.value, epoch, _bbox(bbox), _storage_options(cube), version)))
 
 
 @app.command("score")

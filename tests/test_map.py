@@ -268,3 +268,29 @@ def test_world_copied_elsewhere_with_the_original_deleted_maps_to_the_same_cube(
                    log=lambda *_: None)
     assert s["published"] and s["tiles_mapped"] == cube[1]["tiles_mapped"]
     assert_tiles_equal(tile_arrays(tmp_path / "c.zarr"), tile_arrays(cube[0]))
+
+
+def test_export_cog_and_netcdf_open_in_gdal_and_xarray(cube, tmp_path):
+    from typer.testing import CliRunner
+
+    from deepsalt.cli import app
+
+    out, _ = cube
+    ds = open_cube(str(out))
+    ys, xs = mapped_extent(str(out))
+    ref = ds["ece"][0, ys, xs].values
+    r = CliRunner().invoke(app, ["export", "--cube", str(out), "--out", str(tmp_path / "e.tif")])
+    assert r.exit_code == 0, r.stdout + r.stderr
+    with rasterio.open(tmp_path / "e.tif") as src:
+        assert src.crs.to_epsg() == 5070 and np.isnan(src.nodata) and src.overviews(1) and src.count == 2
+        np.testing.assert_array_equal(src.read(1), ref)
+        assert src.transform.c == float(ds.x[xs.start]) - 15 and src.transform.f == float(ds.y[ys.start]) + 15
+    r = CliRunner().invoke(app, ["export", "--cube", str(out), "--out", str(tmp_path / "e.nc"), "--format", "netcdf"])
+    assert r.exit_code == 0, r.stdout + r.stderr
+    nc = xr.open_dataset(tmp_path / "e.nc")
+    np.testing.assert_array_equal(nc["ece"][0].values, ref)
+    assert int(nc["valid"].sum()) == int(np.isfinite(ref).sum())
+    with rasterio.open(f"netcdf:{tmp_path / 'e.nc'}:ece") as src:  # GDAL's netCDF driver, CF grid mapping
+        assert src.crs.to_epsg() == 5070 and src.shape == ref.shape
+    r = CliRunner().invoke(app, ["export", "--cube", str(out), "--out", str(tmp_path / "x.tif"), "--epoch", "1999"])
+    assert r.exit_code == 2 and "no such epoch" in r.stderr and not (tmp_path / "x.tif").exists()

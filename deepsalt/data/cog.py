@@ -14,12 +14,13 @@ from deepsalt.errors import DeepSaltInputError
 
 
 def write_cog(path: str | Path, data: np.ndarray, crs, transform, nodata=None, *, descriptions=None,
-              tags: dict | None = None, blocksize: int = 256) -> None:
-    """Write ``data (bands, rows, cols)`` or ``(rows, cols)`` as a deflate-compressed COG."""
+              tags: dict | None = None, blocksize: int = 256, overviews: str = "NONE") -> None:
+    """Write ``data (bands, rows, cols)`` or ``(rows, cols)`` as a deflate-compressed COG (``overviews="AUTO"``:
+    with internal overviews, for GIS viewers)."""
     data = data[None] if data.ndim == 2 else data
     profile = dict(driver="COG", count=data.shape[0], height=data.shape[1], width=data.shape[2], dtype=data.dtype,
                    crs=crs, transform=transform, nodata=nodata, compress="DEFLATE", blocksize=blocksize,
-                   predictor=2 if np.issubdtype(data.dtype, np.integer) else 3, overviews="NONE")
+                   predictor=2 if np.issubdtype(data.dtype, np.integer) else 3, overviews=overviews)
     tmp = f"{path}.partial"
     with rasterio.open(tmp, "w", **profile) as dst:
         dst.write(data)

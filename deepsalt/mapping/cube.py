@@ -44,7 +44,8 @@ VARS = {
     "ece_sd": dict(dtype="float32", fill=np.nan, attrs={"units": "dS m-1", "long_name": "ECe uncertainty: standard deviation over MC-dropout passes of the student"}),
     "valid": dict(dtype="uint8", fill=0, attrs={"long_name": "1 where ECe was mapped (clear, valid EnMAP pixel with covariates)", "flag_values": [0, 1],
                                                "flag_meanings": "not_mapped mapped"}),
-    "scene": dict(dtype="int32", fill=-1, attrs={"long_name": "index of the EnMAP scene the pixel came from (see the scene_ids attribute)"}),
+    "scene": dict(dtype="int32", fill=-1, attrs={"long_name": "index of the EnMAP scene the pixel came from (see the scene_ids "
+                                                 "attribute); -1 (the fill value) where not mapped"}),
 }
 FINGERPRINT = "_deepsalt/fingerprint"
 #: botocore-style attempts per S3 request (exponential backoff on 5xx, throttling and dropped connections)
@@ -164,7 +165,13 @@ def check_grid(root: zarr.Group, grid: Grid, url: str) -> None:
 
 def _create(store, grid: Grid) -> None:
     root = zarr.open_group(store, mode="w", attributes={
-        "Conventions": "CF-1.8", "title": "DeepSalt soil salinity (ECe) cube", "source": f"deepsalt {__version__}",
+        "Conventions": "CF-1.8, ACDD-1.3", "title": "DeepSalt soil salinity (ECe) cube", "source": f"deepsalt {__version__}",
+        "summary": "Soil salinity (ECe of the saturated-paste extract, dS/m, 0-12 cm) at 30 m, predicted from EnMAP L2A "
+                   "reflectance and 8 soil and climate covariates by a student transformer distilled from laboratory "
+                   "mid-infrared spectra; one time step per map epoch, with MC-dropout uncertainty and the source scene.",
+        "license": "CC-BY-4.0", "references": "DeepSalt, arXiv:2510.23124",
+        "history": "each mapping run is one Icechunk commit: list them with `deepsalt history --cube URL`",
+        "keywords": "soil salinity, ECe, EnMAP, hyperspectral, knowledge distillation",
         "deepsalt_cube": CUBE_FORMAT, "grid": grid.to_dict(), "scene_ids": [], "models": {}})
     crs = CRS.from_user_input(grid.crs)
     sr = root.create_array("spatial_ref", shape=(), dtype="int32", fill_value=0)

@@ -1,0 +1,74 @@
+"""Portable copies of one epoch of the cube for GIS users: a COG (ECe and its uncertainty, CRS, nodata,
+overviews) or a CF NetCDF that xarray and GDAL open. Written to a temporary name and renamed, so a failed
+export leaves nothing half-written."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from deepsalt.errors import DeepSaltInputError
+from deepsalt.mapping.cube import mapped_extent, open_cube
+from deepsalt.mapping.grid import Grid
+
+FORMATS = ("cog", "netcdf")
+
+
+def _window(ds, g: Grid, url: str, bbox, storage_options, version) -> tuple[slice, slice]:
+    if bbox is None:
+        return mapped_extent(url, storage_options, version)
+    from rasterio.warp import transform_bounds
+
+    x0, y0, x1, y1 = transform_bounds("EPSG:4326", g.crs, *bbox, densify_pts=21)
+    r0, c0 = g.cell_of(x0, y1)
+    r1, c1 = g.cell_of(x1, y0)
+    r0, c0, r1, c1 = max(r0, 0), max(c0, 0), min(r1, g.height - 1), min(c1, g.width - 1)
+    if r1 < r0 or c1 < c0:
+        raise DeepSaltInputError("--bbox", f"{bbox} lies outside the cube's grid", "pass a box inside the mapped region")
+    return slice(r0, r1 + 1), slice(c0, c1 + 1)
+
+
+def export(url: str, out: str | Path, fmt: str, epoch: str | None = None, bbox=None, storage_options: dict | None = None,
+           version=None) -> dict:
+    """Write one epoch (default: the latest) over ``bbox`` (lon/lat; default: the mapped extent) to ``out``."""
+    if fmt not in FORMATS:
+        raise DeepSaltInputError("--format", f"unknown format '{fmt}'", f"use one of {', '.join(FORMATS)}")
+    ds = open_cube(url, storage_options, version)
+    if ds.sizes["time"] == 0:
+        raise DeepSaltInputError(url, "has no published epoch yet", "run `deepsalt map` first")
+    times = [str(t)[:10] for t in ds["time"].values]
+    if epoch is None:
+        t = len(times) - 1
+    else:
+        day = str(np.datetime64(epoch, "D"))
+        if day not in times:
+            raise DeepSaltInputError(f"--epoch {epoch}", "the cube has no such epoch", f"epochs: {', '.join(times)}")
+        t = times.index(day)
+    g = Grid(**ds.attrs["grid"])
+    ys, xs = _window(ds, g, url, bbox, storage_options, version)
+    sub = ds.isel(time=t, y=ys, x=xs)
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.partial")
+    if fmt == "cog":
+        from affine import Affine
+
+        from deepsalt.data.cog import write_cog
+
+        data = np.stack([sub["ece"].values, sub["ece_sd"].values]).astype(np.float32)
+        tr = Affine(g.res, 0, g.x0 + xs.start * g.res, 0, -g.res, g.y0 - ys.start * g.res)
+        write_cog(out, data, g.crs, tr, nodata=float("nan"), descriptions=["ECe (dS/m)", "ECe uncertainty, sd (dS/m)"],
+                  tags={"epoch": times[t], "units": "dS m-1", "source": f"DeepSalt cube {url}", "scene_ids": json.dumps(ds.attrs["scene_ids"])},
+                  overviews="AUTO")
+    else:
+        keep = sub[["ece", "ece_sd", "valid", "scene"]].expand_dims(time=[sub["time"].values])
+        keep["valid"] = keep["valid"].astype("int8")  # NetCDF-3 has no unsigned byte
+        keep.attrs = {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in ds.attrs.items()}
+        keep.attrs["epoch"] = times[t]
+        for v in keep.data_vars.values():
+            v.encoding.clear()
+        keep.load().to_netcdf(tmp, engine="scipy")
+        os.replace(tmp, out)
+    return {"out": str(out), "format": fmt, "epoch": times[t], "rows": ys.stop - ys.start, "cols": xs.stop - xs.start}
