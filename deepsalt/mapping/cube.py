@@ -36,7 +36,7 @@ from deepsalt.mapping.grid import Grid
 from deepsalt.redact import redact_url
 
 #: The output contract: bump when the meaning of a stored value changes (a fingerprint input too).
-CUBE_FORMAT = "deepsalt-cube/2"
+CUBE_FORMAT = "deepsalt-cube/3"  # 3: acq_date per pixel
 BRANCH = "main"
 VARS = {
     "ece": dict(dtype="float32", fill=np.nan, attrs={"units": "dS m-1", "long_name": "soil salinity, electrical conductivity of the saturated-paste extract, 0-12 cm",
@@ -45,7 +45,10 @@ VARS = {
     "valid": dict(dtype="uint8", fill=0, attrs={"long_name": "1 where ECe was mapped (clear, valid EnMAP pixel with covariates)", "flag_values": [0, 1],
                                                "flag_meanings": "not_mapped mapped"}),
     "scene": dict(dtype="int32", fill=-1, attrs={"long_name": "index of the EnMAP scene the pixel came from (see the scene_ids "
-                                                 "attribute); -1 (the fill value) where not mapped"}),
+                                                 "attribute); -1 (the fill value) where not mapped", "_FillValue": -1}),
+    "acq_date": dict(dtype="int32", fill=-1, attrs={"long_name": "acquisition date of the EnMAP scene the pixel came from",
+                                                    "standard_name": "time", "units": "days since 1970-01-01",
+                                                    "calendar": "proleptic_gregorian", "_FillValue": -1}),
 }
 FINGERPRINT = "_deepsalt/fingerprint"
 #: botocore-style attempts per S3 request (exponential backoff on 5xx, throttling and dropped connections)
@@ -395,9 +398,12 @@ def point(url: str, lon: float, lat: float, epoch: str | None = None, storage_op
     out = []
     for i, t in enumerate(times):
         v = cell.isel(time=i)
-        s = int(v["scene"])
+        s = float(v["scene"])  # decoded: the -1 fill becomes NaN
+        s = int(s) if np.isfinite(s) else -1
         mapped = bool(int(v["valid"]))
+        acq = v["acq_date"].values if "acq_date" in v else None
         out.append({"epoch": t, "ece_dsm": float(v["ece"]) if mapped else None, "ece_sd_dsm": float(v["ece_sd"]) if mapped else None,
-                    "mapped": mapped, "scene": ids[s] if 0 <= s < len(ids) else None})
+                    "mapped": mapped, "scene": ids[s] if 0 <= s < len(ids) else None,
+                    "acquired": str(acq)[:10] if mapped and acq is not None and not np.isnat(acq) else None})
     return {"lon": lon, "lat": lat, "crs": g.crs, "x": float(g.x0 + (col + 0.5) * g.res), "y": float(g.y0 - (row + 0.5) * g.res),
             "row": row, "col": col, "epochs": out}

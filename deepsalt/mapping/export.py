@@ -63,7 +63,7 @@ def export(url: str, out: str | Path, fmt: str, epoch: str | None = None, bbox=N
                   tags={"epoch": times[t], "units": "dS m-1", "source": f"DeepSalt cube {url}", "scene_ids": json.dumps(ds.attrs["scene_ids"])},
                   overviews="AUTO")
     else:
-        keep = sub[["ece", "ece_sd", "valid", "scene"]].expand_dims(time=[sub["time"].values])
+        keep = sub[["ece", "ece_sd", "valid", "scene", "acq_date"]].expand_dims(time=[sub["time"].values])
         keep["valid"] = keep["valid"].astype("int8")  # NetCDF-3 has no unsigned byte
         keep.attrs = {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in ds.attrs.items()}
         keep.attrs["epoch"] = times[t]

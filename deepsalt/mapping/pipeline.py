@@ -15,6 +15,7 @@ import pickle
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import timezone
 
 import numpy as np
 import zarr
@@ -60,17 +61,20 @@ class Predictor:
         return {"ty": row["ty"], "tx": row["tx"], "fp": row["fp"], "pix": row["pix"], "scene": row["scene"], "ece": mean, "ece_sd": sd}
 
 
-def _write(row: dict, fork: bytes, where: str, grid: Grid, t: int) -> dict:
-    """Tile arrays from the predicted pixels (a tile with none is cleared), written into a fork of the session."""
+def _write(row: dict, fork: bytes, where: str, grid: Grid, t: int, scene_days: np.ndarray) -> dict:
+    """Tile arrays from the predicted pixels (a tile with none is cleared), written into a fork of the session.
+    ``scene_days[i]``: acquisition date of scene ``i`` of ``scene_ids``, in days since 1970-01-01."""
     ty, tx = int(row["ty"]), int(row["tx"])
     pix = np.asarray(row["pix"], np.int64)
     arrays = None
     if len(pix):
         h, w = grid.tile_shape(ty, tx)
         arrays = {"ece": np.full(h * w, np.nan, np.float32), "ece_sd": np.full(h * w, np.nan, np.float32),
-                  "valid": np.zeros(h * w, np.uint8), "scene": np.full(h * w, -1, np.int32)}
+                  "valid": np.zeros(h * w, np.uint8), "scene": np.full(h * w, -1, np.int32),
+                  "acq_date": np.full(h * w, -1, np.int32)}
         arrays["ece"][pix], arrays["ece_sd"][pix] = row["ece"], row["ece_sd"]
         arrays["valid"][pix], arrays["scene"][pix] = 1, row["scene"]
+        arrays["acq_date"][pix] = scene_days[np.asarray(row["scene"], np.int64)]
         arrays = {k: v.reshape(h, w) for k, v in arrays.items()}
     fork = cube_mod.write_tile(fork, where, grid, t, ty, tx, arrays, int(row["fp"]))
     return {"ty": ty, "tx": tx, "n": len(pix), "fork": fork}
@@ -175,6 +179,15 @@ def plan_run(inp: RunInputs, session) -> Plan:
     return Plan(t, new, scene_ids, todo, clear, fps)
 
 
+def _scene_days(inp: RunInputs, scene_ids: list[str]) -> np.ndarray:
+    """Acquisition day (since 1970-01-01) of each scene in ``scene_ids`` this run maps; -1 for the others."""
+    from deepsalt.data.stac import item_time
+
+    when = {i.id: item_time(i) for its in inp.tiles.values() for i in its}
+    return np.array([int(np.datetime64(when[s].astimezone(timezone.utc).replace(tzinfo=None), "D").astype("int64"))
+                     if s in when else -1 for s in scene_ids], np.int32)
+
+
 def _execute(inp: RunInputs, p: Plan, session, log) -> int:
     """Ray Data over the plan's tiles, each written into a fork of ``session``; forks merged as they finish."""
     import ray
@@ -194,7 +207,8 @@ def _execute(inp: RunInputs, p: Plan, session, log) -> int:
           .map(Predictor, fn_constructor_kwargs=dict(model=cfg.model, mc_samples=cfg.mc_samples, gpu=cfg.gpu),
                compute=ray.data.ActorPoolStrategy(min_size=min(cfg.min_actors, cfg.predict_actors), max_size=cfg.predict_actors),
                num_gpus=1 if cfg.gpu else 0, num_cpus=0 if cfg.gpu else 1)
-          .map(_write, fn_kwargs=dict(fork=cube_mod.fork_bytes(session), where=redact_url(cfg.out), grid=grid, t=p.t),
+          .map(_write, fn_kwargs=dict(fork=cube_mod.fork_bytes(session), where=redact_url(cfg.out), grid=grid, t=p.t,
+                                      scene_days=_scene_days(inp, p.scene_ids)),
                num_cpus=0.25))  # I/O-bound: never starve the read and inference stages of a CPU
     log(f"[3/4] Ray Data: read + warp + covariates -> student (up to {cfg.predict_actors} actor(s){', one GPU each' if cfg.gpu else ''}) "
         f"-> {len(tasks)} tiles into one transaction")
@@ -288,7 +302,14 @@ def map_region(cfg: MapConfig, log=print) -> dict:
             raise DeepSaltInputError(redact_url(cfg.out), f"commit failed, nothing was committed ({str(e).splitlines()[0][:200]})",
                                      "check that the store is reachable and writable, then resubmit") from None
         tag = cube_mod.tag_epoch(repo, cfg.epoch, snap)
-        summary.update(seconds=round(time.time() - t0, 1), published=True, commit=snap, tag=tag)
+        from deepsalt.mapping.cube_stac import write_cube_stac
+
+        try:  # derived from the cube, so a failure here loses nothing: the next publication rewrites it
+            stac = write_cube_stac(cfg.out, cfg.storage_options)
+        except Exception as e:  # noqa: BLE001
+            stac = None
+            log(f"      warning: the cube's STAC description was not written ({type(e).__name__}: {str(e)[:160]})")
+        summary.update(seconds=round(time.time() - t0, 1), published=True, commit=snap, tag=tag, stac=stac and redact_url(stac))
         log(f"[4/4] published epoch {cfg.epoch} (time index {p.t}) as commit {snap} (tag {tag}): {n_pix} pixels in "
             f"{len(p.todo)} tiles, {len(p.clear)} cleared, {summary['seconds']} s")
         return summary

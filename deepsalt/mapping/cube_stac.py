@@ -1,0 +1,88 @@
+"""The cube described in STAC, rewritten after every publication: ``<cube>/stac/collection.json`` and
+``<cube>/stac/deepsalt-ece/deepsalt-ece.json`` (a Collection and one Item with the datacube extension: dimensions,
+variables, the mapped extent and epochs, and an asset that says how to open the cube at the commit it
+describes). Derived from the cube itself, so a lost or stale copy is restored by the next run."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import fsspec
+import numpy as np
+import pystac
+import zarr
+from pystac.extensions.datacube import DatacubeExtension, Dimension, Variable
+from rasterio.warp import transform_bounds
+
+from deepsalt import __version__
+from deepsalt.mapping.cube import VARS, readonly_session, recorded_tiles
+from deepsalt.mapping.grid import Grid
+from deepsalt.redact import redact_url
+
+ITEM_ID = "deepsalt-ece"
+
+
+def cube_stac(url: str, storage_options: dict | None = None) -> pystac.Collection:
+    """The Collection (with its one Item) describing the cube's latest commit."""
+    session = readonly_session(url, storage_options)
+    root = zarr.open_group(session.store, mode="r")
+    g = Grid(**root.attrs["grid"])
+    tiles = recorded_tiles(session)
+    c = g.chunk * g.res
+    if tiles:
+        tys, txs = zip(*tiles)
+        native = (g.x0 + min(txs) * c, g.y0 - (max(tys) + 1) * c, g.x0 + (max(txs) + 1) * c, g.y0 - min(tys) * c)
+    else:
+        native = (g.x0, g.y0 - g.height * g.res, g.x0 + g.width * g.res, g.y0)
+    bbox = list(transform_bounds(g.crs, "EPSG:4326", *native, densify_pts=21))
+    days = root["time"][:] if root["time"].shape[0] else np.zeros(0, "int64")
+    epochs = [datetime(1970, 1, 1, tzinfo=timezone.utc) + np.timedelta64(int(d), "D").astype(object) for d in days]
+    start, end = (min(epochs), max(epochs)) if epochs else (None, None)
+    geom = {"type": "Polygon", "coordinates": [[[bbox[0], bbox[1]], [bbox[2], bbox[1]], [bbox[2], bbox[3]], [bbox[0], bbox[3]], [bbox[0], bbox[1]]]]}
+    when = start or datetime.now(timezone.utc)
+    item = pystac.Item(ITEM_ID, geom, bbox, None if start else when, properties={
+        "start_datetime": when.isoformat(), "end_datetime": (end or when).isoformat(),
+        "title": root.attrs.get("title") or "DeepSalt ECe cube", "description": root.attrs.get("summary") or "DeepSalt ECe cube",
+        "deepsalt:commit": session.snapshot_id, "deepsalt:epochs": [e.date().isoformat() for e in epochs],
+        "deepsalt:scenes": len(root.attrs.get("scene_ids", [])), "deepsalt:version": __version__})
+    epsg = int(g.crs.split(":")[1])
+    cube = DatacubeExtension.ext(item, add_if_missing=True)
+    cube.dimensions = {
+        "x": Dimension.from_dict({"type": "spatial", "axis": "x", "extent": [native[0], native[2]], "step": g.res, "reference_system": epsg}),
+        "y": Dimension.from_dict({"type": "spatial", "axis": "y", "extent": [native[1], native[3]], "step": -g.res, "reference_system": epsg}),
+        "time": Dimension.from_dict({"type": "temporal", "values": [e.isoformat() for e in epochs]} if epochs else
+                                    {"type": "temporal", "extent": [None, None]}),
+    }
+    cube.variables = {name: Variable.from_dict({"dimensions": ["time", "y", "x"], "type": "data", "description": spec["attrs"]["long_name"],
+                                                **({"unit": spec["attrs"]["units"]} if "units" in spec["attrs"] else {})})
+                      for name, spec in VARS.items()}
+    href = redact_url(url)
+    item.add_asset("cube", pystac.Asset(href, title="DeepSalt ECe cube (Icechunk repository, Zarr v3)", roles=["data"],
+                                        media_type="application/vnd.zarr; version=3",
+                                        description=f"deepsalt.open_cube({href!r}, version={session.snapshot_id!r}); or "
+                                                    f"xarray.open_zarr(icechunk.Repository.open(STORAGE).readonly_session("
+                                                    f"snapshot_id={session.snapshot_id!r}).store, consolidated=False)"))
+    col = pystac.Collection(ITEM_ID, root.attrs.get("summary") or "DeepSalt ECe cube",
+                            pystac.Extent(pystac.SpatialExtent([bbox]), pystac.TemporalExtent([[start, end]])),
+                            title=root.attrs.get("title"), license=root.attrs.get("license", "other"),
+                            catalog_type=pystac.CatalogType.SELF_CONTAINED,
+                            keywords=[k.strip() for k in root.attrs.get("keywords", "").split(",") if k.strip()])
+    col.add_item(item)
+    return col
+
+
+def write_cube_stac(url: str, storage_options: dict | None = None) -> str:
+    """Write the cube's STAC beside its repository (``<cube>/stac/``); returns the collection's href."""
+    col = cube_stac(url, storage_options)
+    base = url.rstrip("/") + "/stac"
+    col.normalize_hrefs(base)
+    fs, path = fsspec.core.url_to_fs(base, **(storage_options or {}))
+    for obj, rel in ((col, "collection.json"), (next(iter(col.get_items())), f"{ITEM_ID}/{ITEM_ID}.json")):
+        d = obj.to_dict(include_self_link=False, transform_hrefs=True)
+        target = f"{path}/{rel}"
+        fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        with fs.open(target + ".partial", "w") as f:
+            f.write(json.dumps(d, indent=1))
+        fs.mv(target + ".partial", target)
+    return f"{base}/collection.json"
