@@ -217,19 +217,12 @@ def map_cmd(
 def _quiet_ray() -> None:
     """Ray's INFO lines and Ray Data's progress blocks only with -v: DeepSalt prints its own progress."""
     import logging
-    import os
 
-    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    for name in ("ray", "ray.data", "ray.train", "ray.tune"):
+    import ray.data  # noqa: F401 - Ray sets up its loggers on import; quiet them after that
+
+    ray.data.DataContext.get_current().print_on_execution_start = False
+    for name in [n for n in logging.root.manager.loggerDict if n == "ray" or n.startswith("ray.")]:
         logging.getLogger(name).setLevel(logging.WARNING)
-    try:
-        import ray.data
-
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False
-        ctx.print_on_execution_start = False
-    except Exception:  # noqa: BLE001 - an older or newer Ray without these knobs still maps
-        pass
 
 
 def _storage_options(url: str) -> dict:
@@ -303,11 +296,13 @@ def score_cmd(cube: str = typer.Option(..., help="cube URL"), world: Path = type
 @app.command("quicklook")
 @_clean_errors
 def quicklook_cmd(cube: str = typer.Option(..., help="cube URL"), out: Path = typer.Option(..., help="PNG to write"),
-                  epoch: Optional[str] = typer.Option(None, help="epoch (default: the latest)")):
-    """Draw the mapped ECe (dS/m) of an epoch with a colour bar."""
+                  epoch: Optional[str] = typer.Option(None, help="epoch (default: the latest)"),
+                  world: Optional[Path] = typer.Option(None, help="a world folder with truth/: adds residual maps")):
+    """Draw an epoch per mapped region: ECe in FAO salinity classes, its uncertainty, and residuals against the
+    truth (with --world) or the source scene; an overview locates the regions."""
     from deepsalt.mapping.score import quicklook
 
-    typer.echo(f"wrote {quicklook(cube, out, epoch, _storage_options(cube))}")
+    typer.echo(f"wrote {quicklook(cube, out, epoch, _storage_options(cube), world)}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,7 +20,7 @@ echo "re-running the same map job: incremental, so nothing should be re-mapped"
 $ds map --stac "$OUT/world/stac" --model "$OUT/run/bundle" --covariates "$OUT/world/covariates" \
         --out "$OUT/cube.zarr" --epoch 2024 --region seen
 $ds score --cube "$OUT/cube.zarr" --world "$OUT/world" | tee "$OUT/score.json"
-$ds quicklook --cube "$OUT/cube.zarr" --out "$OUT/quicklook.png"
+$ds quicklook --cube "$OUT/cube.zarr" --out "$OUT/quicklook.png" --world "$OUT/world"
 .venv/bin/python - "$OUT" "$(( $(date +%s) - start ))" <<'PY'
 import json, sys
 out, seconds = sys.argv[1], int(sys.argv[2])

@@ -6,7 +6,12 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 "$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "DeepSalt needs Python >= 3.11")'
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q torch==2.13.0
-.venv/bin/python -m pip install -q -c constraints.txt -e ".[test]"
+# Skip the install when what it installs from has not changed since the last successful one.
+stamp=$(cat pyproject.toml constraints.txt scripts/setup.sh | sha256sum | cut -c1-16)
+if [ "$(cat .venv/.deepsalt-setup 2>/dev/null)" != "$stamp" ] || ! .venv/bin/python -c 'import deepsalt' 2>/dev/null; then
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q torch==2.13.0
+  .venv/bin/python -m pip install -q -c constraints.txt -e ".[test]"
+  echo "$stamp" > .venv/.deepsalt-setup
+fi
 echo "setup: $(.venv/bin/python -c 'import deepsalt, torch, ray, zarr; print(f"deepsalt {deepsalt.__version__}, torch {torch.__version__}, ray {ray.__version__}, zarr {zarr.__version__}")')"

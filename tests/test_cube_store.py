@@ -125,6 +125,7 @@ def test_driver_killed_at_12_points_never_leaves_a_partial_cube(world, trained, 
         poller.stop()
     print(json.dumps(outcomes, indent=1))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert len((r.stdout + r.stderr).splitlines()) <= 30  # a quiet console on a non-terminal (Ray's logs need -v)
     # every kill hit its point while the run still had work to do (once a kill landed after the commit, later
     # runs find nothing to do and print no "committing" line)
     assert all(o["marker_seen"] for o in outcomes if o["before"] == "no epoch"), outcomes

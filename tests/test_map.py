@@ -117,7 +117,7 @@ def test_cube_scores_like_the_model_and_quicklook(cube, world, trained, tmp_path
     pred, _ = b.predict(sites[cols].to_numpy(np.float32), sites[["sand", "clay", "tm_min", "tm_max", "tm_avg", "pr_min", "pr_max", "pr_avg"]].to_numpy(np.float32))
     site_mae = float(np.mean(np.abs(pred - sites["ece_dsm"].to_numpy())))
     assert abs(s["overall"]["mae"] - site_mae) < 0.5 * site_mae + 0.2
-    png = quicklook(str(out), tmp_path / "q.png")
+    png = quicklook(str(out), tmp_path / "q.png", world=world)  # FAO classes, sd, residuals per region
     assert png.stat().st_size > 20_000
 
 

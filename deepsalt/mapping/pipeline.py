@@ -213,13 +213,16 @@ def _execute(inp: RunInputs, p: Plan, session, log) -> int:
     log(f"[3/4] Ray Data: read + warp + covariates -> student (up to {cfg.predict_actors} actor(s){', one GPU each' if cfg.gpu else ''}) "
         f"-> {len(tasks)} tiles into one transaction")
     n_pix = done = 0
+    t0 = time.time()
     try:
         for row in ds.iter_rows():
             session.merge(pickle.loads(row["fork"]))
             n_pix += int(row["n"])
             done += 1
-            if done == len(tasks) or done % max(1, len(tasks) // 10) == 0:
-                log(f"      tiles written {done}/{len(tasks)}, {n_pix} px")
+            if done == len(tasks) or done % max(1, len(tasks) // 10) == 0:  # at most 10 lines, whatever the size
+                s = time.time() - t0
+                log(f"      tiles written {done}/{len(tasks)} ({100 * done // len(tasks)} %), {n_pix:,} px, "
+                    f"{n_pix / max(s, 1e-9):,.0f} px/s, ETA {s / done * (len(tasks) - done):.0f} s")
     except Exception as e:  # noqa: BLE001 - nothing is committed; surface the input fault if there is one
         cause = find_input_error(e)
         if cause is not None:

@@ -67,27 +67,109 @@ def score(cube_url: str, world: str | Path, epoch: str | None = None, storage_op
     return {"overall": out["overall"], "scenes": out["scenes"]}
 
 
+#: FAO salinity classes of ECe (dS/m): upper bounds and names
+FAO_CLASSES = ((2, "non-saline < 2"), (4, "slightly 2-4"), (8, "moderately 4-8"), (16, "strongly 8-16"),
+               (float("inf"), "very strongly > 16"))
+
+
+def _regions(tiles: set[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+    """Groups of tiles that touch (8-neighbours): one inset per mapped region."""
+    left, out = set(tiles), []
+    while left:
+        stack, group = [left.pop()], []
+        while stack:
+            ty, tx = stack.pop()
+            group.append((ty, tx))
+            for n in [(ty + i, tx + j) for i in (-1, 0, 1) for j in (-1, 0, 1)]:
+                if n in left:
+                    left.remove(n)
+                    stack.append(n)
+        out.append(sorted(group))
+    return sorted(out)
+
+
+def _truth_on(world: Path, g: Grid, ys: slice, xs: slice) -> np.ndarray:
+    """The world's truth ECe rasters warped onto a window of the grid (NaN where none)."""
+    h, w = ys.stop - ys.start, xs.stop - xs.start
+    out = np.full((h, w), np.nan, np.float32)
+    tr = rasterio.Affine(g.res, 0, g.x0 + xs.start * g.res, 0, -g.res, g.y0 - ys.start * g.res)
+    for truth in sorted((Path(world) / "truth").glob("*_ECE.TIF")):
+        with rasterio.open(truth) as src:
+            dst = np.full((h, w), np.nan, np.float32)
+            reproject(src.read(1), dst, src_transform=src.transform, src_crs=src.crs, src_nodata=np.nan,
+                      dst_transform=tr, dst_crs=g.crs, dst_nodata=np.nan, resampling=Resampling.nearest)
+        out = np.where(np.isfinite(out), out, dst)
+    return out
+
+
 def quicklook(cube_url: str, png: str | Path, epoch: str | None = None, storage_options: dict | None = None,
-              max_px: int = 1600) -> Path:
-    """A map of ECe (dS/m) over the cube's mapped extent, with a colour bar."""
+              world: str | Path | None = None, max_px: int = 600) -> Path:
+    """One row per mapped region: ECe in FAO salinity classes, its MC-dropout sd, and the residual against the
+    world's truth rasters (``world``), else the source scene; plus an overview locating the regions."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+    from pyproj import Transformer
+
+    from deepsalt.mapping.cube import readonly_session, recorded_tiles
 
     ds = open_cube_dataset(cube_url, storage_options)
     t = _epoch_index(ds, epoch)
     g = Grid(**ds.attrs["grid"])
-    ys, xs = mapped_extent(cube_url, storage_options)
-    sub = ds["ece"].isel(time=t, y=ys, x=xs)
-    step = max(1, int(np.ceil(max(sub.shape) / max_px)))
-    arr = sub.isel(y=slice(None, None, step), x=slice(None, None, step))
-    fig, ax = plt.subplots(figsize=(10, 8))
-    vmax = float(np.nanpercentile(arr.values, 98)) if np.isfinite(arr.values).any() else 1.0
-    im = arr.plot.imshow(ax=ax, cmap="magma_r", vmin=0, vmax=vmax, add_colorbar=False)
-    fig.colorbar(im, ax=ax, label="ECe (dS/m)")
-    ax.set_title(f"DeepSalt ECe, epoch {str(ds['time'].values[t])[:10]}  ({g.crs}, {g.res:g} m{', every ' + str(step) + ' px' if step > 1 else ''})")
-    ax.set_aspect("equal")
+    regions = _regions(recorded_tiles(readonly_session(cube_url, storage_options), t))
+    if not regions:
+        raise DeepSaltInputError(cube_url, "the epoch has no mapped tile", "run `deepsalt map` first")
+    to_ll = Transformer.from_crs(g.crs, "EPSG:4326", always_xy=True)
+    cmap = ListedColormap(["#2c7bb6", "#abd9e9", "#fee090", "#fc8d59", "#d7191c"])
+    norm = BoundaryNorm([0, 2, 4, 8, 16, 1e9], cmap.N)
+    fig, axes = plt.subplots(len(regions) + 1, 3, figsize=(15, 4.6 * (len(regions) + 1)), squeeze=False)
+    centres = []
+    for k, group in enumerate(regions, start=1):
+        tys, txs = zip(*group)
+        ys = slice(min(tys) * g.chunk, min((max(tys) + 1) * g.chunk, g.height))
+        xs = slice(min(txs) * g.chunk, min((max(txs) + 1) * g.chunk, g.width))
+        step = max(1, int(np.ceil(max(ys.stop - ys.start, xs.stop - xs.start) / max_px)))
+        sub = ds.isel(time=t, y=ys, x=xs)
+        ece, sd = sub["ece"].values[::step, ::step], sub["ece_sd"].values[::step, ::step]
+        ext = (g.x0 + xs.start * g.res, g.x0 + xs.stop * g.res, g.y0 - ys.stop * g.res, g.y0 - ys.start * g.res)
+        lon, lat = to_ll.transform((ext[0] + ext[1]) / 2, (ext[2] + ext[3]) / 2)
+        centres.append((lon, lat))
+        ax = axes[k]
+        im = ax[0].imshow(ece, cmap=cmap, norm=norm, extent=ext, interpolation="nearest")
+        cb = fig.colorbar(im, ax=ax[0], ticks=[1, 3, 6, 12, 40], shrink=0.8)
+        cb.ax.set_yticklabels([n for _, n in FAO_CLASSES], fontsize=8)
+        ax[0].set_title(f"region {k} ({lon:.2f}, {lat:.2f}): ECe, FAO classes", fontsize=10)
+        im = ax[1].imshow(sd, cmap="viridis", extent=ext, interpolation="nearest",
+                          vmax=float(np.nanpercentile(sd, 98)) if np.isfinite(sd).any() else 1)
+        fig.colorbar(im, ax=ax[1], label="ECe sd (dS/m), MC dropout", shrink=0.8)
+        ax[1].set_title("uncertainty", fontsize=10)
+        if world is not None:
+            res = ece - _truth_on(Path(world), g, ys, xs)[::step, ::step]
+            lim = float(np.nanpercentile(np.abs(res), 98)) if np.isfinite(res).any() else 1.0
+            im = ax[2].imshow(res, cmap="RdBu_r", vmin=-lim, vmax=lim, extent=ext, interpolation="nearest")
+            fig.colorbar(im, ax=ax[2], label="predicted - true ECe (dS/m)", shrink=0.8)
+            ax[2].set_title(f"residual vs truth (MAE {np.nanmean(np.abs(res)):.2f} dS/m)", fontsize=10)
+        else:
+            im = ax[2].imshow(sub["scene"].values[::step, ::step], cmap="tab10", extent=ext, interpolation="nearest")
+            ax[2].set_title("source scene (index into scene_ids)", fontsize=10)
+        for a in ax:
+            a.set_aspect("equal")
+            a.tick_params(labelsize=7)
+    ov = axes[0]
+    for a in ov[1:]:
+        a.axis("off")
+    lons, lats = zip(*centres)
+    ov[0].scatter(lons, lats, s=80, c="#d7191c")
+    for k, (lon, lat) in enumerate(centres, start=1):
+        ov[0].annotate(f" region {k}", (lon, lat), fontsize=9)
+    pad = 1.0
+    ov[0].set_xlim(min(lons) - pad, max(lons) + pad)
+    ov[0].set_ylim(min(lats) - pad, max(lats) + pad)
+    ov[0].set_xlabel("longitude")
+    ov[0].set_ylabel("latitude")
+    ov[0].set_title(f"DeepSalt ECe, epoch {str(ds['time'].values[t])[:10]}: {len(regions)} mapped region(s)", fontsize=11)
     fig.tight_layout()
-    fig.savefig(png, dpi=100)
+    fig.savefig(png, dpi=90)
     plt.close(fig)
     return Path(png)
