@@ -11,7 +11,7 @@ from rasterio.enums import Resampling
 from rasterio.warp import reproject
 
 from deepsalt.errors import DeepSaltInputError
-from deepsalt.mapping.cube import mapped_extent, open_cube
+from deepsalt.mapping.cube import open_cube
 from deepsalt.mapping.grid import Grid
 from deepsalt.train.evaluate import metrics
 
@@ -122,7 +122,7 @@ def quicklook(cube_url: str, png: str | Path, epoch: str | None = None, storage_
         raise DeepSaltInputError(cube_url, "the epoch has no mapped tile", "run `deepsalt map` first")
     to_ll = Transformer.from_crs(g.crs, "EPSG:4326", always_xy=True)
     cmap = ListedColormap(["#2c7bb6", "#abd9e9", "#fee090", "#fc8d59", "#d7191c"])
-    norm = BoundaryNorm([0, 2, 4, 8, 16, 1e9], cmap.N)
+    norm = BoundaryNorm([0, 2, 4, 8, 16, 32], cmap.N, clip=True)  # > 32 shows as the top class
     fig, axes = plt.subplots(len(regions) + 1, 3, figsize=(15, 4.6 * (len(regions) + 1)), squeeze=False)
     centres = []
     for k, group in enumerate(regions, start=1):
@@ -137,7 +137,7 @@ def quicklook(cube_url: str, png: str | Path, epoch: str | None = None, storage_
         centres.append((lon, lat))
         ax = axes[k]
         im = ax[0].imshow(ece, cmap=cmap, norm=norm, extent=ext, interpolation="nearest")
-        cb = fig.colorbar(im, ax=ax[0], ticks=[1, 3, 6, 12, 40], shrink=0.8)
+        cb = fig.colorbar(im, ax=ax[0], ticks=[1, 3, 6, 12, 24], shrink=0.8)
         cb.ax.set_yticklabels([n for _, n in FAO_CLASSES], fontsize=8)
         ax[0].set_title(f"region {k} ({lon:.2f}, {lat:.2f}): ECe, FAO classes", fontsize=10)
         im = ax[1].imshow(sd, cmap="viridis", extent=ext, interpolation="nearest",
