@@ -315,7 +315,7 @@ def test_every_publish_describes_the_cube_in_valid_stac(cube):
     dims, variables = item.properties["cube:dimensions"], item.properties["cube:variables"]
     assert dims["x"]["type"] == dims["y"]["type"] == "spatial" and dims["x"]["reference_system"] == 5070
     assert dims["time"]["values"] == ["2024-01-01T00:00:00+00:00"] and item.properties["deepsalt:epochs"] == ["2024-01-01"]
-    assert set(variables) == {"ece", "ece_sd", "valid", "scene"} and variables["ece"]["unit"] == "dS m-1"
+    assert set(variables) == {"ece", "ece_sd", "valid", "scene", "acq_date"} and variables["ece"]["unit"] == "dS m-1"
     ys, xs = mapped_extent(str(out))
     assert dims["x"]["extent"][0] == float(open_cube(str(out)).x[xs.start]) - 15  # the mapped extent, not the continent
     # the asset's open recipe reads the commit it describes

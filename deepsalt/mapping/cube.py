@@ -90,10 +90,10 @@ def _config():
 
 
 def open_repo(url: str, storage_options: dict | None = None, create: bool = False):
-    """The cube's repository; with ``create``, a new one (an empty template needs ``init_template``)."""
-    import icechunk
-
+    """The cube's repository; with ``create``, a new one if none exists (``ensure_template`` then fills it)."""
     import time
+
+    import icechunk
 
     local = "://" not in url or url.startswith("file://")
     if local and not create and not Path(url.removeprefix("file://")).exists():  # opening must not create the folder
