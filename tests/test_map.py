@@ -304,3 +304,29 @@ def test_export_cog_and_netcdf_open_in_gdal_and_xarray(cube, tmp_path):
         assert src.crs.to_epsg() == 5070 and src.shape == ref.shape
     r = CliRunner().invoke(app, ["export", "--cube", str(out), "--out", str(tmp_path / "x.tif"), "--epoch", "1999"])
     assert r.exit_code == 2 and "no such epoch" in r.stderr and not (tmp_path / "x.tif").exists()
+
+
+def test_every_publish_describes_the_cube_in_valid_stac(cube):
+    import pystac
+    from pystac.validation import validate_dict
+
+    out, summary = cube
+    assert summary["stac"] == f"{out}/stac/collection.json"
+    col_d = json.loads((out / "stac" / "collection.json").read_text())
+    item_d = json.loads((out / "stac" / "deepsalt-ece" / "deepsalt-ece.json").read_text())
+    # the core STAC 1.1 schemas (bundled with pystac, so this runs offline); the datacube extension's schema is
+    # online only, so its required fields are checked below by hand
+    validate_dict(col_d, extensions=[])
+    validate_dict(item_d, extensions=[])
+    item = next(iter(pystac.read_file(str(out / "stac" / "collection.json")).get_items()))
+    dims, variables = item.properties["cube:dimensions"], item.properties["cube:variables"]
+    assert dims["x"]["type"] == dims["y"]["type"] == "spatial" and dims["x"]["reference_system"] == 5070
+    assert dims["time"]["values"] == ["2024-01-01T00:00:00+00:00"] and item.properties["deepsalt:epochs"] == ["2024-01-01"]
+    assert set(variables) == {"ece", "ece_sd", "valid", "scene", "acq_date"} and variables["ece"]["unit"] == "dS m-1"
+    ys, xs = mapped_extent(str(out))
+    assert dims["x"]["extent"][0] == float(open_cube(str(out)).x[xs.start]) - 15  # the mapped extent, not the continent
+    # the asset's open recipe reads the commit it describes
+    ds = open_cube(item.assets["cube"].href, version=item.properties["deepsalt:commit"])
+    assert ds.sizes["time"] == 1 and item.properties["deepsalt:commit"] in item.assets["cube"].description
+    lon0, lat0, lon1, lat1 = item.bbox
+    assert -115 < lon0 < lon1 < -105 and 36 < lat0 < lat1 < 43
