@@ -176,7 +176,8 @@ def map_cmd(
     grid: GridName = typer.Option("conus", help="output grid: conus (EPSG:5070, 30 m) or europe (EPSG:3035, 30 m)"),
     chunk: int = typer.Option(256, min=16, max=4096, help="chunk = tile side in pixels (16-4096; a cube keeps the one it was made with)"),
     mc_samples: int = typer.Option(5, min=0, max=100, help="MC-dropout passes for the ece_sd uncertainty (0: none)"),
-    actors: int = typer.Option(1, min=1, help="most student inference actors: the pool autoscales from --min-actors up to this"),
+    actors: Optional[int] = typer.Option(None, min=1, help="most student inference actors: the pool autoscales from "
+                                         "--min-actors up to this (default: one per CPU of the cluster; with --gpu, one per GPU)"),
     min_actors: int = typer.Option(1, min=1, help="inference actors started at once"),
     gpu: bool = typer.Option(False, help="one GPU per inference actor; GPU workers scale up for the job (CPU otherwise)"),
     allow_http: bool = typer.Option(False, help="accept plain http:// asset hrefs (trusted internal servers only); "

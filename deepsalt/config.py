@@ -163,12 +163,19 @@ class MapConfig(_Config):
     chunk: int = Field(256, ge=16)
     mc_samples: int = Field(5, ge=0, description="MC-dropout passes for ece_sd (0: no uncertainty)")
     quality_masks: tuple[str, ...] = ("quality_cloud", "quality_cloud_shadow", "quality_haze", "quality_snow")
-    predict_actors: int = Field(1, ge=1, description="most inference actors (the pool autoscales up to this many)")
+    predict_actors: int | None = Field(None, ge=1, description="most inference actors (the pool autoscales up to this "
+                                       "many); None: one per CPU of the cluster, or with gpu one per GPU (at least 1)")
     min_actors: int = Field(1, ge=1, description="inference actors kept up from the start")
     gpu: bool = Field(False, description="each inference actor reserves one GPU; the cluster's GPU workers scale up "
                       "for them (decided by this request, not by what is running when the job starts)")
-    read_memory_mb: int = Field(512, ge=64, description="memory a read task reserves: one tile of every scene it "
-                                "composites (~60 MB of reflectance per scene per 256 px tile) plus the warp")
+    predict_batch: int = Field(16384, ge=256, description="pixels per model call in an inference actor (bench/infer.py "
+                               "measures the rate per batch size on a card; with MC passes the call holds batch x passes rows). MC dropout "
+                               "is seeded per tile and batch: the same batch size and device give the same ece_sd")
+    tiles_per_read_task: int = Field(4, ge=1, le=64, description="tiles one read task prepares in turn: spreads Ray's "
+                                     "fixed cost per task (~0.1 s) over more pixels; a task's output grows by a tile each")
+    read_memory_mb: int = Field(512, ge=64, description="memory a read task reserves: one scene window at a time "
+                                "(~30 MB of int16 DN per 256 px tile), GDAL's 64 MB block cache and its tiles' outputs "
+                                "(~30 MB each)")
     storage_options: dict = Field(default_factory=dict)
     allow_http: bool = Field(False, description="accept plain http:// asset hrefs (trusted internal servers only)")
     commit_attempts: int = Field(3, ge=1, description="times a run re-plans on the new cube state when another run "

@@ -359,6 +359,12 @@ def test_removed_scene_empty_composite_and_a_narrower_run(world_copy, trained, t
     narrow = map_region(cfg.model_copy(update={"bbox": (x0 + 0.01, y0 + 0.01, x0 + 0.02, y0 + 0.02)}), log=QUIET)
     assert narrow["tiles_mapped"] == 0 and narrow["tiles_cleared"] == 0 and narrow["published"] is False
     assert_tiles_equal(tile_arrays(out), t0)
+    # the same box into a new cube maps the box's tiles only (not the whole scene), each as the full run did
+    alone = tmp_path / "narrow.zarr"
+    s_alone = map_region(cfg.model_copy(update={"bbox": (x0 + 0.01, y0 + 0.01, x0 + 0.02, y0 + 0.02), "out": str(alone)}), log=QUIET)
+    assert 1 <= s_alone["tiles_mapped"] <= 4 < s0["tiles_mapped"]
+    t_alone = tile_arrays(alone)
+    assert_tiles_equal(t_alone, {k: t0[k] for k in t_alone})
     # an all-cloud mask: the scene's tiles are recomputed; pixels only it gave leave the cube
     gone = seen[0]
     with rasterio.open(gone.assets["quality_cloud"].href) as src:

@@ -78,7 +78,7 @@ def covariate_hrefs(source: str | Path) -> dict[str, str]:
 
 
 @lru_cache(maxsize=32)
-def _transformer(src, dst) -> Transformer:
+def transformer(src, dst) -> Transformer:
     return Transformer.from_crs(src, dst, always_xy=True)
 
 
@@ -95,7 +95,7 @@ def _lookup(source, xs: np.ndarray, ys: np.ndarray, crs) -> np.ndarray:
         with open_raster(href, f"covariate '{name}'") as ds:
             key = (ds.crs.to_wkt(), tuple(ds.transform), ds.height, ds.width)
             if key not in cells:
-                tx, ty = _transformer(str(crs), key[0]).transform(xs, ys)
+                tx, ty = transformer(str(crs), key[0]).transform(xs, ys)
                 rows, cols = rowcol(ds.transform, tx, ty, op=np.floor)
                 rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
                 inside = (rows >= 0) & (rows < ds.height) & (cols >= 0) & (cols < ds.width)

@@ -86,13 +86,15 @@ class EnMAPScene:
         with self.open_image() as ds:
             return {"crs": ds.crs, "transform": ds.transform, "height": ds.height, "width": ds.width}
 
-    def read_array(self, window: Window | None = None, quality: tuple[str, ...] = QUALITY_MASKS, window_for=None):
-        """Reflectance ``(band, y, x)`` float32 with NaN at nodata and masked pixels, its transform and CRS.
+    def read_dn(self, window: Window | None = None, quality: tuple[str, ...] = QUALITY_MASKS, window_for=None):
+        """The image's raw DN ``(band, y, x)`` (int16 for EnMAP L2A), the quality-mask flags ``(y, x)`` (True:
+        masked), and the window's transform and CRS; DN is None when the masks flag the whole window.
 
         Opens the image once and each quality mask once. ``window`` is in the scene's pixel grid (None: the
         whole scene); ``window_for(header)``, if given, picks it from the open image's ``crs``, ``transform``,
         ``height`` and ``width`` (returning None: nothing to read, and None is returned). The masks are read
-        first, so a window they flag entirely costs no image decode.
+        first, so a window they flag entirely costs no image decode. Nodata is not applied here (see
+        ``nodata_rows`` and ``read_array``): callers that keep a few pixels test only those.
         """
         image = self.href(self.IMAGE_ASSET)
         with self.open_image() as ds:
@@ -101,8 +103,7 @@ class EnMAPScene:
                 if window is None:
                     return None
             win = window or Window(0, 0, ds.width, ds.height)
-            shape = (int(win.height), int(win.width))
-            bad = np.zeros(shape, bool)
+            bad = np.zeros((int(win.height), int(win.width)), bool)
             try:
                 for key in quality:
                     with open_raster(self.href(key), f"quality mask '{key}' of {self.id}") as q:
@@ -110,17 +111,29 @@ class EnMAPScene:
                             raise DeepSaltInputError(self.href(key), f"quality mask shape {(q.height, q.width)} differs from the image "
                                                      f"{(ds.height, ds.width)}")
                         bad |= q.read(1, window=win) == 1
-                if bad.all():
-                    refl = np.full((len(self.bands), *shape), np.nan, np.float32)
-                else:
-                    dn = ds.read(window=win)
-                    bad |= (dn == self.nodata).any(axis=0)
-                    refl = dn.astype(np.float32) * self.gain[:, None, None] + self.offset[:, None, None]
-                    refl[:, bad] = np.nan
+                dn = None if bad.all() else ds.read(window=win)
             except (RasterioIOError, OSError) as e:
                 raise DeepSaltInputError(image, f"EnMAP image or quality mask of {self.id} is corrupt or truncated: reading "
                                          f"pixels failed ({str(e)[:160]})", "re-download or re-write the file") from None
-            return refl, ds.window_transform(win), ds.crs
+            return dn, bad, ds.window_transform(win), ds.crs
+
+    def nodata_rows(self, dn_rows: np.ndarray) -> np.ndarray:
+        """True for rows of DN ``(n, band)`` that hold the nodata value in any band."""
+        return (dn_rows == self.nodata).any(axis=1)
+
+    def read_array(self, window: Window | None = None, quality: tuple[str, ...] = QUALITY_MASKS, window_for=None):
+        """Reflectance ``(band, y, x)`` float32 with NaN at nodata and masked pixels, its transform and CRS
+        (see ``read_dn`` for ``window`` and ``window_for``)."""
+        got = self.read_dn(window, quality, window_for)
+        if got is None:
+            return None
+        dn, bad, tr, crs = got
+        if dn is None:
+            return np.full((len(self.bands), *bad.shape), np.nan, np.float32), tr, crs
+        bad |= (dn == self.nodata).any(axis=0)
+        refl = dn.astype(np.float32) * self.gain[:, None, None] + self.offset[:, None, None]
+        refl[:, bad] = np.nan
+        return refl, tr, crs
 
     def read(self, window: Window | None = None, quality: tuple[str, ...] = QUALITY_MASKS,
              require_valid: bool = True) -> xr.DataArray:

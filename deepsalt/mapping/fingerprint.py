@@ -23,7 +23,7 @@ from deepsalt.data.stac import item_time
 from deepsalt.errors import DeepSaltInputError
 
 #: how overlapping scenes are combined (``mapping.tiles``); bump when the rule changes
-COMPOSITE_RULE = "first-valid: least eo:cloud_cover, newest, id / nearest warp / v1"
+COMPOSITE_RULE = "first-valid: least eo:cloud_cover, newest, id / exact nearest pixel by index / v2"
 _STAT_KEYS = ("size", "mtime", "ETag", "etag", "LastModified", "last_modified", "checksum", "md5", "VersionId")
 
 

@@ -16,7 +16,7 @@ class Grid:
     The default (``GRIDS["conus"]``) is CONUS Albers (EPSG:5070) at 30 m with its origin on a 30 m lattice,
     covering the lower 48 states: every regional run lands in the same cells of the same cube.
     Chunks of 256 x 256 float32 are 256 KiB raw (~100 KiB compressed): big enough for object storage,
-    small enough that one tile of 218 reflectance bands stays ~60 MB in memory per scene.
+    small enough that one tile of 224 int16 bands stays ~30 MB in memory per scene.
     """
 
     crs: str

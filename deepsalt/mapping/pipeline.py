@@ -1,5 +1,5 @@
-"""`deepsalt map` / jobs/map_region.py: STAC search -> tile plan -> Ray Data (read+warp+join -> student
-inference in an actor pool -> tile writes into forks of one Icechunk session) -> one commit.
+"""`deepsalt map` / jobs/map_region.py: STAC search -> tile plan -> Ray Data (read + nearest-pixel composite +
+covariates -> student inference in an actor pool -> tile writes into forks of one Icechunk session) -> one commit.
 
 A run maps the tiles whose fingerprint (``mapping.fingerprint``) differs from the one stored in the cube,
 and clears the tiles of its region whose scenes are gone; a repeated run commits nothing. The plan takes
@@ -26,7 +26,7 @@ from deepsalt.errors import DeepSaltInputError, find_input_error
 from deepsalt.mapping import cube as cube_mod
 from deepsalt.mapping.fingerprint import bundle_identity, run_identity, scene_identity, tile_fingerprint
 from deepsalt.mapping.grid import GRIDS, Grid
-from deepsalt.mapping.tiles import plan, prepare_tile
+from deepsalt.mapping.tiles import plan, prepare_tiles
 from deepsalt.raycluster import init_ray
 from deepsalt.redact import redact, redact_url
 
@@ -41,11 +41,11 @@ def grid_for(cfg: MapConfig) -> Grid:
 class Predictor:
     """Ray Data actor: loads the bundle once, predicts ECe (+ MC-dropout sd) for a tile's valid pixels."""
 
-    def __init__(self, model: str, mc_samples: int, gpu: bool = False):
+    def __init__(self, model: str, mc_samples: int, gpu: bool = False, batch: int = 16384):
         from deepsalt.models.bundle import DeepSaltBundle
         import torch
 
-        self.bundle, self.mc = DeepSaltBundle.load(model), mc_samples
+        self.bundle, self.mc, self.batch = DeepSaltBundle.load(model), mc_samples, batch
         if gpu and torch.cuda.is_available():
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
             self.bundle.to("cuda")
@@ -54,10 +54,12 @@ class Predictor:
         n = len(row["pix"])
         mean = np.zeros(n, np.float32)
         sd = np.zeros(n, np.float32)
-        for i in range(0, n, 16384):
-            m, s = self.bundle.predict(row["refl"][i:i + 16384], row["cov"][i:i + 16384], self.mc,
-                                       seed=int(row["ty"]) * 100003 + int(row["tx"]) + i)
-            mean[i:i + 16384], sd[i:i + 16384] = m, s
+        b = self.batch
+        for i in range(0, n, b):
+            m, s = self.bundle.predict(row["dn"][i:i + b], row["cov"][i:i + b], self.mc,
+                                       seed=int(row["ty"]) * 100003 + int(row["tx"]) + i,
+                                       scale=(row["gain"], row["offset"], row["slot"][i:i + b]))
+            mean[i:i + b], sd[i:i + b] = m, s
         return {"ty": row["ty"], "tx": row["tx"], "fp": row["fp"], "pix": row["pix"], "scene": row["scene"], "ece": mean, "ece_sd": sd}
 
 
@@ -137,13 +139,13 @@ def prepare_inputs(cfg: MapConfig, log=print) -> RunInputs:
     if not items and cfg.bbox is None:
         raise DeepSaltInputError(redact_url(cfg.stac), f"no scene in {cfg.collection} matches the search",
                                  "check --collection, --datetime and --max-cloud (with --bbox, a region without scenes is cleared)")
-    tiles = plan(items, grid, cfg.allow_http)
+    region = cfg.bbox or tuple(np.r_[np.min([i.bbox[:2] for i in items], 0), np.max([i.bbox[2:] for i in items], 0)])
+    scope = set(grid.tiles_for_bounds(region, "EPSG:4326"))
+    tiles = {k: v for k, v in plan(items, grid, cfg.allow_http).items() if cfg.bbox is None or k in scope}  # the bbox's tiles only
     if cfg.bbox is not None and tiles:  # every scene touching a planned tile, also outside the bbox: edge tiles stay whole
         wider = {i.id: i for i in search(_lonlat_bounds(grid, tiles))}
         full = plan([wider[k] for k in sorted(wider)], grid, cfg.allow_http)
         tiles = {k: full[k] for k in tiles}
-    region = cfg.bbox or tuple(np.r_[np.min([i.bbox[:2] for i in items], 0), np.max([i.bbox[2:] for i in items], 0)])
-    scope = set(grid.tiles_for_bounds(region, "EPSG:4326"))
     # covariates: present and in physical units, checked at the tile centres before any work
     c = grid.chunk * grid.res
     keys = list(tiles)
@@ -188,29 +190,40 @@ def _scene_days(inp: RunInputs, scene_ids: list[str]) -> np.ndarray:
                      if s in when else -1 for s in scene_ids], np.int32)
 
 
+def read_stage(inp: RunInputs, tasks: list[dict]):
+    """Ray Data dataset of prepared tiles (``tiles.prepare_tile`` rows) from tile tasks: CPU tasks of
+    ``tiles_per_read_task`` neighbouring tiles each (the plan's order), spread over every node."""
+    import ray
+
+    cfg, k = inp.cfg, inp.cfg.tiles_per_read_task
+    groups = [{"tiles": pickle.dumps(tasks[i:i + k])} for i in range(0, len(tasks), k)]
+    return ray.data.from_items(groups, override_num_blocks=max(1, len(groups))).flat_map(
+        prepare_tiles, fn_kwargs=dict(grid=inp.grid, covariates=cfg.covariates, band_names=inp.meta["band_names"],
+                                      band_centers=inp.meta["band_centers_nm"], quality=tuple(cfg.quality_masks),
+                                      allow_http=cfg.allow_http),
+        num_cpus=1, memory=cfg.read_memory_mb * 2**20)
+
+
 def _execute(inp: RunInputs, p: Plan, session, log) -> int:
     """Ray Data over the plan's tiles, each written into a fork of ``session``; forks merged as they finish."""
     import ray
 
     cfg, grid = inp.cfg, inp.grid
+    actors = cfg.predict_actors or max(1, int(ray.cluster_resources().get("GPU" if cfg.gpu else "CPU", 1)))
     tasks = [{"ty": ty, "tx": tx, "fp": p.fps[(ty, tx)],
               "items": [json.dumps(i.to_dict(include_self_link=False)) for i in inp.tiles[(ty, tx)]],
               "scene_index": [p.scene_ids.index(i.id) for i in inp.tiles[(ty, tx)]]} for ty, tx in p.todo]
     tasks += [{"ty": ty, "tx": tx, "fp": 0, "items": [], "scene_index": []} for ty, tx in p.clear]
     # Three stages that Ray Data must not fuse (their resource requests differ): reads as CPU tasks spread over
     # every node, inference in an autoscaling actor pool (GPUs when the job asks for them), writes as light tasks.
-    ds = (ray.data.from_items(tasks, override_num_blocks=len(tasks))
-          .map(prepare_tile, fn_kwargs=dict(grid=grid, covariates=cfg.covariates, band_names=inp.meta["band_names"],
-                                            band_centers=inp.meta["band_centers_nm"], quality=tuple(cfg.quality_masks),
-                                            allow_http=cfg.allow_http),
-               num_cpus=1, memory=cfg.read_memory_mb * 2**20)
-          .map(Predictor, fn_constructor_kwargs=dict(model=cfg.model, mc_samples=cfg.mc_samples, gpu=cfg.gpu),
-               compute=ray.data.ActorPoolStrategy(min_size=min(cfg.min_actors, cfg.predict_actors), max_size=cfg.predict_actors),
+    ds = (read_stage(inp, tasks)
+          .map(Predictor, fn_constructor_kwargs=dict(model=cfg.model, mc_samples=cfg.mc_samples, gpu=cfg.gpu, batch=cfg.predict_batch),
+               compute=ray.data.ActorPoolStrategy(min_size=min(cfg.min_actors, actors), max_size=actors),
                num_gpus=1 if cfg.gpu else 0, num_cpus=0 if cfg.gpu else 1)
           .map(_write, fn_kwargs=dict(fork=cube_mod.fork_bytes(session), where=redact_url(cfg.out), grid=grid, t=p.t,
                                       scene_days=_scene_days(inp, p.scene_ids)),
                num_cpus=0.25))  # I/O-bound: never starve the read and inference stages of a CPU
-    log(f"[3/4] Ray Data: read + warp + covariates -> student (up to {cfg.predict_actors} actor(s){', one GPU each' if cfg.gpu else ''}) "
+    log(f"[3/4] Ray Data: read + composite + covariates -> student (up to {actors} actor(s){', one GPU each' if cfg.gpu else ''}) "
         f"-> {len(tasks)} tiles into one transaction")
     n_pix = done = 0
     t0 = time.time()
@@ -231,7 +244,7 @@ def _execute(inp: RunInputs, p: Plan, session, log) -> int:
     return n_pix
 
 
-#: end-to-end mapping rate per CPU core, 5 MC passes, for dry-run estimates: bench/map_cpu.py measured 6,546 px/s
+#: end-to-end mapping rate per CPU core, 5 MC passes, for dry-run estimates: bench/map_cpu.py measured 6,412 px/s
 #: on 2 cores (bench/results/map_cpu.json); GPUs and other machines differ, so the estimate is rough
 PX_PER_CORE_S = 3000
 

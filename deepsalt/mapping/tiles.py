@@ -1,21 +1,22 @@
-"""Tile plan (which scenes touch which chunk-tile) and per-tile preparation (read, warp, composite, join).
+"""Tile plan (which scenes touch which chunk-tile) and per-tile preparation (read, nearest-pixel lookup, composite, join).
 
 Compositing rule, per pixel: the first scene, in order of lowest ``eo:cloud_cover`` then newest datetime
-then id, whose pixel is valid (not nodata, not flagged by the quality masks) after warping.
+then id, whose pixel is valid (not nodata, not flagged by the quality masks) at the tile pixel's centre.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import pickle
 
 import numpy as np
 import pystac
-from rasterio.enums import Resampling
-from rasterio.warp import reproject, transform_bounds
+import rasterio
+from rasterio.warp import transform_bounds
 from rasterio.windows import Window, from_bounds
 
-from deepsalt.data.covariates import check_covariate_ranges, covariates_on_grid
+from deepsalt.data.covariates import check_covariate_ranges, sample_covariates, transformer
 from deepsalt.data.enmap import EnMAPScene
 from deepsalt.data.stac import priority
 from deepsalt.errors import DeepSaltInputError
@@ -53,48 +54,87 @@ def _window(scene_h: dict, tile_bounds, grid_crs) -> Window | None:
     return Window(c0, r0, c1 - c0, r1 - r0) if c1 > c0 and r1 > r0 else None
 
 
+#: GDAL's block cache in a read task, MB. Each window is decoded once, so a cache beyond one window buys nothing,
+#: and GDAL's default (5 % of RAM per process) would let every reader grow by that much on a big node.
+READ_GDAL_CACHE_MB = 64
+
+
+def _empty(out: dict, nb: int) -> dict:
+    return {**out, "pix": np.zeros(0, np.int64), "dn": np.zeros((0, nb), np.int16), "slot": np.zeros(0, np.int16),
+            "gain": np.zeros((0, nb), np.float32), "offset": np.zeros((0, nb), np.float32),
+            "cov": np.zeros((0, 8), np.float32), "scene": np.zeros(0, np.int32)}
+
+
 def prepare_tile(task: dict, grid: Grid, covariates: str, band_names: list[str], band_centers: list[float],
                  quality: tuple[str, ...], allow_http: bool = False) -> dict:
-    """Reflectance of the valid pixels of one tile, composited over its scenes, with covariates joined.
+    """Raw DN of the valid pixels of one tile, composited over its scenes, with covariates joined.
 
-    Returns ``pix`` (flat indices into the tile), ``refl (n, n_bands)``, ``cov (n, 8)``, ``scene (n,)`` (global
-    scene index) and the tile position; arrays are empty when no pixel is valid.
+    Each output pixel takes the scene pixel that holds its centre (nearest neighbour, exact per pixel: the
+    tile's pixel centres are projected into each scene's CRS and looked up by index), so only the chosen
+    pixels are gathered from the decoded window, and the DN stay integers: reflectance is
+    ``dn * gain[slot] + offset[slot]``, computed where the model runs (on the GPU when there is one).
+    Scenes are visited in compositing order and reading stops once every pixel is filled.
+
+    Returns ``pix`` (flat indices into the tile, ascending), ``dn (n, n_bands)`` in the bundle's band order,
+    ``slot (n,)`` (row of ``gain``/``offset (k, n_bands)`` for each pixel's scene), ``scene (n,)`` (global
+    scene index), ``cov (n, 8)`` and the tile position; arrays are empty when no pixel is valid.
     """
     ty, tx = task["ty"], task["tx"]
     h, w = grid.tile_shape(ty, tx)
     tr = grid.tile_transform(ty, tx)
     tile_bounds = (tr.c, tr.f - h * grid.res, tr.c + w * grid.res, tr.f)
     nb = len(band_names)
-    refl = np.full((nb, h, w), np.nan, np.float32)
-    scene_of = np.full((h, w), -1, np.int32)
+    out = {"ty": ty, "tx": tx, "fp": task.get("fp", 0)}
+    rows, cols = np.divmod(np.arange(h * w), w)
+    xs, ys = tr.c + (cols + 0.5) * grid.res, tr.f - (rows + 0.5) * grid.res
+    filled = np.zeros(h * w, bool)
+    parts, gains, offsets, in_scene = [], [], [], {}
     for item_dict, gidx in zip(task["items"], task["scene_index"]):
-        scene = EnMAPScene.from_item(pystac.Item.from_dict(json.loads(item_dict)), allow_http)
+        scene = EnMAPScene.from_item(pystac.Item.from_dict(json.loads(item_dict), preserve_dict=False), allow_http)
         sel = select_bands(band_names, band_centers, scene.bands.names, scene.bands.centers_nm, f"STAC item {scene.id}")
-        got = scene.read_array(quality=quality, window_for=lambda hdr: _window(hdr, tile_bounds, grid.crs))
-        if got is None:
+        with rasterio.Env(GDAL_CACHEMAX=READ_GDAL_CACHE_MB):
+            got = scene.read_dn(quality=quality, window_for=lambda hdr: _window(hdr, tile_bounds, grid.crs))
+        if got is None or got[0] is None:  # no overlap, or every pixel of the window masked
             continue
-        src, src_tr, src_crs = got
-        if np.isnan(src[0]).all():  # all masked: nothing this scene can add
+        dn, bad, win_tr, crs = got
+        todo = np.flatnonzero(~filled)
+        key = str(crs)
+        if key not in in_scene:  # the tile's pixel centres in this CRS (scenes of one UTM zone share them)
+            in_scene[key] = transformer(grid.crs, key).transform(xs, ys)
+        c, r = ~win_tr * (in_scene[key][0][todo], in_scene[key][1][todo])
+        c, r = np.floor(c).astype(np.int64), np.floor(r).astype(np.int64)
+        ok = (r >= 0) & (r < bad.shape[0]) & (c >= 0) & (c < bad.shape[1])
+        todo, r, c = todo[ok], r[ok], c[ok]
+        ok = ~bad[r, c]
+        todo, r, c = todo[ok], r[ok], c[ok]
+        rows_dn = dn[:, r, c].T
+        ok = ~scene.nodata_rows(rows_dn)
+        if not ok.any():
             continue
-        dst = np.full((nb, h, w), np.nan, np.float32)
-        reproject(src[sel], dst, src_transform=src_tr, src_crs=src_crs, src_nodata=np.nan,
-                  dst_transform=tr, dst_crs=grid.crs, dst_nodata=np.nan, resampling=Resampling.nearest)
-        new = (scene_of < 0) & np.isfinite(dst).all(0)
-        refl[:, new] = dst[:, new]
-        scene_of[new] = gidx
-    filled = scene_of >= 0
-    out = {"ty": ty, "tx": tx, "fp": task.get("fp", 0), "n_valid": int(filled.sum())}
-    if not filled.any():
-        return {**out, "pix": np.zeros(0, np.int64), "refl": np.zeros((0, nb), np.float32),
-                "cov": np.zeros((0, 8), np.float32), "scene": np.zeros(0, np.int32)}
-    cov = covariates_on_grid(covariates, grid.crs, tr, (h, w))
-    check_covariate_ranges(cov[:, filled], covariates, f", tile {ty}_{tx}")
-    missing = filled & ~np.isfinite(cov).all(0)
+        parts.append((todo[ok], rows_dn[ok][:, sel], np.full(int(ok.sum()), len(gains), np.int16), np.full(int(ok.sum()), gidx, np.int32)))
+        gains.append(scene.gain[sel])
+        offsets.append(scene.offset[sel])
+        filled[todo[ok]] = True
+        if filled.all():
+            break
+    out["n_valid"] = int(filled.sum())
+    if not parts:
+        return _empty(out, nb)
+    pix, dn, slot, scene_idx = (np.concatenate(a) for a in zip(*parts))
+    order = np.argsort(pix, kind="stable")
+    pix = pix[order]
+    cov = sample_covariates(covariates, xs[pix], ys[pix], crs=grid.crs)
+    check_covariate_ranges(cov.T, covariates, f", tile {ty}_{tx}")
+    missing = ~np.isfinite(cov).all(1)
     if missing.any():
         raise DeepSaltInputError(covariates, f"covariates do not cover tile ({ty}, {tx}) (bounds {tuple(round(b) for b in tile_bounds)} "
                                  f"in {grid.crs}): {int(missing.sum())} valid EnMAP pixels have no covariate value",
                                  "extend the covariate rasters over the mapped region")
-    pix = np.flatnonzero(filled)
-    return {**out, "pix": pix, "refl": refl.reshape(nb, -1)[:, pix].T.copy(), "cov": cov.reshape(8, -1)[:, pix].T.copy(),
-            "scene": scene_of.ravel()[pix]}
+    return {**out, "pix": pix, "dn": np.ascontiguousarray(dn[order]), "slot": slot[order], "scene": scene_idx[order],
+            "gain": np.stack(gains).astype(np.float32), "offset": np.stack(offsets).astype(np.float32), "cov": cov}
 
+
+def prepare_tiles(row: dict, **kw) -> list[dict]:
+    """``prepare_tile`` for each tile of a group (``row["tiles"]``: pickled task dicts), one output row per tile:
+    a read task takes several tiles so that Ray's fixed cost per task (~0.1 s) is spread over more pixels."""
+    return [prepare_tile(t, **kw) for t in pickle.loads(row["tiles"])]

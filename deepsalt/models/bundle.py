@@ -120,16 +120,26 @@ class DeepSaltBundle:
         return select_bands(self.band_names, self.meta["band_centers_nm"], band_names, band_centers, where)
 
     @torch.no_grad()
-    def predict(self, reflectance: np.ndarray, covariates: np.ndarray, mc_samples: int = 0, seed: int = 0):
+    def predict(self, reflectance: np.ndarray, covariates: np.ndarray, mc_samples: int = 0, seed: int = 0, scale=None):
         """ECe for rows of raw reflectance ``(N, n_bundle_bands)`` and raw covariates ``(N, 8)``.
+
+        With ``scale = (gain, offset, slot)`` the first argument is raw DN instead (integers, e.g. EnMAP's int16):
+        it crosses to the model's device as it is (half the bytes of float32) and becomes reflectance there,
+        ``dn * gain[slot] + offset[slot]``, with ``gain``/``offset (k, n_bundle_bands)`` and ``slot (N,)``.
 
         Returns ``(ece, sd)``: ``ece`` is the deterministic prediction (dropout off, exactly what was evaluated);
         with ``mc_samples`` > 1, ``sd`` is the spread of that many passes with dropout on (MC dropout,
         seeded), otherwise zeros.
         """
         dev = self.device
-        z = self.encoder.encode(torch.from_numpy(self.scalers["enmap"].transform(reflectance)).to(dev))
-        x = torch.cat([z, torch.from_numpy(self.scalers["covariates"].transform(covariates)).to(dev)], 1)
+        x = torch.from_numpy(np.ascontiguousarray(reflectance)).to(dev, non_blocking=True)
+        if scale is not None:
+            gain, offset, slot = (torch.from_numpy(np.ascontiguousarray(a)).to(dev) for a in scale)
+            slot = slot.long()
+            x = x.float() * gain[slot] + offset[slot]
+        z = self.encoder.encode(self.scalers["enmap"].transform(x))
+        c = self.scalers["covariates"].transform(torch.from_numpy(np.ascontiguousarray(covariates, np.float32)).to(dev))
+        x = torch.cat([z, c], 1)
         self.student.eval()
         pred = self.student(x)[0].float().cpu().numpy()
         if mc_samples <= 1:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 
 @dataclass
@@ -25,13 +26,18 @@ class Scaler:
             return cls(kind, np.nanmean(x, 0).astype(np.float32), np.maximum(np.nanstd(x, 0), 1e-6).astype(np.float32))
         raise ValueError(f"unknown scaler kind '{kind}'")
 
-    def transform(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, np.float32)
-        if x.shape[-1] != self.shift.size:
-            raise ValueError(f"scaler expects {self.shift.size} features, got {x.shape[-1]}")
-        out = (x - self.shift) / self.scale
+    def transform(self, x):
+        """Scale rows of ``x`` (array-like, or a torch tensor: scaled on its own device)."""
+        if isinstance(x, torch.Tensor):
+            lib, out = torch, x.float()
+            shift, scale = torch.from_numpy(self.shift).to(x.device), torch.from_numpy(self.scale).to(x.device)
+        else:
+            lib, out, shift, scale = np, np.asarray(x, np.float32), self.shift, self.scale
+        if out.shape[-1] != self.shift.size:
+            raise ValueError(f"scaler expects {self.shift.size} features, got {out.shape[-1]}")
+        out = (out - shift) / scale
         # min-max inputs feed a Sigmoid decoder: keep them in its range even when a pixel exceeds the training range
-        return np.clip(out, 0.0, 1.0) if self.kind == "minmax" else out
+        return lib.clip(out, 0.0, 1.0) if self.kind == "minmax" else out
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "shift": self.shift.tolist(), "scale": self.scale.tolist()}
