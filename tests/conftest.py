@@ -64,6 +64,9 @@ def s3_bucket(s3_endpoint, request):
 FAST = dict(ae_hidden=(64,), ae_epochs=3, sau_epochs=3, teacher_epochs=6, student_epochs=6, checkpoint_every=2, seeds=(0,))
 
 
+TRAIN_LOG: list[str] = []  # what the shared training printed
+
+
 @pytest.fixture(scope="session")
 def trained(world, tmp_path_factory):
     """(run folder, metrics) of one quick training on the tiny world, shared by training and mapping tests."""
@@ -71,7 +74,7 @@ def trained(world, tmp_path_factory):
     from deepsalt.train.run import train
 
     out = tmp_path_factory.mktemp("run")
-    return out, train(world, out, TrainConfig.for_preset("tiny", **FAST), log=lambda *_: None)
+    return out, train(world, out, TrainConfig.for_preset("tiny", **FAST), log=TRAIN_LOG.append)
 
 
 def map_cfg(world, bundle, out, **kw):

@@ -44,6 +44,21 @@ def test_run_writes_metrics_report_and_bundle(run):
     assert json.loads((out / "config.json").read_text())["ae_epochs"] == 3
 
 
+def test_training_prints_progress_per_stage(run):
+    """Every stage of every seed ends with one progress line from the driver (rank 0's reports)."""
+    from conftest import TRAIN_LOG
+    from deepsalt.train.stages import stage_list
+
+    cfg = TrainConfig.for_preset("tiny", **FAST)
+    stages = stage_list(cfg)
+    ends = [line for line in TRAIN_LOG if line.startswith("seed 0: [") and "ETA" not in line]
+    assert len(ends) == len(stages), TRAIN_LOG
+    for i, ((name, epochs), line) in enumerate(zip(stages, ends), 1):
+        assert f"[{i}/{len(stages)}] {name} epoch " in line, line
+        done = int(line.split(" epoch ")[1].split("/")[0])
+        assert f"/{epochs}" in line and (done == epochs or "(early stop)" in line), line
+
+
 def test_alignment_changes_the_encoder_and_the_bundle_carries_the_aligned_one(run):
     # defect 1: aligned weights were saved but never loaded downstream
     out, metrics = run

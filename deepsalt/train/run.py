@@ -38,6 +38,11 @@ def _train_loop(config: dict) -> None:
                 shutil.rmtree(d, ignore_errors=True)
         else:
             ray.train.report(metrics)
+        if rank == 0 and config.get("progress") is not None:
+            try:  # the driver prints it; a full or gone queue must never stop training
+                config["progress"].put_nowait(metrics)
+            except Exception:  # noqa: BLE001
+                pass
         fail = config.get("fail_at")  # fault injection for the resume test: "stage:epoch"
         if fail and f"{metrics['stage']}:{metrics['epoch']}" == fail and not os.path.exists(config["fail_marker"]):
             Path(config["fail_marker"]).touch()
@@ -73,7 +78,66 @@ def _ray_storage(url: str) -> tuple[str, object]:
     return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
 
 
-def fit_seed(data: TrainingData, cfg: TrainConfig, seed: int, storage: str, max_failures: int = 0) -> dict:
+def _fit_with_progress(trainer, queue, cfg: TrainConfig, seed: int, log):
+    """``trainer.fit()`` in a thread while this thread prints per-stage progress from rank 0's reports: one line
+    when a stage ends, and one at most every 15 s within a long stage (epoch of total, loss, elapsed, ETA)."""
+    import threading
+
+    from deepsalt.train.stages import stage_list
+
+    epochs = dict(stage_list(cfg))
+    names = [n for n, _ in stage_list(cfg)]
+    box: dict = {}
+
+    def fit():
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = e
+
+    th = threading.Thread(target=fit, daemon=True)
+    th.start()
+    t0 = last = time.time()
+    state = {"stage": None, "t0": t0, "pending": None, "prev": t0}  # prev: when the last report arrived
+
+    def show(m, final: bool):
+        name, epoch = m.get("stage"), int(m.get("epoch", 0))
+        total = epochs.get(name, epoch + 1)
+        el = time.time() - state["t0"]
+        val = ", ".join(f"{k} {m[k]:.4g}" for k in ("loss", "val_mae") if isinstance(m.get(k), (int, float)))
+        tail = ("" if epoch + 1 == total else " (early stop)") if final else f", ETA {el / (epoch + 1) * (total - epoch - 1):.0f} s"
+        log(f"seed {seed}: [{names.index(name) + 1 if name in names else '?'}/{len(names)}] {name} epoch {epoch + 1}/{total}"
+            f"{', ' + val if val else ''}, {el:.0f} s{tail} (run {time.time() - t0:.0f} s)")
+
+    while th.is_alive() or not queue.empty():
+        try:
+            m = queue.get(timeout=0.5)
+        except Exception:  # noqa: BLE001 - ray.util.queue.Empty, or the queue gone
+            if not th.is_alive():
+                break
+            continue
+        if m.get("stage") != state["stage"]:
+            if state["pending"] is not None:  # the previous stage ended (early stopping: before its last epoch)
+                show(state["pending"], True)
+            state.update(stage=m.get("stage"), t0=state["prev"], pending=None)
+        state["prev"] = time.time()
+        if int(m.get("epoch", 0)) + 1 == epochs.get(m.get("stage"), 0):
+            show(m, True)
+            state["pending"], last = None, time.time()
+            continue
+        state["pending"] = m
+        if time.time() - last >= 15:
+            show(m, False)
+            last = time.time()
+    if state["pending"] is not None:
+        show(state["pending"], True)
+    th.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+def fit_seed(data: TrainingData, cfg: TrainConfig, seed: int, storage: str, max_failures: int = 0, log=None) -> dict:
     """Train all stages for one seed with Ray Train; resumes from the latest checkpoint under ``storage``
     (a local folder or an fsspec URL such as s3://bucket/run/ray)."""
     latest = _latest_checkpoint(f"{storage}/seed{seed}")
@@ -85,18 +149,27 @@ def fit_seed(data: TrainingData, cfg: TrainConfig, seed: int, storage: str, max_
 
     name = f"seed{seed}"
     storage_path, storage_fs = _ray_storage(storage)
+    queue = None
+    if log is not None:  # rank 0 sends its epoch reports here; the driver prints them per stage
+        from ray.util.queue import Queue
+
+        queue = Queue(maxsize=10_000, actor_options={"num_cpus": 0})
     trainer = TorchTrainer(
         _train_loop,
         train_loop_config={"data": ray.put(data), "cfg": cfg.model_dump(mode="json"), "seed": seed,
                            "fail_marker": os.path.join(tempfile.gettempdir(), "deepsalt-" + hashlib.sha256(
                                f"{storage}/{name}".encode()).hexdigest()[:12] + ".failed-once"),
-                           "fail_at": os.environ.get("DEEPSALT_FAIL_AT")},
+                           "fail_at": os.environ.get("DEEPSALT_FAIL_AT"), "progress": queue},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu),
         run_config=ray.train.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs,
                                        failure_config=ray.train.FailureConfig(max_failures=max_failures),
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
     )  # same name + storage as an interrupted run: Ray Train restores its latest checkpoint (get_checkpoint)
-    result = trainer.fit()
+    try:
+        result = _fit_with_progress(trainer, queue, cfg, seed, log) if queue is not None else trainer.fit()
+    finally:
+        if queue is not None:
+            queue.shutdown()
     with result.checkpoint.as_directory() as d:
         return load_state(d)
 
@@ -174,7 +247,7 @@ def train(world: str | Path, out: str | Path, cfg: TrainConfig, log=print) -> di
         log(f"seed {seed}: {data.info['n_lab']} lab samples, {data.info['n_sat']} sites, {data.info['n_pairs']} pairs, "
             f"{data.info['n_transfer']} transfer pixels; training on "
             f"{cfg.workers} worker(s){' with GPU' if cfg.gpu else ''}")
-        state = fit_seed(data, cfg, seed, storage)
+        state = fit_seed(data, cfg, seed, storage, log=log)
         res = evaluate_seed(data, cfg, state, seed)
         log(f"seed {seed}: DeepSalt seen MAE {res['results']['deepsalt']['seen']['mae']:.3f} dS/m "
             f"R2 {res['results']['deepsalt']['seen']['r2']:.3f} ({time.time() - t0:.0f} s)")
