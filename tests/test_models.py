@@ -106,6 +106,13 @@ def test_every_student_layer_gets_a_teacher_layer():
     deepest = student.layers[3].linear2.weight.grad
     assert deepest is not None and deepest.abs().sum() > 0
     assert parts["feature"] > 0 and parts["response"] >= 0
+    # the feature term alone must reach the deepest layer: the task and response terms reach it through the
+    # head anyway, so the check above would pass with layer 4's feature term skipped
+    student.zero_grad()
+    ps, fs = student(x)
+    feat_only, _ = distillation_loss(ps, fs, torch.rand(6) * 10, pt, ft, alpha=0.0, gamma=0.0)
+    feat_only.backward()
+    assert student.layers[3].linear2.weight.grad.abs().sum() > 0
 
 
 def test_tokenisations_and_output_range():

@@ -72,6 +72,21 @@ def test_alignment_changes_the_encoder_and_the_bundle_carries_the_aligned_one(ru
     assert b.meta["data_hash"] == metrics["data_hash"] and len(b.band_names) == 218
 
 
+def test_resuming_a_checkpoint_made_for_another_output_range_is_refused(world, run, tmp_path):
+    """Defect 7 on the resume path: the heads' out_range buffers would be copied silently into another range."""
+    import shutil
+
+    from deepsalt.errors import DeepSaltInputError
+    from deepsalt.train.data import load_training_data
+    from deepsalt.train.run import fit_seed
+
+    out, _ = run
+    shutil.copytree(out / "ray" / "seed0", tmp_path / "seed0")
+    cfg = TrainConfig.for_preset("tiny", **{**FAST, "out_range": (0.05, 40.0)})
+    with pytest.raises(DeepSaltInputError, match=r"trained for output range \[0\.05.*77\.0\] dS/m, this run asks for \[0\.05, 40\.0\]"):
+        fit_seed(load_training_data(world, cfg, 0), cfg, 0, str(tmp_path))
+
+
 def test_killed_run_on_s3_resumes_from_its_last_checkpoint(world, run, s3_bucket, monkeypatch):
     # the same config as the shared `trained` run, so that run is the uninterrupted reference
     _, ref = run

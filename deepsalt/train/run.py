@@ -17,7 +17,7 @@ from deepsalt.config import BASELINES, TrainConfig
 from deepsalt.raycluster import init_ray
 from deepsalt.train import evaluate as ev
 from deepsalt.train.data import TrainingData, load_training_data
-from deepsalt.train.stages import Ctx, encode, load_state, make_ckpt_dir, predict, run_pipeline, student_features
+from deepsalt.train.stages import Ctx, check_resume, encode, load_state, make_ckpt_dir, predict, run_pipeline, student_features
 
 
 def _train_loop(config: dict) -> None:
@@ -142,6 +142,7 @@ def fit_seed(data: TrainingData, cfg: TrainConfig, seed: int, storage: str, max_
     (a local folder or an fsspec URL such as s3://bucket/run/ray)."""
     latest = _latest_checkpoint(f"{storage}/seed{seed}")
     if latest is not None:
+        check_resume(load_state(latest), cfg, latest)  # before any worker starts: one clear line, not a worker crash
         print(f"seed {seed}: resuming from {latest.rsplit('/', 1)[-1]}")
     import ray
     import ray.train

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepsalt.config import TrainConfig
+from deepsalt.errors import DeepSaltInputError
 from deepsalt.models.autoencoder import SparseAutoEncoder, alignment_loss, kl_sparsity
 from deepsalt.models.losses import distillation_loss
 from deepsalt.models.transformer import SpectralTransformer
@@ -162,6 +163,17 @@ def with_transfer_set(data, models, variant: str, ctx: Ctx, x, y, t_pred, t_feat
             np.concatenate([t_mask, np.ones(n_tr, np.float32)]), task_w)
 
 
+def check_resume(state: dict, cfg: TrainConfig, where: str) -> None:
+    """Refuse a checkpoint whose transformers were trained for another output range (DESIGN defect 7):
+    ``load_state_dict`` would copy the old ``head.out_range`` buffer into a head that computes with the new one."""
+    for name, sd in state["models"].items():
+        r = sd.get("head.out_range")
+        if r is not None and not np.allclose(r.detach().cpu().numpy(), cfg.out_range):
+            raise DeepSaltInputError(where, f"the checkpoint's '{name}' was trained for output range {r.tolist()} dS/m, "
+                                     f"this run asks for {list(cfg.out_range)}",
+                                     "resume with the out_range it was trained with, or train into a new run folder")
+
+
 def run_pipeline(data, cfg: TrainConfig, seed: int, ctx: Ctx, resume: dict | None = None) -> dict:
     """Train every stage; returns {"models": state_dicts, "history": [...]}. ``resume`` is a loaded state."""
     from deepsalt.train.data import undersample_zero_ec
@@ -172,6 +184,7 @@ def run_pipeline(data, cfg: TrainConfig, seed: int, ctx: Ctx, resume: dict | Non
     stage_state: dict = {}
     history: list = []
     if resume:
+        check_resume(resume, cfg, "checkpoint")
         for k, sd in resume["models"].items():
             models[k].load_state_dict(sd)
         progress, stage_state, history = resume["progress"], resume["stage_state"], resume["history"]
