@@ -188,6 +188,10 @@ def test_positional_indices_and_seeded_undersampling():
     a = undersample_zero_ec(y, idx, 0.1, 0.1, seed=3)
     assert np.array_equal(a, undersample_zero_ec(y, idx, 0.1, 0.1, seed=3))
     assert (y[a] >= 0.1).sum() == 50 and 0 < (y[a] < 0.1).sum() < 15
+    # rows dropped: positions are no longer 0..n-1, and position i of ``idx`` is not row i of ``y``
+    gaps = np.arange(1, 100, 2)  # 25 low rows, then 25 high ones
+    kept = undersample_zero_ec(y, gaps, 0.1, 0.0, seed=1)
+    np.testing.assert_array_equal(kept, gaps[y[gaps] >= 0.1])  # exactly rows 51, 53, ..., 99
     rng = np.random.default_rng(0)
     lat, lon = rng.uniform(38, 39, 300), rng.uniform(-110, -109, 300)
     split = spatial_split(lat, lon, 20, (0.8, 0.1, 0.1), 0)

@@ -72,6 +72,32 @@ def test_alignment_changes_the_encoder_and_the_bundle_carries_the_aligned_one(ru
     assert b.meta["data_hash"] == metrics["data_hash"] and len(b.band_names) == 218
 
 
+def test_the_bundle_on_raw_pixels_predicts_what_the_evaluation_scored(world, run):
+    """Defects 6 and 1 end to end: the bundle fed raw site reflectance and raw covariates, as the mapping feeds
+    it, must give the evaluation's predictions for those sites. A scaler fitted or applied differently in
+    training than in the bundle, or an evaluation on another encoder than the bundle's, breaks the equality."""
+    import pandas as pd
+
+    from deepsalt.data.covariates import COVARIATE_NAMES
+    from deepsalt.train.data import load_training_data
+    from deepsalt.train.stages import Ctx, build_models, predict, student_features
+
+    out, _ = run
+    cfg = TrainConfig.for_preset("tiny", **FAST)
+    data = load_training_data(world, cfg, 0)
+    models = build_models(cfg, data.lab_x.shape[1], data.sat_x.shape[1])
+    for k, sd in load_state(_latest_checkpoint(out / "ray" / "seed0"))["models"].items():
+        models[k].load_state_dict(sd)
+    scored, _ = predict(models["student:deepsalt"], student_features(data, models, "deepsalt", Ctx()), Ctx())
+    sat = pd.read_parquet(world / "samples" / "satellite_samples.parquet")
+    raw = sat[[f"refl_{b}" for b in data.band_names]].to_numpy(np.float32)
+    cov = sat[list(COVARIATE_NAMES)].to_numpy(np.float32)
+    ok = np.isfinite(raw).all(1) & np.isfinite(cov).all(1)
+    mapped, _ = DeepSaltBundle.load(str(out / "bundle")).predict(raw[ok], cov[ok])
+    assert len(mapped) == len(scored) > 100
+    np.testing.assert_allclose(mapped, scored, rtol=1e-4, atol=1e-4)
+
+
 def test_resuming_a_checkpoint_made_for_another_output_range_is_refused(world, run, tmp_path):
     """Defect 7 on the resume path: the heads' out_range buffers would be copied silently into another range."""
     import shutil
