@@ -12,8 +12,8 @@ from deepsalt.models.scalers import Scaler
 from deepsalt.models.transformer import SpectralTransformer
 from deepsalt.errors import DeepSaltInputError
 from deepsalt.train.data import spatial_split, undersample_zero_ec
-from deepsalt.train.evaluate import by_category, metrics
-from deepsalt.train.stages import build_student
+from deepsalt.evaluation import by_category, metrics
+from deepsalt.models.transformer import build_student
 
 
 def test_kl_sparsity_is_nonzero_with_gradient_and_refuses_scalar_outputs():

@@ -13,7 +13,7 @@ from rasterio.warp import reproject
 from deepsalt.errors import DeepSaltInputError
 from deepsalt.mapping.cube import open_cube
 from deepsalt.mapping.grid import Grid
-from deepsalt.train.evaluate import metrics
+from deepsalt.evaluation import metrics
 
 
 def open_cube_dataset(url: str, storage_options: dict | None = None, version=None) -> xr.Dataset:

@@ -20,7 +20,7 @@ from deepsalt.config import TrainConfig
 from deepsalt.errors import DeepSaltInputError
 from deepsalt.models.autoencoder import SparseAutoEncoder
 from deepsalt.models.scalers import Scaler
-from deepsalt.models.transformer import SpectralTransformer
+from deepsalt.models.transformer import SpectralTransformer, build_student
 from deepsalt.spectra.bands import select_bands
 
 FORMAT = "deepsalt-bundle/1"
@@ -39,7 +39,6 @@ class DeepSaltBundle:
     def _build(meta: dict):
         cfg = TrainConfig(**meta["config"])
         enc = SparseAutoEncoder(len(meta["band_names"]), tuple(cfg.ae_hidden), cfg.latent)
-        from deepsalt.train.stages import build_student
         return enc, build_student(cfg, "deepsalt")
 
     def save(self, url: str) -> None:

@@ -65,3 +65,15 @@ class SpectralTransformer(nn.Module):
             h = layer(h)
             feats.append(h.mean(1))
         return self.head(feats[-1]), feats
+
+
+def student_inputs(variant: str, latent: int) -> int:
+    """Input width of a student variant: EnMAP latent + the 8 covariates, or one of them for the ablations."""
+    return {"hsi_only": latent, "ancillary_only": 8}.get(variant, latent + 8)
+
+
+def build_student(cfg, variant: str) -> SpectralTransformer:
+    """The student transformer for a ``TrainConfig`` and variant (training and the model bundle build the same)."""
+    d = cfg.latent + 8
+    return SpectralTransformer(student_inputs(variant, cfg.latent), d, cfg.student_heads, cfg.student_layers,
+                               cfg.student_ff, cfg.dropout, cfg.out_range, cfg.tokens)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepsalt.train import evaluate as ev
+from deepsalt import evaluation as ev
 
 
 def _table(metrics: dict) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 
 from deepsalt.config import BASELINES, TrainConfig
 from deepsalt.raycluster import init_ray
-from deepsalt.train import evaluate as ev
+from deepsalt import evaluation as ev
 from deepsalt.train.data import TrainingData, load_training_data
 from deepsalt.train.stages import Ctx, check_resume, encode, load_state, make_ckpt_dir, predict, run_pipeline, student_features
 

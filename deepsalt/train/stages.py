@@ -23,7 +23,7 @@ from deepsalt.config import TrainConfig
 from deepsalt.errors import DeepSaltInputError
 from deepsalt.models.autoencoder import SparseAutoEncoder, alignment_loss, kl_sparsity
 from deepsalt.models.losses import distillation_loss
-from deepsalt.models.transformer import SpectralTransformer
+from deepsalt.models.transformer import SpectralTransformer, build_student
 
 STATE_FILE = "state.pt"
 
@@ -39,16 +39,6 @@ def build_models(cfg: TrainConfig, n_mir: int, n_bands: int) -> dict[str, nn.Mod
     for v in cfg.variants:
         m[f"student:{v}"] = build_student(cfg, v)
     return m
-
-
-def student_inputs(variant: str, latent: int) -> int:
-    return {"hsi_only": latent, "ancillary_only": 8}.get(variant, latent + 8)
-
-
-def build_student(cfg: TrainConfig, variant: str) -> SpectralTransformer:
-    d = cfg.latent + 8
-    return SpectralTransformer(student_inputs(variant, cfg.latent), d, cfg.student_heads, cfg.student_layers,
-                               cfg.student_ff, cfg.dropout, cfg.out_range, cfg.tokens)
 
 
 def stage_list(cfg: TrainConfig) -> list[tuple[str, int]]:
