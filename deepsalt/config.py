@@ -8,6 +8,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+#: ECe range (dS/m) every model predicts in and the cube declares: the bounded head's limits
+OUT_RANGE: tuple[float, float] = (0.05, 77.0)
+#: EnMAP L2A quality assets applied as masks (key -> the role DLR tags it with)
+QUALITY_ASSETS = {"quality_cloud": "cloud", "quality_cloud_shadow": "cloud-shadow", "quality_haze": "haze",
+                  "quality_snow": "snow"}
+
 Preset = Literal["tiny", "demo", "benchmark"]
 TrainPreset = Literal["tiny", "demo", "benchmark", "paper"]
 
@@ -67,7 +73,7 @@ class TrainConfig(_Config):
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     zero_ec_dsm: float = 0.1
     zero_ec_keep: float = 0.1
-    out_range: tuple[float, float] = (0.05, 77.0)
+    out_range: tuple[float, float] = OUT_RANGE
     # auto-encoders
     latent: int = 64
     ae_hidden: tuple[int, ...] = (1024, 512, 256)
@@ -162,7 +168,7 @@ class MapConfig(_Config):
     grid: str = "conus"
     chunk: int = Field(256, ge=16)
     mc_samples: int = Field(5, ge=0, description="MC-dropout passes for ece_sd (0: no uncertainty)")
-    quality_masks: tuple[str, ...] = ("quality_cloud", "quality_cloud_shadow", "quality_haze", "quality_snow")
+    quality_masks: tuple[str, ...] = tuple(QUALITY_ASSETS)
     predict_actors: int | None = Field(None, ge=1, description="most inference actors (the pool autoscales up to this "
                                        "many); None: one per CPU of the cluster, or with gpu one per GPU (at least 1)")
     min_actors: int = Field(1, ge=1, description="inference actors kept up from the start")

@@ -6,6 +6,8 @@ import numpy as np
 from sklearn.cross_decomposition import PLSRegression
 from sklearn.ensemble import RandomForestRegressor
 
+from deepsalt.config import OUT_RANGE
+
 SALINITY_RANGES = ((0, 2), (2, 4), (4, 8), (8, 16), (16, np.inf))
 
 
@@ -36,7 +38,8 @@ def salinity_range(y) -> np.ndarray:
     return out.astype(str)
 
 
-def fit_baseline(kind: str, x: np.ndarray, y: np.ndarray, seed: int):
+def fit_baseline(kind: str, x: np.ndarray, y: np.ndarray, seed: int, out_range: tuple[float, float] = OUT_RANGE):
+    """A classical baseline fitted on ``x, y``; returns its predictor, clipped to ``out_range`` as the models are."""
     if kind == "plsr":
         model = PLSRegression(n_components=min(15, x.shape[1], len(x) - 1), scale=False)
     elif kind == "random_forest":
@@ -44,7 +47,7 @@ def fit_baseline(kind: str, x: np.ndarray, y: np.ndarray, seed: int):
     else:
         raise ValueError(kind)
     model.fit(x, y)
-    return lambda xx: np.clip(np.asarray(model.predict(xx)).ravel(), 0.05, 77.0)
+    return lambda xx: np.clip(np.asarray(model.predict(xx)).ravel(), *out_range)
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -18,7 +18,8 @@ from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from deepsalt.data.cog import check_href, open_raster
-from deepsalt.data.stac import QUALITY_ASSETS, priority
+from deepsalt.config import QUALITY_ASSETS
+from deepsalt.data.stac import priority
 from deepsalt.errors import DeepSaltInputError
 from deepsalt.spectra.bands import BandTable, select_bands
 

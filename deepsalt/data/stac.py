@@ -10,6 +10,7 @@ import numpy as np
 import pystac
 from pyproj import Transformer
 
+from deepsalt.config import QUALITY_ASSETS
 from deepsalt.errors import DeepSaltInputError
 from deepsalt.redact import redact_url
 
@@ -17,9 +18,6 @@ COLLECTION = "ENMAP_HSI_L2A"
 COG = "image/tiff; application=geotiff; profile=cloud-optimized"
 EXTENSIONS = ["https://stac-extensions.github.io/eo/v1.1.0/schema.json",
               "https://stac-extensions.github.io/projection/v1.1.0/schema.json"]
-#: quality asset key -> extra role, as DLR tags them
-QUALITY_ASSETS = {"quality_cloud": "cloud", "quality_cloud_shadow": "cloud-shadow", "quality_haze": "haze",
-                  "quality_snow": "snow"}
 
 
 def enmap_item(scene: dict, files: dict, r: dict, bands, n: int) -> pystac.Item:

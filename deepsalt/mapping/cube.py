@@ -31,6 +31,7 @@ import zarr
 from pyproj import CRS
 
 from deepsalt import __version__
+from deepsalt.config import OUT_RANGE
 from deepsalt.errors import DeepSaltInputError
 from deepsalt.mapping.grid import Grid
 from deepsalt.redact import redact_url
@@ -40,7 +41,7 @@ CUBE_FORMAT = "deepsalt-cube/3"  # 3: acq_date per pixel
 BRANCH = "main"
 VARS = {
     "ece": dict(dtype="float32", fill=np.nan, attrs={"units": "dS m-1", "long_name": "soil salinity, electrical conductivity of the saturated-paste extract, 0-12 cm",
-                                                       "valid_min": 0.05, "valid_max": 77.0}),
+                                                       "valid_min": OUT_RANGE[0], "valid_max": OUT_RANGE[1]}),
     "ece_sd": dict(dtype="float32", fill=np.nan, attrs={"units": "dS m-1", "long_name": "ECe uncertainty: standard deviation over MC-dropout passes of the student"}),
     "valid": dict(dtype="uint8", fill=0, attrs={"long_name": "1 where ECe was mapped (clear, valid EnMAP pixel with covariates)", "flag_values": [0, 1],
                                                "flag_meanings": "not_mapped mapped"}),

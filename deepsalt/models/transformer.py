@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from deepsalt.config import OUT_RANGE
+
 
 class RangeHead(nn.Module):
     """ECe = lo + (hi - lo) * sigmoid(linear(h)): the output range is part of the model (0.05-77 dS/m)."""
@@ -29,7 +31,7 @@ class SpectralTransformer(nn.Module):
     """
 
     def __init__(self, in_dim: int, d_model: int, heads: int, layers: int, ff: int, dropout: float,
-                 out_range: tuple[float, float] = (0.05, 77.0), tokens: str = "one", input_proj: bool = True):
+                 out_range: tuple[float, float] = OUT_RANGE, tokens: str = "one", input_proj: bool = True):
         super().__init__()
         if tokens not in ("one", "per_dim"):
             raise ValueError(f"tokens must be 'one' or 'per_dim', not '{tokens}'")

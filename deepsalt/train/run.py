@@ -194,7 +194,7 @@ def evaluate_seed(data: TrainingData, cfg: TrainConfig, state: dict, seed: int) 
     x_base = np.concatenate([data.sat_x, data.sat_cov], 1)
     tr = data.idx("sat", "train")
     for b in BASELINES:
-        f = ev.fit_baseline(b, x_base[tr], data.sat_y[tr], seed)
+        f = ev.fit_baseline(b, x_base[tr], data.sat_y[tr], seed, cfg.out_range)
         pred = f(x_base)
         out["results"][b] = {"seen": ev.metrics(data.sat_y[seen_test], pred[seen_test]),
                              "unseen": ev.metrics(data.sat_y[unseen], pred[unseen])}
