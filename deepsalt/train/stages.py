@@ -10,6 +10,7 @@ scheduler and early-stopping state, and the position in the stage list) is repor
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 import math
 import os
 import tempfile
@@ -164,15 +165,162 @@ def check_resume(state: dict, cfg: TrainConfig, where: str) -> None:
                                      "resume with the out_range it was trained with, or train into a new run folder")
 
 
-def run_pipeline(data, cfg: TrainConfig, seed: int, ctx: Ctx, resume: dict | None = None) -> dict:
-    """Train every stage; returns {"models": state_dicts, "history": [...]}. ``resume`` is a loaded state."""
+@dataclass
+class Stage:
+    """One training stage, ready for the shared epoch loop: the modules it trains (prepared for DDP), their
+    optimiser, and ``epoch(rng, epoch) -> metric``, which runs one epoch and returns ``loss``, and ``val_mae``
+    for the teacher and the students (the loop then minimises it and keeps the best epoch)."""
+
+    trained: dict
+    opt: torch.optim.Optimizer
+    epoch: object
+
+
+def _auto_encoder_stage(name: str, data, cfg: TrainConfig, models: dict, ctx: Ctx, start: int) -> Stage:
+    """``ae``: both auto-encoders learn to reconstruct; ``sau``: they start from there and align on the pairs."""
+    pre = name
+    if name == "sau" and start == 0:  # alignment starts from the pre-trained auto-encoders
+        models["sau_ftir"].load_state_dict(models["ae_ftir"].state_dict())
+        models["sau_enmap"].load_state_dict(models["ae_enmap"].state_dict())
+    trained = {k: ctx.prepare(models[k]) for k in (f"{pre}_ftir", f"{pre}_enmap")}
+    opt = torch.optim.Adam([p for m in trained.values() for p in m.parameters()], lr=cfg.ae_lr, weight_decay=cfg.ae_wd)
+    lab_idx, sat_idx = data.idx("lab", "train"), data.idx("sat", "train")
+    ly, sy = _std_log(data.lab_y, lab_idx), _std_log(data.sat_y, sat_idx)
+
+    def epoch(rng, _epoch) -> dict:
+        lab_b = _shard_batches(lab_idx, cfg.ae_batch, rng, ctx)
+        sat_b = _shard_batches(sat_idx, cfg.ae_batch, rng, ctx)
+        pair_b = _shard_batches(np.arange(len(data.pairs[0])), cfg.ae_batch, rng, ctx) if name == "sau" else []
+        losses = []
+        for b in range(max(len(lab_b), len(sat_b))):
+            # One forward per model per step (DDP allows no second forward before backward): the
+            # paired samples ride along with the reconstruction batch.
+            li, si_ = lab_b[b % len(lab_b)], sat_b[b % len(sat_b)]
+            p = pair_b[b % len(pair_b)] if pair_b else np.array([], dtype=int)
+            xf = _t(data.lab_x[np.concatenate([li, data.pairs[0][p]])], ctx)
+            xe = _t(data.sat_x[np.concatenate([si_, data.pairs[1][p]])], ctx)
+            zf, xf_hat = trained[f"{pre}_ftir"](xf)
+            ze, xe_hat = trained[f"{pre}_enmap"](xe)
+            loss = (F.mse_loss(xf_hat[:len(li)], xf[:len(li)]) + cfg.kl_weight * kl_sparsity(zf[:len(li)], cfg.kl_rho)
+                    + F.mse_loss(xe_hat[:len(si_)], xe[:len(si_)]) + cfg.kl_weight * kl_sparsity(ze[:len(si_)], cfg.kl_rho))
+            # always in the graph (DDP expects every parameter to get a gradient), weighted 0 when off
+            loss = loss + cfg.ae_aux_weight * (
+                F.mse_loss(_unwrap(trained[f"{pre}_ftir"]).aux(zf[:len(li)]).squeeze(-1), _t(ly[li], ctx))
+                + F.mse_loss(_unwrap(trained[f"{pre}_enmap"]).aux(ze[:len(si_)]).squeeze(-1), _t(sy[si_], ctx)))
+            if name == "sau":
+                loss = cfg.sau_recon_weight * loss
+                if len(p):
+                    loss = loss + cfg.sau_align_weight * alignment_loss(zf[len(li):], ze[len(si_):], cfg.align_loss,
+                                                                        cfg.align_temperature)
+            _step(opt, loss, trained, cfg)
+            losses.append(loss.item())
+        return {"loss": float(np.mean(losses))}
+
+    return Stage(trained, opt, epoch)
+
+
+def _regression_stage(name: str, data, cfg: TrainConfig, models: dict, ctx: Ctx, start: int, seed: int) -> Stage:
+    """``teacher`` on the aligned FTIR latent of the lab samples, or ``student:<variant>`` on the sites (plus the
+    transfer set for the distilled variants), with the teacher's targets where the variant distils."""
     from deepsalt.train.data import undersample_zero_ec
 
+    kd = False
+    if name == "teacher":
+        x_all, y_all = encode(models["sau_ftir"], data.lab_x, ctx), data.lab_y
+        tr_all, val_idx, batch, lr, wd = data.idx("lab", "train"), data.idx("lab", "val"), cfg.teacher_batch, cfg.teacher_lr, 0.0
+    else:
+        variant = name.split(":", 1)[1]
+        x_all, y_all = student_features(data, models, variant, ctx), data.sat_y
+        tr_all, val_idx, batch, lr, wd = data.idx("sat", "train"), data.idx("sat", "val"), cfg.student_batch, cfg.student_lr, cfg.student_wd
+    if start == 0:  # input standardisation from the training inputs (sites only, so every variant alike)
+        models[name].fit_input_norm(_t(x_all[tr_all], ctx))
+    trained = {name: ctx.prepare(models[name])}
+    opt = torch.optim.Adam(trained[name].parameters(), lr=lr, weight_decay=wd)
+    if name != "teacher":
+        kd = variant in ("deepsalt", "student_no_sau")
+        task_w = np.ones(len(y_all), np.float32)
+        if kd:
+            t_pred, t_feats, t_mask = distillation_targets(data, models, variant, cfg.kd_targets, ctx)
+            if cfg.kd_transfer:
+                n_site = len(y_all)
+                x_all, y_all, t_pred, t_feats, t_mask, task_w = with_transfer_set(
+                    data, models, variant, ctx, x_all, y_all, t_pred, t_feats, t_mask)
+                tr_all = np.concatenate([tr_all, np.arange(n_site, len(y_all))])
+    model = trained[name]
+
+    def epoch(rng, epoch_: int) -> dict:
+        tr_idx = undersample_zero_ec(y_all, tr_all, cfg.zero_ec_dsm, cfg.zero_ec_keep, seed * 100 + epoch_)
+        losses = []
+        for bidx in _shard_batches(tr_idx, batch, rng, ctx):
+            pred, feats = model(_t(x_all[bidx], ctx))
+            if kd:
+                loss, _ = distillation_loss(pred, feats, _t(y_all[bidx], ctx), _t(t_pred[bidx], ctx),
+                                            [_t(f[bidx], ctx) for f in t_feats], mask=_t(t_mask[bidx], ctx),
+                                            task_mask=_t(task_w[bidx], ctx), alpha=cfg.kd_alpha, beta=cfg.kd_beta,
+                                            gamma=cfg.kd_gamma, layer_map=cfg.kd_layer_map,
+                                            weights=cfg.kd_layer_weights, feat_dim=cfg.latent, sigma=cfg.kd_sigma)
+            else:
+                loss, _ = distillation_loss(pred, feats, _t(y_all[bidx], ctx))
+            _step(opt, loss, trained, cfg)
+            losses.append(loss.item())
+        p, _ = predict(model, x_all[val_idx], ctx)
+        return {"loss": float(np.mean(losses)) if losses else float("nan"), "val_mae": float(np.mean(np.abs(p - y_all[val_idx])))}
+
+    return Stage(trained, opt, epoch)
+
+
+def _step(opt, loss, trained: dict, cfg: TrainConfig) -> None:
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for m in trained.values() for p in m.parameters()], cfg.grad_clip)
+    opt.step()
+
+
+def _epoch_loop(name: str, si: int, epochs: int, start: int, stage: Stage, stage_state: dict, models: dict,
+                history: list, cfg: TrainConfig, seed: int, ctx: Ctx) -> None:
+    """The loop every stage shares: epochs from ``start``, LR on plateau, best-epoch tracking, early stopping
+    (students), checkpoints every ``checkpoint_every`` epochs and at the stage's end, one report per epoch."""
+    opt = stage.opt
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg.plateau_factor, patience=cfg.plateau_patience)
+    if start and stage_state.get("opt"):
+        opt.load_state_dict(stage_state["opt"])
+        sched.load_state_dict(stage_state["sched"])
+    best, best_state, bad = stage_state.get("best", float("inf")), stage_state.get("best_state"), stage_state.get("bad", 0)
+    for epoch in range(start, epochs):
+        rng = np.random.default_rng([seed, si, epoch])
+        for m in stage.trained.values():
+            m.train()
+        metric = stage.epoch(rng, epoch)
+        val = metric.get("val_mae", metric["loss"])
+        sched.step(val)
+        if val < best - 1e-6:
+            best, bad = val, 0
+            best_state = {k: copy.deepcopy(_unwrap(m).state_dict()) for k, m in stage.trained.items()}
+        else:
+            bad += 1
+        stop = name.startswith("student") and bad >= cfg.early_stop
+        last = epoch == epochs - 1 or stop
+        history.append({"seed": seed, "stage": name, "epoch": epoch, **metric})
+        if last and best_state is not None and "val_mae" in metric:
+            for k, sd in best_state.items():  # keep the best validation epoch, not the last
+                models[k].load_state_dict(sd)
+        ckpt = None
+        if last or (epoch + 1) % cfg.checkpoint_every == 0:
+            nxt = {"stage": si + 1, "epoch": 0} if last else {"stage": si, "epoch": epoch + 1}
+            st = {} if last else {"opt": opt.state_dict(), "sched": sched.state_dict(), "best": best,
+                                   "best_state": best_state, "bad": bad}
+            ckpt = {"models": {k: _unwrap(m).state_dict() for k, m in models.items()}, "progress": nxt,
+                    "stage_state": st, "history": history}
+        ctx.report({"seed": seed, "stage": name, "epoch": epoch, **metric}, ckpt)
+        if stop:
+            break
+
+
+def run_pipeline(data, cfg: TrainConfig, seed: int, ctx: Ctx, resume: dict | None = None) -> dict:
+    """Train every stage; returns {"models": state_dicts, "history": [...]}. ``resume`` is a loaded state."""
     torch.manual_seed(seed)
     models = build_models(cfg, data.lab_x.shape[1], data.sat_x.shape[1])
-    progress = {"stage": 0, "epoch": 0}
-    stage_state: dict = {}
-    history: list = []
+    progress, stage_state, history = {"stage": 0, "epoch": 0}, {}, []
     if resume:
         check_resume(resume, cfg, "checkpoint")
         for k, sd in resume["models"].items():
@@ -185,132 +333,9 @@ def run_pipeline(data, cfg: TrainConfig, seed: int, ctx: Ctx, resume: dict | Non
         name, epochs = stages[si]
         start = progress["epoch"] if si == progress["stage"] else 0
         torch.manual_seed(seed * 1000 + si)
-        if name == "ae":
-            trained = {k: ctx.prepare(models[k]) for k in ("ae_ftir", "ae_enmap")}
-            opt = torch.optim.Adam([p for m in trained.values() for p in m.parameters()], lr=cfg.ae_lr, weight_decay=cfg.ae_wd)
-        elif name == "sau":
-            if start == 0:  # alignment starts from the pre-trained auto-encoders
-                models["sau_ftir"].load_state_dict(models["ae_ftir"].state_dict())
-                models["sau_enmap"].load_state_dict(models["ae_enmap"].state_dict())
-            trained = {k: ctx.prepare(models[k]) for k in ("sau_ftir", "sau_enmap")}
-            opt = torch.optim.Adam([p for m in trained.values() for p in m.parameters()], lr=cfg.ae_lr, weight_decay=cfg.ae_wd)
-        elif name == "teacher":
-            z_lab = encode(models["sau_ftir"], data.lab_x, ctx)
-            if start == 0:
-                models["teacher"].fit_input_norm(_t(z_lab[data.idx("lab", "train")], ctx))
-            trained = {"teacher": ctx.prepare(models["teacher"])}
-            opt = torch.optim.Adam(trained["teacher"].parameters(), lr=cfg.teacher_lr)
-        else:
-            variant = name.split(":", 1)[1]
-            feats_in, y_st = student_features(data, models, variant, ctx), data.sat_y
-            st_train = data.idx("sat", "train")
-            if start == 0:  # site inputs only, so every variant standardises alike
-                models[name].fit_input_norm(_t(feats_in[st_train], ctx))
-            trained = {name: ctx.prepare(models[name])}
-            opt = torch.optim.Adam(trained[name].parameters(), lr=cfg.student_lr, weight_decay=cfg.student_wd)
-            kd = variant in ("deepsalt", "student_no_sau")
-            task_w = np.ones(len(y_st), np.float32)
-            if kd:
-                t_pred, t_feats, t_mask = distillation_targets(data, models, variant, cfg.kd_targets, ctx)
-                if cfg.kd_transfer:
-                    n_site = len(y_st)
-                    feats_in, y_st, t_pred, t_feats, t_mask, task_w = with_transfer_set(
-                        data, models, variant, ctx, feats_in, y_st, t_pred, t_feats, t_mask)
-                    st_train = np.concatenate([st_train, np.arange(n_site, len(y_st))])
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg.plateau_factor, patience=cfg.plateau_patience)
-        if start and stage_state.get("opt"):
-            opt.load_state_dict(stage_state["opt"])
-            sched.load_state_dict(stage_state["sched"])
-        best, best_state, bad = stage_state.get("best", float("inf")), stage_state.get("best_state"), stage_state.get("bad", 0)
-        for epoch in range(start, epochs):
-            rng = np.random.default_rng([seed, si, epoch])
-            for m in trained.values():
-                m.train()
-            losses = []
-            if name in ("ae", "sau"):
-                pre = "ae" if name == "ae" else "sau"
-                lab_idx, sat_idx = data.idx("lab", "train"), data.idx("sat", "train")
-                lab_b = _shard_batches(lab_idx, cfg.ae_batch, rng, ctx)
-                sat_b = _shard_batches(sat_idx, cfg.ae_batch, rng, ctx)
-                pair_b = _shard_batches(np.arange(len(data.pairs[0])), cfg.ae_batch, rng, ctx) if name == "sau" else []
-                n_pairs = 0
-                ly, sy = _std_log(data.lab_y, lab_idx), _std_log(data.sat_y, sat_idx)
-                for b in range(max(len(lab_b), len(sat_b))):
-                    # One forward per model per step (DDP allows no second forward before backward): the
-                    # paired samples ride along with the reconstruction batch.
-                    li, si_ = lab_b[b % len(lab_b)], sat_b[b % len(sat_b)]
-                    p = pair_b[b % len(pair_b)] if pair_b else np.array([], dtype=int)
-                    n_pairs = len(p)
-                    xf = _t(data.lab_x[np.concatenate([li, data.pairs[0][p]])], ctx)
-                    xe = _t(data.sat_x[np.concatenate([si_, data.pairs[1][p]])], ctx)
-                    zf, xf_hat = trained[f"{pre}_ftir"](xf)
-                    ze, xe_hat = trained[f"{pre}_enmap"](xe)
-                    loss = (F.mse_loss(xf_hat[:len(li)], xf[:len(li)]) + cfg.kl_weight * kl_sparsity(zf[:len(li)], cfg.kl_rho)
-                            + F.mse_loss(xe_hat[:len(si_)], xe[:len(si_)]) + cfg.kl_weight * kl_sparsity(ze[:len(si_)], cfg.kl_rho))
-                    # always in the graph (DDP expects every parameter to get a gradient), weighted 0 when off
-                    loss = loss + cfg.ae_aux_weight * (
-                        F.mse_loss(_unwrap(trained[f"{pre}_ftir"]).aux(zf[:len(li)]).squeeze(-1), _t(ly[li], ctx))
-                        + F.mse_loss(_unwrap(trained[f"{pre}_enmap"]).aux(ze[:len(si_)]).squeeze(-1), _t(sy[si_], ctx)))
-                    if name == "sau":
-                        loss = cfg.sau_recon_weight * loss
-                        if n_pairs:
-                            loss = loss + cfg.sau_align_weight * alignment_loss(zf[len(li):], ze[len(si_):], cfg.align_loss,
-                                                                                cfg.align_temperature)
-                    opt.zero_grad()
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_([p for m in trained.values() for p in m.parameters()], cfg.grad_clip)
-                    opt.step()
-                    losses.append(loss.item())
-                val = float(np.mean(losses))
-                metric = {"loss": val}
-            else:
-                is_teacher = name == "teacher"
-                x_all, y_all = (z_lab, data.lab_y) if is_teacher else (feats_in, y_st)
-                tr_idx = data.idx("lab", "train") if is_teacher else st_train
-                tr_idx = undersample_zero_ec(y_all, tr_idx, cfg.zero_ec_dsm, cfg.zero_ec_keep, seed * 100 + epoch)
-                model = trained[name]
-                for bidx in _shard_batches(tr_idx, cfg.teacher_batch if is_teacher else cfg.student_batch, rng, ctx):
-                    pred, feats = model(_t(x_all[bidx], ctx))
-                    if not is_teacher and kd:
-                        loss, _ = distillation_loss(pred, feats, _t(y_all[bidx], ctx), _t(t_pred[bidx], ctx),
-                                                    [_t(f[bidx], ctx) for f in t_feats], mask=_t(t_mask[bidx], ctx),
-                                                    task_mask=_t(task_w[bidx], ctx),
-                                                    alpha=cfg.kd_alpha, beta=cfg.kd_beta,
-                                                    gamma=cfg.kd_gamma, layer_map=cfg.kd_layer_map,
-                                                    weights=cfg.kd_layer_weights, feat_dim=cfg.latent, sigma=cfg.kd_sigma)
-                    else:
-                        loss, _ = distillation_loss(pred, feats, _t(y_all[bidx], ctx))
-                    opt.zero_grad()
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    opt.step()
-                    losses.append(loss.item())
-                va = data.idx("lab" if is_teacher else "sat", "val")
-                p, _ = predict(model, x_all[va], ctx)
-                val = float(np.mean(np.abs(p - y_all[va])))
-                metric = {"loss": float(np.mean(losses)) if losses else float("nan"), "val_mae": val}
-            sched.step(val)
-            if val < best - 1e-6:
-                best, bad = val, 0
-                best_state = {k: copy.deepcopy(_unwrap(m).state_dict()) for k, m in trained.items()}
-            else:
-                bad += 1
-            stop = name.startswith("student") and bad >= cfg.early_stop
-            last = epoch == epochs - 1 or stop
-            history.append({"seed": seed, "stage": name, "epoch": epoch, **metric})
-            if last and best_state is not None and name not in ("ae", "sau"):
-                for k, sd in best_state.items():  # keep the best validation epoch, not the last
-                    models[k].load_state_dict(sd)
-            ckpt = None
-            if last or (epoch + 1) % cfg.checkpoint_every == 0:
-                nxt = {"stage": si + 1, "epoch": 0} if last else {"stage": si, "epoch": epoch + 1}
-                st = {} if last else {"opt": opt.state_dict(), "sched": sched.state_dict(), "best": best,
-                                       "best_state": best_state, "bad": bad}
-                ckpt = {"models": {k: _unwrap(m).state_dict() for k, m in models.items()}, "progress": nxt,
-                        "stage_state": st, "history": history}
-            ctx.report({"seed": seed, "stage": name, "epoch": epoch, **metric}, ckpt)
-            if stop:
-                break
+        stage = (_auto_encoder_stage(name, data, cfg, models, ctx, start) if name in ("ae", "sau")
+                 else _regression_stage(name, data, cfg, models, ctx, start, seed))
+        _epoch_loop(name, si, epochs, start, stage, stage_state, models, history, cfg, seed, ctx)
         stage_state = {}
     return {"models": {k: _unwrap(m).state_dict() for k, m in models.items()}, "history": history}
 
