@@ -57,6 +57,9 @@ class WorldConfig(_Config):
 
 VARIANTS = ("deepsalt", "student_no_kd", "student_no_sau", "hsi_only", "ancillary_only")
 BASELINES = ("plsr", "random_forest")
+#: controls that know only where a site is: the nearest training site's label, and ordinary kriging (a GP on
+#: location); a model that does not beat them on a test is interpolating, not mapping
+LOCATION_BASELINES = ("nn_label", "kriging")
 
 
 class TrainConfig(_Config):

@@ -50,6 +50,41 @@ def fit_baseline(kind: str, x: np.ndarray, y: np.ndarray, seed: int, out_range: 
     return lambda xx: np.clip(np.asarray(model.predict(xx)).ravel(), *out_range)
 
 
+def fit_location_baseline(kind: str, lat: np.ndarray, lon: np.ndarray, y: np.ndarray, seed: int,
+                          out_range: tuple[float, float] = OUT_RANGE):
+    """A predictor ``f(lat, lon)`` from the training sites' locations and labels alone.
+
+    ``nn_label``: the label of the nearest training site (great-circle distance). ``kriging``: ordinary
+    kriging of ln ECe as a Gaussian process on local x/y in km (constant x Matern(nu=1.5) + white noise,
+    hyper-parameters by maximum likelihood, seeded), back-transformed with exp; both clipped to ``out_range``.
+    """
+    from sklearn.neighbors import BallTree
+
+    lat, lon, y = np.asarray(lat, float), np.asarray(lon, float), np.asarray(y, float)
+    if kind == "nn_label":
+        tree = BallTree(np.radians(np.column_stack([lat, lon])), metric="haversine")
+        return lambda la, lo: np.clip(y[tree.query(np.radians(np.column_stack([la, lo])), k=1)[1][:, 0]], *out_range)
+    if kind != "kriging":
+        raise ValueError(kind)
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.gaussian_process import GaussianProcessRegressor
+    from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+
+    lat0 = float(np.mean(lat))
+
+    def xy(la, lo):  # km on a local equirectangular plane: fine over a region of a few hundred km
+        return np.column_stack([np.radians(np.asarray(lo, float)) * np.cos(np.radians(lat0)),
+                                np.radians(np.asarray(la, float))]) * 6371.0088
+
+    kernel = ConstantKernel(1.0, (1e-3, 1e3)) * Matern(5.0, (0.05, 500.0), nu=1.5) + WhiteKernel(0.1, (1e-4, 10.0))
+    with warnings.catch_warnings():  # a hyper-parameter at its bound (e.g. noise-free labels) is fine for a control
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gp = GaussianProcessRegressor(kernel, normalize_y=True, random_state=seed).fit(xy(lat, lon), np.log(np.clip(y, *out_range)))
+    return lambda la, lo: np.clip(np.exp(gp.predict(xy(la, lo))), *out_range)
+
+
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
     b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
@@ -57,7 +92,8 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def aggregate(per_seed: list[dict]) -> dict:
-    """Mean over seeds of every numeric leaf, with ``<key>_sd`` companions."""
+    """Mean over seeds of every numeric leaf, with ``<key>_sd`` companions: the sample sd over seeds (ddof=1),
+    NaN with fewer than two seeds."""
     first = per_seed[0]
     out = {}
     for k, v in first.items():
@@ -67,5 +103,6 @@ def aggregate(per_seed: list[dict]) -> dict:
             vals = np.array([s[k] for s in per_seed if k in s], float)
             out[k] = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
             if k != "n":
-                out[f"{k}_sd"] = float(np.nanstd(vals)) if np.isfinite(vals).any() else float("nan")
+                ok = vals[np.isfinite(vals)]
+                out[f"{k}_sd"] = float(np.std(ok, ddof=1)) if len(ok) > 1 else float("nan")
     return out

@@ -12,7 +12,7 @@ from deepsalt.models.scalers import Scaler
 from deepsalt.models.transformer import SpectralTransformer
 from deepsalt.errors import DeepSaltInputError
 from deepsalt.train.data import spatial_split, undersample_zero_ec
-from deepsalt.evaluation import by_category, metrics
+from deepsalt.evaluation import aggregate, by_category, fit_location_baseline, metrics
 from deepsalt.models.transformer import build_student
 
 
@@ -297,3 +297,26 @@ def test_predict_from_int16_dn_scales_on_the_device_exactly_as_from_reflectance(
     # the scaler on a tensor (the device path) and on an array agree
     s = b.scalers["enmap"]
     np.testing.assert_allclose(s.transform(torch.from_numpy(refl)).numpy(), s.transform(refl), rtol=1e-6)
+
+
+def test_location_baselines_know_only_where_a_site_is():
+    """nn_label returns the nearest training site's label; kriging interpolates a smooth field between sites."""
+    rng = np.random.default_rng(0)
+    lat, lon = rng.uniform(38.0, 38.5, 150), rng.uniform(-110.0, -109.4, 150)
+    field = lambda la, lo: np.exp(1.0 + np.sin((la - 38.0) * 12) + np.cos((lo + 110.0) * 9))  # ~10 km waves
+    y = field(lat, lon) * np.exp(rng.normal(0, 0.05, 150))  # 5 % label noise
+    nn = fit_location_baseline("nn_label", lat[:100], lon[:100], y[:100], seed=0)
+    np.testing.assert_allclose(nn(lat[:100], lon[:100]), np.clip(y[:100], 0.05, 77.0))
+    np.testing.assert_allclose(nn(lat[:5] + 1e-4, lon[:5]), np.clip(y[:5], 0.05, 77.0))  # a few metres away
+    kr = fit_location_baseline("kriging", lat[:100], lon[:100], y[:100], seed=0)
+    m = metrics(y[100:], kr(lat[100:], lon[100:]))
+    assert m["r2"] > 0.8, m
+    assert metrics(y[100:], np.full(50, np.exp(np.log(y[:100]).mean())))["r2"] < 0.2  # what knowing nothing gives
+    with pytest.raises(ValueError):
+        fit_location_baseline("idw", lat, lon, y, seed=0)
+
+
+def test_spread_over_seeds_is_the_sample_sd():
+    agg = aggregate([{"mae": 1.0, "n": 10}, {"mae": 3.0, "n": 10}])
+    assert agg["mae"] == 2.0 and agg["mae_sd"] == pytest.approx(np.sqrt(2.0)) and "n_sd" not in agg
+    assert np.isnan(aggregate([{"mae": 1.0}])["mae_sd"])  # one seed: no spread to report

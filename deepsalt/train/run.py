@@ -13,7 +13,7 @@ from pathlib import Path
 import fsspec
 import numpy as np
 
-from deepsalt.config import BASELINES, TrainConfig
+from deepsalt.config import BASELINES, LOCATION_BASELINES, TrainConfig
 from deepsalt.raycluster import init_ray
 from deepsalt import evaluation as ev
 from deepsalt.train.data import TrainingData, load_training_data
@@ -185,20 +185,22 @@ def evaluate_seed(data: TrainingData, cfg: TrainConfig, state: dict, seed: int) 
     seen_test, unseen = data.idx("sat", "test"), data.idx("sat", "unseen")
     meta = data.sat_meta
     out = {"results": {}, "categories": {}, "predictions": {}}
+
+    def keep(name: str, pred: np.ndarray) -> None:
+        out["results"][name] = {"seen": ev.metrics(data.sat_y[seen_test], pred[seen_test]),
+                                "unseen": ev.metrics(data.sat_y[unseen], pred[unseen])}
+        out["predictions"][name] = pred
+
     for v in cfg.variants:
-        pred, _ = predict(models[f"student:{v}"], student_features(data, models, v, ctx), ctx)
-        out["results"][v] = {"seen": ev.metrics(data.sat_y[seen_test], pred[seen_test]),
-                             "unseen": ev.metrics(data.sat_y[unseen], pred[unseen])}
-        out["predictions"][v] = pred
+        keep(v, predict(models[f"student:{v}"], student_features(data, models, v, ctx), ctx)[0])
     # Classical baselines on the same inputs as the full student: scaled bands + covariates.
     x_base = np.concatenate([data.sat_x, data.sat_cov], 1)
     tr = data.idx("sat", "train")
     for b in BASELINES:
-        f = ev.fit_baseline(b, x_base[tr], data.sat_y[tr], seed, cfg.out_range)
-        pred = f(x_base)
-        out["results"][b] = {"seen": ev.metrics(data.sat_y[seen_test], pred[seen_test]),
-                             "unseen": ev.metrics(data.sat_y[unseen], pred[unseen])}
-        out["predictions"][b] = pred
+        keep(b, ev.fit_baseline(b, x_base[tr], data.sat_y[tr], seed, cfg.out_range)(x_base))
+    lat, lon = meta["latitude"].to_numpy(), meta["longitude"].to_numpy()
+    for b in LOCATION_BASELINES:  # location alone: how much of the test is interpolation
+        keep(b, ev.fit_location_baseline(b, lat[tr], lon[tr], data.sat_y[tr], seed, cfg.out_range)(lat, lon))
     p = out["predictions"]["deepsalt"]
     y = data.sat_y
     out["categories"] = {
