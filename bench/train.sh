@@ -12,6 +12,6 @@ mkdir -p bench/results
 /usr/bin/time -v .venv/bin/deepsalt train --world "$world" --out "$run" --preset "$preset" "$@" > "$run.log" 2>&1 || {
   tail -40 "$run.log"; exit 1; }
 { echo "## $(date -u +%FT%TZ) preset=$preset world=$world flags='$*' host=$(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, no GPU"
-  echo; echo '```'; grep -E "^seed|Elapsed|Maximum resident" "$run.log"; echo '```'; echo
+  echo; echo '```'; grep -E "^seed [0-9]+: (DeepSalt|[0-9]+ lab)|Elapsed|Maximum resident" "$run.log"; echo '```'; echo
   sed -n '/## Students/,/!\[evaluation\]/p' "$run/report/summary.md" | grep -v '!\[evaluation\]'
   echo "run folder (metrics.json, report/, bundle/): $run"; echo; } | tee -a "$res"
