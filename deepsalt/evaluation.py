@@ -24,6 +24,17 @@ def metrics(y: np.ndarray, pred: np.ndarray) -> dict:
             "mape": float(np.mean(np.abs(err) / np.maximum(np.abs(y), 0.1)) * 100), "n": int(len(y))}
 
 
+def paired_mae_difference(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, seed: int, n_boot: int = 2000) -> dict:
+    """MAE of ``pred_a`` minus MAE of ``pred_b`` on the same samples, with a 95 % bootstrap interval over the
+    samples (the per-sample differences of absolute errors resampled ``n_boot`` times, seeded)."""
+    d = np.abs(np.asarray(pred_a, float) - y) - np.abs(np.asarray(pred_b, float) - y)
+    if len(d) == 0:
+        return {"mae_diff": float("nan"), "ci95_lo": float("nan"), "ci95_hi": float("nan"), "n": 0}
+    boots = d[np.random.default_rng(seed).integers(0, len(d), size=(n_boot, len(d)))].mean(1)
+    return {"mae_diff": float(d.mean()), "ci95_lo": float(np.percentile(boots, 2.5)),
+            "ci95_hi": float(np.percentile(boots, 97.5)), "n": int(len(d))}
+
+
 def by_category(y, pred, categories) -> dict:
     """Metrics per category: row i of y, pred and categories is the same sample (positional)."""
     categories = np.asarray(categories)

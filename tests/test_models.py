@@ -12,7 +12,7 @@ from deepsalt.models.scalers import Scaler
 from deepsalt.models.transformer import SpectralTransformer
 from deepsalt.errors import DeepSaltInputError
 from deepsalt.train.data import spatial_split, undersample_zero_ec
-from deepsalt.evaluation import aggregate, by_category, fit_location_baseline, metrics
+from deepsalt.evaluation import aggregate, by_category, fit_location_baseline, metrics, paired_mae_difference
 from deepsalt.models.transformer import build_student
 
 
@@ -320,3 +320,15 @@ def test_spread_over_seeds_is_the_sample_sd():
     agg = aggregate([{"mae": 1.0, "n": 10}, {"mae": 3.0, "n": 10}])
     assert agg["mae"] == 2.0 and agg["mae_sd"] == pytest.approx(np.sqrt(2.0)) and "n_sd" not in agg
     assert np.isnan(aggregate([{"mae": 1.0}])["mae_sd"])  # one seed: no spread to report
+
+
+def test_paired_difference_with_a_bootstrap_interval_over_the_samples():
+    rng = np.random.default_rng(1)
+    y = rng.uniform(0.5, 10, 300)
+    good, bad = y + rng.normal(0, 0.5, 300), y + rng.normal(0, 1.5, 300)
+    d = paired_mae_difference(y, good, bad, seed=0)
+    assert d["mae_diff"] == pytest.approx(metrics(y, good)["mae"] - metrics(y, bad)["mae"])
+    assert d["ci95_lo"] < d["mae_diff"] < d["ci95_hi"] < 0 and d["n"] == 300  # clearly better: all of it below 0
+    assert d == paired_mae_difference(y, good, bad, seed=0)  # seeded
+    same = paired_mae_difference(y, good, good + rng.normal(0, 0.01, 300), seed=0)
+    assert same["ci95_lo"] < 0 < same["ci95_hi"]  # no difference: the interval spans 0

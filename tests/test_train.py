@@ -39,6 +39,9 @@ def test_run_writes_metrics_report_and_bundle(run):
     r = on_disk["results"]
     for v in expected - {"deepsalt"}:  # paired by seed: with one seed, exactly the difference of the two MAEs
         assert on_disk["deepsalt_minus"][v]["seen"]["mae"] == pytest.approx(r["deepsalt"]["seen"]["mae"] - r[v]["seen"]["mae"])
+        (one,) = on_disk["deepsalt_minus_per_seed"][v]["seen"]  # per seed, with a bootstrap interval over the sites
+        assert one["mae_diff"] == pytest.approx(r["deepsalt"]["seen"]["mae"] - r[v]["seen"]["mae"])
+        assert one["ci95_lo"] <= one["mae_diff"] <= one["ci95_hi"] and one["n"] == r[v]["seen"]["n"]
     assert on_disk["kd_targets"] == "paired_lab"
     assert (out / "report" / "evaluation.png").stat().st_size > 10_000
     assert "Students and baselines" in (out / "report" / "summary.md").read_text()

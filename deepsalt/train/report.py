@@ -19,9 +19,16 @@ def _table(metrics: dict) -> str:
 
 
 def _paired(metrics: dict) -> str:
-    rows = ["| variant | seen | unseen |", "|---|---|---|"]
+    """Mean ± sd over seeds, then each seed's difference with its 95 % bootstrap interval over the test sites."""
+    per_seed = metrics.get("deepsalt_minus_per_seed", {})
+
+    def seeds(v, region):
+        return "; ".join(f"{d['mae_diff']:+.3f} [{d['ci95_lo']:+.3f}, {d['ci95_hi']:+.3f}]" for d in per_seed.get(v, {}).get(region, []))
+
+    rows = ["| variant | seen | seen, per seed [95 % CI] | unseen | unseen, per seed [95 % CI] |", "|---|---|---|---|---|"]
     for v, r in metrics.get("deepsalt_minus", {}).items():
-        rows.append(f"| {v} | {r['seen']['mae']:+.3f} ± {r['seen']['mae_sd']:.3f} | {r['unseen']['mae']:+.3f} ± {r['unseen']['mae_sd']:.3f} |")
+        rows.append(f"| {v} | {r['seen']['mae']:+.3f} ± {r['seen']['mae_sd']:.3f} | {seeds(v, 'seen')} "
+                    f"| {r['unseen']['mae']:+.3f} ± {r['unseen']['mae_sd']:.3f} | {seeds(v, 'unseen')} |")
     return "\n".join(rows)
 
 

@@ -203,6 +203,10 @@ def evaluate_seed(data: TrainingData, cfg: TrainConfig, state: dict, seed: int) 
         keep(b, ev.fit_location_baseline(b, lat[tr], lon[tr], data.sat_y[tr], seed, cfg.out_range)(lat, lon))
     p = out["predictions"]["deepsalt"]
     y = data.sat_y
+    # DeepSalt minus each other model on the same sites, with a bootstrap interval over the sites
+    out["paired"] = {v: {region: ev.paired_mae_difference(y[idx], p[idx], out["predictions"][v][idx], seed)
+                         for region, idx in (("seen", seen_test), ("unseen", unseen))}
+                     for v in out["predictions"] if v != "deepsalt"}
     out["categories"] = {
         "salinity_range": ev.by_category(y[seen_test], p[seen_test], ev.salinity_range(y[seen_test])),
         "texture_class": ev.by_category(y[seen_test], p[seen_test], meta["texture_class"].to_numpy()[seen_test]),
@@ -272,6 +276,9 @@ def train(world: str | Path, out: str | Path, cfg: TrainConfig, log=print) -> di
                "deepsalt_minus": ev.aggregate([{v: {region: {"mae": r["results"]["deepsalt"][region]["mae"] - r["results"][v][region]["mae"]}
                                                     for region in ("seen", "unseen")} for v in r["results"] if v != "deepsalt"}
                                                for r in per_seed]),
+               # the same per seed, with each seed's 95 % bootstrap interval over its test sites
+               "deepsalt_minus_per_seed": {v: {region: [r["paired"][v][region] for r in per_seed] for region in ("seen", "unseen")}
+                                           for v in per_seed[0]["paired"]},
                "seconds": round(time.time() - t0, 1)}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     write_report(out / "report", metrics, *first)
