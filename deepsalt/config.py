@@ -55,7 +55,9 @@ class WorldConfig(_Config):
         return cls(preset=preset, seed=seed, **sizes)
 
 
-VARIANTS = ("deepsalt", "student_no_kd", "student_no_sau", "hsi_only", "ancillary_only")
+#: lab_labels is a control for distillation: the undistilled student trained on the sites plus the transfer
+#: pixels, with each pixel's lab-measured ECe as its label (the data DeepSalt's teacher sees, without a teacher)
+VARIANTS = ("deepsalt", "student_no_kd", "student_no_sau", "hsi_only", "ancillary_only", "lab_labels")
 BASELINES = ("plsr", "random_forest")
 #: controls that know only where a site is: the nearest training site's label, and ordinary kriging (a GP on
 #: location); a model that does not beat them on a test is interpolating, not mapping

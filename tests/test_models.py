@@ -235,6 +235,21 @@ def test_transfer_set_is_lab_pixels_in_training_blocks_with_teacher_targets(worl
     assert len(load_training_data(world, TrainConfig.for_preset("tiny", kd_transfer=False), 0).transfer_lab) == 0
 
 
+def test_lab_labels_control_trains_on_the_sites_plus_the_transfer_pixels_with_lab_ece(world):
+    """The distillation control sees the data DeepSalt's teacher adds, labelled by the lab instead of a teacher."""
+    from deepsalt.train.data import load_training_data
+    from deepsalt.train.stages import Ctx, _regression_stage, build_models
+
+    cfg = TrainConfig.for_preset("tiny")
+    data = load_training_data(world, cfg, 0)
+    assert len(data.transfer_lab) > 0
+    models = build_models(cfg, data.lab_x.shape[1], data.sat_x.shape[1])
+    plain = _regression_stage("student:student_no_kd", data, cfg, models, Ctx(), 0, 0)
+    control = _regression_stage("student:lab_labels", data, cfg, models, Ctx(), 0, 0)
+    assert plain.n_train == len(data.idx("sat", "train"))
+    assert control.n_train == plain.n_train + len(data.transfer_lab)
+
+
 def test_transfer_set_without_stac_items_is_a_clear_error(world_copy):
     import shutil
 

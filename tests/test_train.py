@@ -25,7 +25,7 @@ def test_run_writes_metrics_report_and_bundle(run):
     out, metrics = run
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk["seeds"] == [0]
-    expected = {"deepsalt", "student_no_kd", "student_no_sau", "hsi_only", "ancillary_only", "plsr", "random_forest",
+    expected = {"deepsalt", "student_no_kd", "student_no_sau", "hsi_only", "ancillary_only", "lab_labels", "plsr", "random_forest",
                 "nn_label", "kriging"}
     assert set(on_disk["results"]) == expected
     for v, r in on_disk["results"].items():

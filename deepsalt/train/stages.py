@@ -174,6 +174,7 @@ class Stage:
     trained: dict
     opt: torch.optim.Optimizer
     epoch: object
+    n_train: int  # training rows the stage draws its batches from
 
 
 def _auto_encoder_stage(name: str, data, cfg: TrainConfig, models: dict, ctx: Ctx, start: int) -> Stage:
@@ -216,7 +217,7 @@ def _auto_encoder_stage(name: str, data, cfg: TrainConfig, models: dict, ctx: Ct
             losses.append(loss.item())
         return {"loss": float(np.mean(losses))}
 
-    return Stage(trained, opt, epoch)
+    return Stage(trained, opt, epoch, len(lab_idx) + len(sat_idx))
 
 
 def _regression_stage(name: str, data, cfg: TrainConfig, models: dict, ctx: Ctx, start: int, seed: int) -> Stage:
@@ -238,6 +239,11 @@ def _regression_stage(name: str, data, cfg: TrainConfig, models: dict, ctx: Ctx,
     opt = torch.optim.Adam(trained[name].parameters(), lr=lr, weight_decay=wd)
     if name != "teacher":
         kd = variant in ("deepsalt", "student_no_sau")
+        if variant == "lab_labels" and len(data.transfer_lab):  # the transfer pixels, labelled by the lab
+            n_site = len(y_all)
+            x_all = np.concatenate([x_all, student_features(data, models, variant, ctx, transfer=True)])
+            y_all = np.concatenate([y_all, data.lab_y[data.transfer_lab]]).astype(np.float32)
+            tr_all = np.concatenate([tr_all, np.arange(n_site, len(y_all))])
         task_w = np.ones(len(y_all), np.float32)
         if kd:
             t_pred, t_feats, t_mask = distillation_targets(data, models, variant, cfg.kd_targets, ctx)
@@ -266,7 +272,7 @@ def _regression_stage(name: str, data, cfg: TrainConfig, models: dict, ctx: Ctx,
         p, _ = predict(model, x_all[val_idx], ctx)
         return {"loss": float(np.mean(losses)) if losses else float("nan"), "val_mae": float(np.mean(np.abs(p - y_all[val_idx])))}
 
-    return Stage(trained, opt, epoch)
+    return Stage(trained, opt, epoch, len(tr_all))
 
 
 def _step(opt, loss, trained: dict, cfg: TrainConfig) -> None:
