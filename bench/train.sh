@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Train a preset on a world with `deepsalt train` (3 seeds, every ablation and baseline) and record the wall
-# time, peak memory and the ablation table in bench/results/train_<preset>.md.
+# time, peak memory and the ablation table in bench/results/train_<preset>.md; the run's metrics.json and
+# evaluation figure are copied to bench/results/train_<preset>_metrics.json and train_<preset>_evaluation.png.
 # Usage: bench/train.sh WORLD_DIR [preset] [extra deepsalt train flags...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,3 +16,5 @@ mkdir -p bench/results
   echo; echo '```'; grep -E "^seed [0-9]+: (DeepSalt|[0-9]+ lab)|Elapsed|Maximum resident" "$run.log"; echo '```'; echo
   sed -n '/## Students/,/!\[evaluation\]/p' "$run/report/summary.md" | grep -v '!\[evaluation\]'
   echo "run folder (metrics.json, report/, bundle/): $run"; echo; } | tee -a "$res"
+cp "$run/metrics.json" "bench/results/train_${preset}_metrics.json"
+cp "$run/report/evaluation.png" "bench/results/train_${preset}_evaluation.png"

@@ -42,7 +42,6 @@ class WorldConfig(_Config):
     max_cloud_cover: float = Field(0.25, ge=0, le=0.9)
     seen_bbox: tuple[float, float, float, float] = (-110.0, 37.5, -106.0, 39.5)
     unseen_bbox: tuple[float, float, float, float] = (-113.2, 40.6, -111.8, 41.6)
-    covariate_res_deg: float = 0.01
     covariate_bbox: tuple[float, float, float, float] = (-114.0, 36.5, -105.0, 42.5)
 
     @classmethod
@@ -73,8 +72,9 @@ class TrainConfig(_Config):
     gpu: bool = False
     # data
     mir_grid: tuple[float, float, int] = (400.0, 4000.0, 1765)
-    split_blocks: int = Field(0, ge=0, description="KMeans spatial blocks on lat/lon, assigned whole to train/val/test; "
-                              "0: one block per ~8 sites (~1 km), small enough that every split spans all scenes")
+    split_block_km: float = Field(0.0, ge=0, description="side (km) of the square spatial blocks assigned whole to "
+                                  "train/val/test, sites and lab samples alike; 0: the range of the empirical variogram of "
+                                  "ln ECe over the seen sites, halved until at least 10 blocks hold sites")
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     zero_ec_dsm: float = 0.1
     zero_ec_keep: float = 0.1
@@ -118,6 +118,8 @@ class TrainConfig(_Config):
     plateau_patience: int = 5
     early_stop: int = 10
     dropout: float = 0.1
+    mc_samples: int = Field(5, ge=2, le=100, description="MC-dropout passes the 90 % interval is calibrated with; "
+                            "map with the same --mc-samples (the bundle records it)")
     tokens: Literal["one", "per_dim"] = "one"
     kd_alpha: float = Field(
         1.0, description="weight of the task term in the distillation loss (the authors': 0.07). With 0.07 the feature "
@@ -139,6 +141,8 @@ class TrainConfig(_Config):
         "sample's own location, with the teacher reading that sample's FTIR spectrum (feature and response terms only). "
         "The lab library is larger than the field survey and sits on its pixels, so the teacher labels data the student "
         "would not otherwise see; needs the world's stac/ items")
+    adapt_pixels: int = Field(2000, ge=0, description="unlabelled EnMAP pixels read at random points of the held-out "
+                              "region's scenes to adapt the student to it (deepsalt_adapted in metrics.json); 0: off")
     variants: tuple[str, ...] = VARIANTS
     checkpoint_every: int = Field(5, ge=1, description="epochs between checkpoints within a stage (and at each stage end)")
 

@@ -94,15 +94,21 @@ def test_mapped_pixels_equal_valid_pixels_and_land_in_the_right_cell(cube, world
     # (the read stage looks it up by index; no approximate warp); covariates at the cell centres
     rows, cols = np.array(cells).T
     cov = sample_covariates(world / "covariates", g.x0 + (cols + 0.5) * g.res, g.y0 - (rows + 0.5) * g.res, g.crs)
-    pred, _ = bundle.predict(np.concatenate(stacks)[:, sel], np.repeat(cov, [len(st) for st in stacks], 0))
+    pred, _, di = bundle.predict(np.concatenate(stacks)[:, sel], np.repeat(cov, [len(st) for st in stacks], 0), di=True)
     cube_ece = ece[rows - ys.start, cols - xs.start]
+    cube_di = ds["di"].isel(time=0, y=ys, x=xs).values[rows - ys.start, cols - xs.start]
+    cube_aoa = ds["aoa"].isel(time=0, y=ys, x=xs).values[rows - ys.start, cols - xs.start]
     checked = exact = 0
-    for i, p in enumerate(np.split(pred, np.cumsum([len(st) for st in stacks])[:-1])):
+    splits = np.cumsum([len(st) for st in stacks])[:-1]
+    for i, (p, d) in enumerate(zip(np.split(pred, splits), np.split(di, splits))):
         hit = np.flatnonzero(np.isclose(p, cube_ece[i], rtol=1e-5))
         assert hit.size, (cube_ece[i], p)
         exact += hit[0] == 0
         checked += 1
+        # the pixel's dissimilarity index and its area-of-applicability flag, from the same inputs
+        assert cube_di[i] == pytest.approx(d[0], rel=1e-4, abs=1e-6) and cube_aoa[i] == int(d[0] <= bundle.aoa_threshold)
     assert checked > 50 and exact == checked
+    assert np.isnan(ds["di"].isel(time=0, y=ys, x=xs).values[valid == 0]).all()
 
 
 def test_read_tasks_of_one_or_many_tiles_make_the_same_cube(cube, world, trained, tmp_path):
@@ -126,7 +132,7 @@ def test_cube_scores_like_the_model_and_quicklook(cube, world, trained, tmp_path
     b = DeepSaltBundle.load(str(trained[0] / "bundle"))
     cols = [f"refl_{n}" for n in b.band_names]
     pred, _ = b.predict(sites[cols].to_numpy(np.float32), sites[["sand", "clay", "tm_min", "tm_max", "tm_avg", "pr_min", "pr_max", "pr_avg"]].to_numpy(np.float32))
-    site_mae = float(np.mean(np.abs(pred - sites["ece_dsm"].to_numpy())))
+    site_mae = float(np.mean(np.abs(pred - sites["ece_pixel_dsm"].to_numpy())))  # the pixel's truth, not the core
     assert abs(s["overall"]["mae"] - site_mae) < 0.5 * site_mae + 0.2
     png = quicklook(str(out), tmp_path / "q.png", world=world)  # FAO classes, sd, residuals per region
     assert png.stat().st_size > 20_000
@@ -259,6 +265,10 @@ def test_point_reads_one_pixel_with_its_scene_and_date(cube, world):
     assert (p["row"], p["col"]) == (row, col) and e["mapped"] and e["epoch"] == "2024-01-01"
     assert e["ece_dsm"] == pytest.approx(float(ds["ece"][0, row, col])) and e["ece_sd_dsm"] > 0
     assert e["scene"] == ds.attrs["scene_ids"][int(ds["scene"][0, row, col])]
+    # the area of applicability, and the calibrated 90 % interval around the prediction
+    assert e["di"] == pytest.approx(float(ds["di"][0, row, col])) and e["inside_aoa"] == (int(ds["aoa"][0, row, col]) == 1)
+    lo, hi = e["interval90_dsm"]
+    assert lo < e["ece_dsm"] < hi
     when = {i.id: i.datetime.date().isoformat() for i in search_items(str(world / "stac"))}
     assert e["acquired"] == when[e["scene"]] == str(ds["acq_date"][0, row, col].values)[:10]  # decoded to a date
     assert np.isnat(ds["acq_date"][0, ys, xs].values[valid == 0]).all()  # the -1 fill is declared
@@ -301,7 +311,8 @@ def test_export_cog_and_netcdf_open_in_gdal_and_xarray(cube, tmp_path):
     r = CliRunner().invoke(app, ["export", "--cube", str(out), "--out", str(tmp_path / "e.tif"), f"--bbox={bbox}"])
     assert r.exit_code == 0, r.stdout + r.stderr
     with rasterio.open(tmp_path / "e.tif") as src:
-        assert src.crs.to_epsg() == 5070 and np.isnan(src.nodata) and src.overviews(1) and src.count == 2
+        assert src.crs.to_epsg() == 5070 and np.isnan(src.nodata) and src.overviews(1) and src.count == 3
+        assert float(src.tags()["aoa_threshold"]) == pytest.approx(ds.attrs["models"]["2024"]["aoa_threshold"])
         row0, col0 = round((g.y0 - src.transform.f) / g.res), round((src.transform.c - g.x0) / g.res)
         ref = ds["ece"][0, row0:row0 + src.height, col0:col0 + src.width].values
         assert np.isfinite(ref).sum() > 1000
@@ -333,7 +344,7 @@ def test_every_publish_describes_the_cube_in_valid_stac(cube):
     dims, variables = item.properties["cube:dimensions"], item.properties["cube:variables"]
     assert dims["x"]["type"] == dims["y"]["type"] == "spatial" and dims["x"]["reference_system"] == 5070
     assert dims["time"]["values"] == ["2024-01-01T00:00:00+00:00"] and item.properties["deepsalt:epochs"] == ["2024-01-01"]
-    assert set(variables) == {"ece", "ece_sd", "valid", "scene", "acq_date"} and variables["ece"]["unit"] == "dS m-1"
+    assert set(variables) == {"ece", "ece_sd", "di", "aoa", "valid", "scene", "acq_date"} and variables["ece"]["unit"] == "dS m-1"
     ys, xs = mapped_extent(str(out))
     assert dims["x"]["extent"][0] == float(open_cube(str(out)).x[xs.start]) - 15  # the mapped extent, not the continent
     # the asset's open recipe reads the commit it describes

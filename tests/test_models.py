@@ -194,13 +194,23 @@ def test_positional_indices_and_seeded_undersampling():
     np.testing.assert_array_equal(kept, gaps[y[gaps] >= 0.1])  # exactly rows 51, 53, ..., 99
     rng = np.random.default_rng(0)
     lat, lon = rng.uniform(38, 39, 300), rng.uniform(-110, -109, 300)
-    split = spatial_split(lat, lon, 20, (0.8, 0.1, 0.1), 0)
-    assert set(split) == {"train", "val", "test"} and 0.6 < (split == "train").mean() < 0.95
-    # other points (the transfer set's lab samples) take the split of the block they fall in: a point on a
-    # site is in that site's block
-    again, other = spatial_split(lat, lon, 20, (0.8, 0.1, 0.1), 0, also=(lat[:50] + 1e-5, lon[:50]))
-    np.testing.assert_array_equal(again, split)
-    np.testing.assert_array_equal(other, split[:50])
+    split = spatial_split(lat, lon, np.ones(300), 10.0, (0.8, 0.1, 0.1), 0)
+    names = split.names
+    assert set(names) == {"train", "val", "test"} and 0.6 < (names == "train").mean() < 0.95
+    assert split.info["block_km"] == 10.0 and split.info["n_blocks"] >= 10
+    for b in np.unique(split.blocks):  # whole blocks: one name per block
+        assert len(set(names[split.blocks == b])) == 1
+    # other points (lab samples) take the split of the block they fall in: a point on a site is in that site's block
+    again = spatial_split(lat, lon, np.ones(300), 10.0, (0.8, 0.1, 0.1), 0, also=(lat[:50] + 1e-6, lon[:50]))
+    np.testing.assert_array_equal(again.names, names)
+    np.testing.assert_array_equal(again.other_names, names[:50])
+    # block size 0: the variogram range of ln y. A field with a 126 km period (semivariance rising to ~63 km) gives
+    # a practical range of tens of km; blocks are that, halved while fewer than 10 blocks hold sites
+    lat, lon = rng.uniform(37, 40, 1500), rng.uniform(-111, -107, 1500)
+    y = np.exp(np.sin(lon * 111 * 0.78 / 20) + np.cos(lat * 111 / 20) + 0.1 * rng.standard_normal(1500))
+    auto = spatial_split(lat, lon, y, 0, (0.8, 0.1, 0.1), 0)
+    assert 30 < auto.info["variogram"]["range_km"] < 150 and auto.info["block_km"] <= auto.info["variogram"]["range_km"]
+    assert auto.info["test_to_train_km_median"] > 2  # the test is a few km from training: mapping, not neighbours
 
 
 def test_transfer_set_is_lab_pixels_in_training_blocks_with_teacher_targets(world):
@@ -217,9 +227,15 @@ def test_transfer_set_is_lab_pixels_in_training_blocks_with_teacher_targets(worl
     lat, lon = d.sat_meta["latitude"].to_numpy()[seen], d.sat_meta["longitude"].to_numpy()[seen]
     assert (d.lab_split[d.transfer_lab] != "unseen").all()
     meta = read_lab_table(world / "lab" / "mir_library.parquet").meta
-    _, blocks = spatial_split(lat, lon, cfg.split_blocks, cfg.split_fractions, 0,
-                              also=(meta["latitude"].to_numpy()[d.transfer_lab], meta["longitude"].to_numpy()[d.transfer_lab]))
+    blocks = spatial_split(lat, lon, d.sat_y[seen], cfg.split_block_km, cfg.split_fractions, 0,
+                           also=(meta["latitude"].to_numpy()[d.transfer_lab], meta["longitude"].to_numpy()[d.transfer_lab])).other_names
     assert (blocks == "train").all()
+    # the lab samples are split by the same blocks: those in test blocks are the lab test set
+    all_lab = spatial_split(lat, lon, d.sat_y[seen], cfg.split_block_km, cfg.split_fractions, 0,
+                            also=(meta["latitude"].to_numpy(), meta["longitude"].to_numpy())).other_names
+    lab_seen = d.lab_split != "unseen"
+    np.testing.assert_array_equal(d.lab_split[lab_seen], all_lab[lab_seen])
+    assert len(d.pairs[0]) and (d.lab_split[d.pairs[0]] == "train").all() and (d.sat_split[d.pairs[1]] == "train").all()
     # appended rows: the student's inputs at those pixels, the teacher's reading of each sample's own FTIR
     # spectrum as target, no task term
     models, ctx = build_models(cfg, d.lab_x.shape[1], d.sat_x.shape[1]), Ctx()
@@ -265,9 +281,12 @@ def _bundle(cfg):
     enc = SparseAutoEncoder(218, cfg.ae_hidden, cfg.latent)
     stu = build_student(cfg, "deepsalt")
     sc = {"enmap": Scaler.fit(np.random.rand(20, 218)), "covariates": Scaler.fit(np.random.rand(20, 8), "standard")}
+    ref = np.random.default_rng(0).standard_normal((30, cfg.latent + 8)).astype(np.float32)
     return DeepSaltBundle.create(enc.state_dict(), stu.state_dict(), cfg=cfg, scalers=sc,
                                  band_names=[str(i) for i in range(218)], band_centers=np.linspace(420, 2400, 218),
-                                 covariates={f"c{i}": "u" for i in range(8)}, data_hash="abc", seed=0)
+                                 covariates={f"c{i}": "u" for i in range(8)}, data_hash="abc", seed=0,
+                                 interval90={"q": 1.5, "mc_samples": 5}, aoa={"mean_distance": 11.0, "threshold": 0.4,
+                                                                              "n_reference": 30}, reference=ref)
 
 
 def test_bundle_round_trip_and_refusals(tmp_path):
@@ -291,6 +310,46 @@ def test_bundle_round_trip_and_refusals(tmp_path):
         DeepSaltBundle.load(str(tmp_path / "b"))
     with pytest.raises(DeepSaltInputError, match="not a model bundle"):
         DeepSaltBundle.load(str(tmp_path / "nothing"))
+    # the area of applicability travels with the weights; a bundle whose record disagrees with them is refused
+    meta["out_range"] = meta["config"]["out_range"] = list(cfg.out_range)
+    meta["aoa"]["n_reference"] = 29
+    (tmp_path / "b" / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(DeepSaltInputError, match="area of applicability"):
+        DeepSaltBundle.load(str(tmp_path / "b"))
+    # the DI of a training site's own input is 0; far from every training site it is large
+    import torch
+
+    xs = torch.cat([b.reference[:3], b.reference[:3] + 100.0])
+    raw = xs * b.student.in_scale + b.student.in_shift
+    from deepsalt.models.applicability import dissimilarity
+
+    di = dissimilarity((raw - b.student.in_shift) / b.student.in_scale, b.reference, 11.0).numpy()
+    np.testing.assert_allclose(di[:3], 0, atol=1e-3)
+    assert (di[3:] > 10).all()
+    assert b.predict(x, c, mc_samples=3, di=True)[2].shape == (7,)
+
+
+def test_conformal_interval_and_aoa_threshold():
+    """The 90 % interval calibrated on one half covers ~90 % of the other; the AOA threshold is the training
+    DI's upper whisker; sites far outside have larger error and fall outside the AOA."""
+    from deepsalt.models import applicability as ap
+
+    rng = np.random.default_rng(0)
+    n = 4000
+    sd_log = rng.uniform(0.1, 0.6, n)  # heteroscedastic: the MC sd tells which sites are uncertain
+    pred = np.exp(rng.normal(0.5, 1.0, n))
+    y = pred * np.exp(sd_log * 1.3 * rng.standard_normal(n))
+    sd = sd_log * pred
+    q = ap.conformal_scale(y[:2000], pred[:2000], sd[:2000])
+    assert 1.9 < q < 2.4  # 1.3 x 1.645
+    assert 0.87 < ap.coverage(y[2000:], pred[2000:], sd[2000:], q) < 0.93
+    lo, hi = ap.interval(pred, sd, q)
+    assert (lo < pred).all() and (hi > pred).all()
+    ref = rng.standard_normal((500, 4)).astype(np.float32)
+    consts = ap.fit_aoa(ref, np.arange(500) % 5, seed=0)
+    assert 0.1 < consts["threshold"] < 1.0 and consts["mean_distance"] > 2
+    far = ap.aoa_metrics(np.ones(4), np.array([1.0, 1.1, 3.0, 4.0]), np.array([0.0, 0.1, 5.0, 9.0]), consts["threshold"])
+    assert far["inside_fraction"] == 0.5 and far["mae_inside"] < far["mae_outside"]
 
 
 def test_predict_from_int16_dn_scales_on_the_device_exactly_as_from_reflectance():
@@ -347,3 +406,16 @@ def test_paired_difference_with_a_bootstrap_interval_over_the_samples():
     assert d == paired_mae_difference(y, good, bad, seed=0)  # seeded
     same = paired_mae_difference(y, good, good + rng.normal(0, 0.01, 300), seed=0)
     assert same["ci95_lo"] < 0 < same["ci95_hi"]  # no difference: the interval spans 0
+
+
+def test_adaptation_moves_the_new_regions_latent_onto_the_training_moments():
+    from deepsalt.models.adaptation import align_latent, latent_moments
+
+    rng = np.random.default_rng(0)
+    src = rng.normal(0.5, 0.02, (3000, 64))
+    tgt = rng.normal(0.47, 0.05, (2000, 64))  # another region: shifted and wider
+    moved = align_latent(tgt, latent_moments(src), latent_moments(tgt))
+    np.testing.assert_allclose(moved.mean(0), src.mean(0), atol=2e-3)
+    np.testing.assert_allclose(moved.std(0), src.std(0), rtol=0.05)
+    # a site of the new region keeps its rank within the region: the alignment is monotone per dimension
+    np.testing.assert_array_equal(np.argsort(moved[:, 0]), np.argsort(tgt[:, 0]))

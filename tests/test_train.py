@@ -26,8 +26,20 @@ def test_run_writes_metrics_report_and_bundle(run):
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk["seeds"] == [0]
     expected = {"deepsalt", "student_no_kd", "student_no_sau", "hsi_only", "ancillary_only", "lab_labels", "plsr", "random_forest",
-                "nn_label", "kriging"}
+                "nn_label", "kriging", "deepsalt_adapted"}
     assert set(on_disk["results"]) == expected
+    # the held-out region's adaptation changes the unseen predictions only
+    assert on_disk["results"]["deepsalt_adapted"]["seen"] == on_disk["results"]["deepsalt"]["seen"]
+    assert set(on_disk["unseen_over_seen_mae"]) >= {"deepsalt", "deepsalt_adapted"}
+    # calibrated interval and area of applicability, seen and unseen, and the protocol that produced them
+    for region in ("seen", "unseen"):
+        assert 0 <= on_disk["calibration"][region]["coverage90"] <= 1
+        a = on_disk["aoa"][region]
+        assert 0 <= a["inside_fraction"] <= 1 and a["n_inside"] + a["n_outside"] == r_n(on_disk, region)
+    assert on_disk["calibration"]["coverage90_val"] >= 0.85  # conformal: at least nominal on its own sites
+    assert on_disk["protocol"]["block_km"][0] > 0 and on_disk["protocol"]["early_stopping"] == "validation blocks"
+    b = json.loads((out / "bundle" / "bundle.json").read_text())
+    assert b["interval90"]["q"] == pytest.approx(on_disk["calibration"]["q"]) and b["aoa"]["threshold"] == pytest.approx(on_disk["aoa"]["threshold"])
     for v, r in on_disk["results"].items():
         for region in ("seen", "unseen"):
             assert {"mae", "rmse", "r2", "mape", "mae_sd"} <= set(r[region]), (v, region)
@@ -46,6 +58,10 @@ def test_run_writes_metrics_report_and_bundle(run):
     assert (out / "report" / "evaluation.png").stat().st_size > 10_000
     assert "Students and baselines" in (out / "report" / "summary.md").read_text()
     assert json.loads((out / "config.json").read_text())["ae_epochs"] == 3
+
+
+def r_n(metrics: dict, region: str) -> int:
+    return metrics["results"]["deepsalt"][region]["n"]
 
 
 def test_training_prints_progress_per_stage(run):

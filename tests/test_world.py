@@ -12,7 +12,7 @@ import rasterio
 from deepsalt.config import WorldConfig
 from deepsalt.data.lab import read_lab_table
 from deepsalt.data.synthetic import enmap_spectra, lab_spectra
-from deepsalt.data.synthetic.fields import RandomFields, soil_at
+from deepsalt.data.synthetic.fields import RandomFields, SoilPhysics, soil_at
 from deepsalt.data.synthetic.world import build_world
 from deepsalt.spectra.bands import enmap_bands
 from deepsalt.spectra.mir import mir_grid
@@ -53,16 +53,34 @@ def test_world_layout_and_formats(world):
         assert sites[col].notna().all(), col
     for name in ["sand", "clay", "tm_min", "tm_max", "tm_avg", "pr_min", "pr_max", "pr_avg"]:
         with rasterio.open(world / "covariates" / f"{name}.tif") as ds:
-            assert ds.crs.to_epsg() == 4326 and ds.res[0] == pytest.approx(0.01)
+            product = 1 / 400 if name in ("sand", "clay") else 1 / 120  # SoilGrids' 250 m, WorldClim's 30"
+            assert ds.crs.to_epsg() == 4326 and ds.res[0] == pytest.approx(product)
     assert (world / "world.png").stat().st_size > 20_000
 
 
-def test_truth_raster_matches_site_table(world):
+def test_truth_raster_matches_site_table_and_labels_are_soil_cores(world):
+    from deepsalt.data.covariates import sample_covariates
+    from deepsalt.data.synthetic.fields import texture_product
+
     sites = pd.read_parquet(world / "samples" / "satellite_samples.parquet")
     for sid, grp in sites.groupby("scene_id"):
         with rasterio.open(world / "truth" / f"{sid}_ECE.TIF") as ds:
             truth = ds.read(1)
-        np.testing.assert_allclose(truth[grp["row"], grp["col"]], grp["ece_dsm"], rtol=1e-6)
+        np.testing.assert_allclose(truth[grp["row"], grp["col"]], grp["ece_pixel_dsm"], rtol=1e-6)
+    # a label is a core's lab measurement, not the pixel: ln sd of the difference = hypot(point_sd, lab_ece_cv)
+    phys = SoilPhysics()
+    d = np.log(sites["ece_dsm"] / sites["ece_pixel_dsm"])
+    assert abs(d.mean()) < 0.08 and abs(d.std() - np.hypot(phys.point_sd, phys.lab_ece_cv)) < 0.05, (d.mean(), d.std())
+    # the covariates are products with errors, on their own grids: sand from the 250 m raster differs from the truth
+    lon, lat = sites["longitude"].to_numpy(), sites["latitude"].to_numpy()
+    true = soil_at(RandomFields(7), lon, lat)
+    err = sites["sand"].to_numpy() - true["sand"]
+    rms = np.sqrt(np.mean(err**2))  # the error is spatially correlated: within a few scenes it is mostly an offset
+    assert 0.3 * phys.sand_err_sd < rms < 2 * phys.sand_err_sd, rms
+    np.testing.assert_allclose(sample_covariates(world / "covariates", lon, lat)[:, 0], sites["sand"], rtol=1e-5)
+    np.testing.assert_allclose(texture_product(RandomFields(7), lon, lat)[0], sites["sand"], atol=2.5)  # 250 m cells
+    with rasterio.open(world / "covariates" / "sand.tif") as a, rasterio.open(world / "covariates" / "tm_avg.tif") as b:
+        assert abs(a.res[0] - phys.soil_product_deg) < 1e-9 and abs(b.res[0] - phys.climate_product_deg) < 1e-9
 
 
 def _digest(folder):
@@ -124,3 +142,16 @@ def test_lab_spectra_carry_more_salinity_information_than_enmap():
     r2_lab, r2_sat = r2(lab), r2(np.log(np.clip(sat, 1e-3, None)))
     assert r2_lab > 0.9, r2_lab
     assert 0.1 < r2_sat < r2_lab - 0.3, (r2_lab, r2_sat)
+
+
+def test_realism_under_spatial_cv(world):
+    """On the world's own sites: under the training's spatial blocks neither the covariates nor the location
+    explain ln ECe well (no look-up by fingerprint), while location under a random CV explains clearly more
+    (neighbours leak), and a label is not its pixel (point vs pixel, lab error)."""
+    from deepsalt.data.synthetic.realism import explained_variance
+
+    r = explained_variance(pd.read_parquet(world / "samples" / "satellite_samples.parquet"), trees=100)
+    print(r)
+    sp, rnd = r["r2_ln_ece"]["spatial"], r["r2_ln_ece"]["random"]
+    assert sp["covariates"] < 0.4 and sp["location"] < 0.2 and rnd["location"] > sp["location"] + 0.15, r
+    assert 0.6 < r["label_vs_pixel_r2"] < 0.97, r

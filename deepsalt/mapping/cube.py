@@ -37,12 +37,17 @@ from deepsalt.mapping.grid import Grid
 from deepsalt.redact import redact_url
 
 #: The output contract: bump when the meaning of a stored value changes (a fingerprint input too).
-CUBE_FORMAT = "deepsalt-cube/3"  # 3: acq_date per pixel
+CUBE_FORMAT = "deepsalt-cube/4"  # 3: acq_date per pixel; 4: di and aoa per pixel
 BRANCH = "main"
 VARS = {
     "ece": dict(dtype="float32", fill=np.nan, attrs={"units": "dS m-1", "long_name": "soil salinity, electrical conductivity of the saturated-paste extract, 0-12 cm",
                                                        "valid_min": OUT_RANGE[0], "valid_max": OUT_RANGE[1]}),
     "ece_sd": dict(dtype="float32", fill=np.nan, attrs={"units": "dS m-1", "long_name": "ECe uncertainty: standard deviation over MC-dropout passes of the student"}),
+    "di": dict(dtype="float32", fill=np.nan, attrs={"units": "1", "long_name": "dissimilarity index (Meyer & Pebesma 2021): "
+                                                     "distance of the pixel's model inputs to the nearest training site over the mean distance between training sites"}),
+    "aoa": dict(dtype="uint8", fill=255, attrs={"long_name": "area of applicability: 1 where di is at most the threshold from the "
+                                                "training cross-validation (the `models` attribute records it per epoch)",
+                                                "flag_values": [0, 1], "flag_meanings": "outside_aoa inside_aoa", "_FillValue": 255}),
     "valid": dict(dtype="uint8", fill=0, attrs={"long_name": "1 where ECe was mapped (clear, valid EnMAP pixel with covariates)", "flag_values": [0, 1],
                                                "flag_meanings": "not_mapped mapped"}),
     "scene": dict(dtype="int32", fill=-1, attrs={"long_name": "index of the EnMAP scene the pixel came from (see the scene_ids "
@@ -202,6 +207,11 @@ def _create(store, grid: Grid) -> None:
 
 def epoch_days(epoch: str) -> int:
     return int(np.datetime64(epoch, "D").astype("int64"))
+
+
+def epoch_model(ds, day: str) -> dict:
+    """The ``models`` record (bundle, AOA threshold, interval) of the epoch whose time is ``day`` (YYYY-MM-DD)."""
+    return next((v for k, v in ds.attrs.get("models", {}).items() if str(np.datetime64(epoch_days(k), "D")) == day), {})
 
 
 def epoch_slot(root: zarr.Group, epoch: str) -> tuple[int, bool]:
@@ -403,8 +413,17 @@ def point(url: str, lon: float, lat: float, epoch: str | None = None, storage_op
         s = int(s) if np.isfinite(s) else -1
         mapped = bool(int(v["valid"]))
         acq = v["acq_date"].values if "acq_date" in v else None
-        out.append({"epoch": t, "ece_dsm": float(v["ece"]) if mapped else None, "ece_sd_dsm": float(v["ece_sd"]) if mapped else None,
-                    "mapped": mapped, "scene": ids[s] if 0 <= s < len(ids) else None,
+        model = epoch_model(ds, t)
+        q, scaled = model.get("interval90_q"), model.get("interval90_scaled", True)
+        rec = {"epoch": t, "ece_dsm": float(v["ece"]) if mapped else None, "ece_sd_dsm": float(v["ece_sd"]) if mapped else None}
+        if mapped and "di" in v:
+            rec.update(di=float(v["di"]), inside_aoa=bool(int(v["aoa"]) == 1))
+        if mapped and q and (not scaled or model.get("mc_samples", 0) > 1):  # a scaled interval needs the MC sd
+            from deepsalt.models.applicability import interval
+
+            lo, hi = interval([rec["ece_dsm"]], [rec["ece_sd_dsm"]], float(q), bool(scaled))
+            rec["interval90_dsm"] = [round(float(lo[0]), 4), round(float(hi[0]), 4)]
+        out.append({**rec, "mapped": mapped, "scene": ids[s] if 0 <= s < len(ids) else None,
                     "acquired": str(acq)[:10] if mapped and acq is not None and not np.isnat(acq) else None})
     return {"lon": lon, "lat": lat, "crs": g.crs, "x": float(g.x0 + (col + 0.5) * g.res), "y": float(g.y0 - (row + 0.5) * g.res),
             "row": row, "col": col, "epochs": out}

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from deepsalt.errors import DeepSaltInputError
-from deepsalt.mapping.cube import mapped_extent, open_cube
+from deepsalt.mapping.cube import epoch_model, mapped_extent, open_cube
 from deepsalt.mapping.grid import Grid
 
 FORMATS = ("cog", "netcdf")
@@ -57,13 +57,14 @@ def export(url: str, out: str | Path, fmt: str, epoch: str | None = None, bbox=N
 
         from deepsalt.data.cog import write_cog
 
-        data = np.stack([sub["ece"].values, sub["ece_sd"].values]).astype(np.float32)
+        data = np.stack([sub["ece"].values, sub["ece_sd"].values, sub["di"].values]).astype(np.float32)
         tr = Affine(g.res, 0, g.x0 + xs.start * g.res, 0, -g.res, g.y0 - ys.start * g.res)
-        write_cog(out, data, g.crs, tr, nodata=float("nan"), descriptions=["ECe (dS/m)", "ECe uncertainty, sd (dS/m)"],
-                  tags={"epoch": times[t], "units": "dS m-1", "source": f"DeepSalt cube {url}", "scene_ids": json.dumps(ds.attrs["scene_ids"])},
+        write_cog(out, data, g.crs, tr, nodata=float("nan"), descriptions=["ECe (dS/m)", "ECe uncertainty, sd (dS/m)", "dissimilarity index (AOA: di <= the threshold in tag aoa_threshold)"],
+                  tags={"epoch": times[t], "units": "dS m-1", "source": f"DeepSalt cube {url}", "scene_ids": json.dumps(ds.attrs["scene_ids"]),
+                        "aoa_threshold": str(epoch_model(ds, times[t]).get("aoa_threshold"))},
                   overviews="AUTO")
     else:
-        keep = sub[["ece", "ece_sd", "valid", "scene", "acq_date"]].expand_dims(time=[sub["time"].values])
+        keep = sub[["ece", "ece_sd", "di", "aoa", "valid", "scene", "acq_date"]].expand_dims(time=[sub["time"].values])
         keep["valid"] = keep["valid"].astype("int8")  # NetCDF-3 has no unsigned byte
         keep.attrs = {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in ds.attrs.items()}
         keep.attrs["epoch"] = times[t]
@@ -72,3 +73,4 @@ def export(url: str, out: str | Path, fmt: str, epoch: str | None = None, bbox=N
         keep.load().to_netcdf(tmp, engine="scipy")
         os.replace(tmp, out)
     return {"out": str(out), "format": fmt, "epoch": times[t], "rows": ys.stop - ys.start, "cols": xs.stop - xs.start}
+

@@ -52,15 +52,14 @@ class Predictor:
 
     def __call__(self, row: dict) -> dict:
         n = len(row["pix"])
-        mean = np.zeros(n, np.float32)
-        sd = np.zeros(n, np.float32)
+        mean, sd, di = (np.zeros(n, np.float32) for _ in range(3))
         b = self.batch
         for i in range(0, n, b):
-            m, s = self.bundle.predict(row["dn"][i:i + b], row["cov"][i:i + b], self.mc,
-                                       seed=int(row["ty"]) * 100003 + int(row["tx"]) + i,
-                                       scale=(row["gain"], row["offset"], row["slot"][i:i + b]))
-            mean[i:i + b], sd[i:i + b] = m, s
-        return {"ty": row["ty"], "tx": row["tx"], "fp": row["fp"], "pix": row["pix"], "scene": row["scene"], "ece": mean, "ece_sd": sd}
+            mean[i:i + b], sd[i:i + b], di[i:i + b] = self.bundle.predict(
+                row["dn"][i:i + b], row["cov"][i:i + b], self.mc, seed=int(row["ty"]) * 100003 + int(row["tx"]) + i,
+                scale=(row["gain"], row["offset"], row["slot"][i:i + b]), di=True)
+        return {"ty": row["ty"], "tx": row["tx"], "fp": row["fp"], "pix": row["pix"], "scene": row["scene"], "ece": mean,
+                "ece_sd": sd, "di": di, "aoa": (di <= self.bundle.aoa_threshold).astype(np.uint8)}
 
 
 def _write(row: dict, fork: bytes, where: str, grid: Grid, t: int, scene_days: np.ndarray) -> dict:
@@ -71,10 +70,9 @@ def _write(row: dict, fork: bytes, where: str, grid: Grid, t: int, scene_days: n
     arrays = None
     if len(pix):
         h, w = grid.tile_shape(ty, tx)
-        arrays = {"ece": np.full(h * w, np.nan, np.float32), "ece_sd": np.full(h * w, np.nan, np.float32),
-                  "valid": np.zeros(h * w, np.uint8), "scene": np.full(h * w, -1, np.int32),
-                  "acq_date": np.full(h * w, -1, np.int32)}
-        arrays["ece"][pix], arrays["ece_sd"][pix] = row["ece"], row["ece_sd"]
+        arrays = {name: np.full(h * w, spec["fill"], spec["dtype"]) for name, spec in cube_mod.VARS.items()}
+        for name in ("ece", "ece_sd", "di", "aoa"):
+            arrays[name][pix] = row[name]
         arrays["valid"][pix], arrays["scene"][pix] = 1, row["scene"]
         arrays["acq_date"][pix] = scene_days[np.asarray(row["scene"], np.int64)]
         arrays = {k: v.reshape(h, w) for k, v in arrays.items()}
@@ -298,7 +296,10 @@ def map_region(cfg: MapConfig, log=print) -> dict:
         init_ray()
         n_pix = _execute(inp, p, session, log)
         models = dict(zarr.open_group(session.store, mode="r").attrs.get("models", {}))
-        models[cfg.epoch] = {"bundle": redact_url(cfg.model), "sha256": inp.bundle_sha, "data_hash": inp.meta.get("data_hash")}
+        models[cfg.epoch] = {"bundle": redact_url(cfg.model), "sha256": inp.bundle_sha, "data_hash": inp.meta.get("data_hash"),
+                             "aoa_threshold": inp.meta["aoa"]["threshold"], "interval90_q": inp.meta["interval90"]["q"],
+                             "interval90_scaled": bool(inp.meta["interval90"].get("scaled", True)),
+                             "interval90_mc_samples": inp.meta["interval90"]["mc_samples"], "mc_samples": cfg.mc_samples}
         cube_mod.finish_epoch(session, p.t, cfg.epoch, p.scene_ids, models)
         summary.update(pixels_mapped=n_pix)
         used = sorted({i.id for k in p.todo for i in inp.tiles[k]})

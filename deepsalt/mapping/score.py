@@ -104,8 +104,9 @@ def _truth_on(world: Path, g: Grid, ys: slice, xs: slice) -> np.ndarray:
 
 def quicklook(cube_url: str, png: str | Path, epoch: str | None = None, storage_options: dict | None = None,
               world: str | Path | None = None, max_px: int = 600) -> Path:
-    """One row per mapped region: ECe in FAO salinity classes, its MC-dropout sd, and the residual against the
-    world's truth rasters (``world``), else the source scene; plus an overview locating the regions."""
+    """One row per mapped region: ECe in FAO salinity classes, its MC-dropout sd, the area of applicability
+    (outside it, the model extrapolates), and the residual against the world's truth rasters (``world``), else
+    the source scene; plus an overview locating the regions."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -123,7 +124,7 @@ def quicklook(cube_url: str, png: str | Path, epoch: str | None = None, storage_
     to_ll = Transformer.from_crs(g.crs, "EPSG:4326", always_xy=True)
     cmap = ListedColormap(["#2c7bb6", "#abd9e9", "#fee090", "#fc8d59", "#d7191c"])
     norm = BoundaryNorm([0, 2, 4, 8, 16, 32], cmap.N, clip=True)  # > 32 shows as the top class
-    fig, axes = plt.subplots(len(regions) + 1, 3, figsize=(15, 4.6 * (len(regions) + 1)), squeeze=False)
+    fig, axes = plt.subplots(len(regions) + 1, 4, figsize=(20, 4.6 * (len(regions) + 1)), squeeze=False)
     centres = []
     for k, group in enumerate(regions, start=1):
         tys, txs = zip(*group)
@@ -144,15 +145,21 @@ def quicklook(cube_url: str, png: str | Path, epoch: str | None = None, storage_
                           vmax=float(np.nanpercentile(sd, 98)) if np.isfinite(sd).any() else 1)
         fig.colorbar(im, ax=ax[1], label="ECe sd (dS/m), MC dropout", shrink=0.8)
         ax[1].set_title("uncertainty", fontsize=10)
+        if "aoa" in sub:
+            aoa = sub["aoa"].values[::step, ::step].astype(float)
+            aoa[aoa > 1] = np.nan  # the fill: not mapped
+            ax[2].imshow(aoa, cmap=ListedColormap(["#bdbdbd", "#1a9850"]), vmin=0, vmax=1, extent=ext, interpolation="nearest")
+            inside = float(np.nanmean(aoa)) if np.isfinite(aoa).any() else float("nan")
+            ax[2].set_title(f"area of applicability: {100 * inside:.0f} % inside (green); grey: extrapolation", fontsize=10)
         if world is not None:
             res = ece - _truth_on(Path(world), g, ys, xs)[::step, ::step]
             lim = float(np.nanpercentile(np.abs(res), 98)) if np.isfinite(res).any() else 1.0
-            im = ax[2].imshow(res, cmap="RdBu_r", vmin=-lim, vmax=lim, extent=ext, interpolation="nearest")
-            fig.colorbar(im, ax=ax[2], label="predicted - true ECe (dS/m)", shrink=0.8)
-            ax[2].set_title(f"residual vs truth (MAE {np.nanmean(np.abs(res)):.2f} dS/m)", fontsize=10)
+            im = ax[3].imshow(res, cmap="RdBu_r", vmin=-lim, vmax=lim, extent=ext, interpolation="nearest")
+            fig.colorbar(im, ax=ax[3], label="predicted - true ECe (dS/m)", shrink=0.8)
+            ax[3].set_title(f"residual vs truth (MAE {np.nanmean(np.abs(res)):.2f} dS/m)", fontsize=10)
         else:
-            im = ax[2].imshow(sub["scene"].values[::step, ::step], cmap="tab10", extent=ext, interpolation="nearest")
-            ax[2].set_title("source scene (index into scene_ids)", fontsize=10)
+            im = ax[3].imshow(sub["scene"].values[::step, ::step], cmap="tab10", extent=ext, interpolation="nearest")
+            ax[3].set_title("source scene (index into scene_ids)", fontsize=10)
         for a in ax:
             a.set_aspect("equal")
             a.tick_params(labelsize=7)

@@ -1,7 +1,9 @@
 """The model bundle: everything needed to map with a trained student, and nothing that runs code on load.
 
 ``bundle.json`` (format, versions, band list, covariate names/units, scalers, output range, architecture,
-full training config, training-data hash) + ``weights.safetensors`` (aligned EnMAP encoder + student).
+full training config, training-data hash, the calibrated 90 % interval's multiplier and the area of
+applicability's constants) + ``weights.safetensors`` (aligned EnMAP encoder + student, and the training sites'
+standardised inputs the dissimilarity index is measured against).
 Local folder or any fsspec URL. Loading refuses a mismatch instead of guessing.
 """
 
@@ -18,18 +20,20 @@ from safetensors.torch import load as st_load, save as st_save
 from deepsalt import __version__
 from deepsalt.config import TrainConfig
 from deepsalt.errors import DeepSaltInputError
+from deepsalt.models.applicability import dissimilarity, mc_dropout
 from deepsalt.models.autoencoder import SparseAutoEncoder
 from deepsalt.models.scalers import Scaler
 from deepsalt.models.transformer import SpectralTransformer, build_student
 from deepsalt.spectra.bands import select_bands
 
-FORMAT = "deepsalt-bundle/1"
+FORMAT = "deepsalt-bundle/2"  # 2: interval90 and aoa
 
 
 class DeepSaltBundle:
-    def __init__(self, meta: dict, encoder: SparseAutoEncoder, student: SpectralTransformer):
+    def __init__(self, meta: dict, encoder: SparseAutoEncoder, student: SpectralTransformer, reference: torch.Tensor):
         self.meta, self.encoder, self.student = meta, encoder.eval(), student.eval()
         self.scalers = {k: Scaler.from_dict(v) for k, v in meta["scalers"].items()}
+        self.reference = reference  # (n_train_sites, in_dim): standardised student inputs, for the DI
 
     @property
     def band_names(self) -> list[str]:
@@ -46,6 +50,7 @@ class DeepSaltBundle:
         fs.makedirs(path, exist_ok=True)
         tensors = {f"encoder.{k}": v.contiguous() for k, v in self.encoder.state_dict().items()}
         tensors.update({f"student.{k}": v.contiguous() for k, v in self.student.state_dict().items()})
+        tensors["aoa.reference"] = self.reference.detach().cpu().float().contiguous()
         with fs.open(f"{path}/weights.safetensors", "wb") as f:
             f.write(st_save(tensors))
         with fs.open(f"{path}/bundle.json", "w") as f:
@@ -53,17 +58,22 @@ class DeepSaltBundle:
 
     @classmethod
     def create(cls, encoder_state, student_state, *, cfg: TrainConfig, scalers: dict, band_names, band_centers,
-               covariates: dict, data_hash: str, seed: int) -> "DeepSaltBundle":
+               covariates: dict, data_hash: str, seed: int, interval90: dict, aoa: dict,
+               reference: np.ndarray) -> "DeepSaltBundle":
+        """``interval90``: ``{"q": ..., "mc_samples": ..., ...}`` (``applicability.conformal_scale``); ``aoa``:
+        ``{"mean_distance": ..., "threshold": ..., "n_reference": ...}`` (``applicability.fit_aoa``), with
+        ``reference`` the training sites' standardised student inputs."""
         meta = {"format": FORMAT, "deepsalt_version": __version__, "torch_version": torch.__version__,
                 "python": platform.python_version(), "band_names": list(band_names),
                 "band_centers_nm": [float(c) for c in band_centers],
                 "covariates": [{"name": k, "units": u} for k, u in covariates.items()],
                 "out_range": list(cfg.out_range), "scalers": {k: s.to_dict() for k, s in scalers.items()},
-                "data_hash": data_hash, "seed": seed, "variant": "deepsalt", "config": cfg.model_dump(mode="json")}
+                "data_hash": data_hash, "seed": seed, "variant": "deepsalt", "config": cfg.model_dump(mode="json"),
+                "interval90": dict(interval90), "aoa": dict(aoa)}
         enc, stu = cls._build(meta)
         enc.load_state_dict(encoder_state)
         stu.load_state_dict(student_state)
-        return cls(meta, enc, stu)
+        return cls(meta, enc, stu, torch.as_tensor(np.asarray(reference, np.float32)))
 
     @classmethod
     def load(cls, url: str) -> "DeepSaltBundle":
@@ -106,7 +116,14 @@ class DeepSaltBundle:
             # DESIGN defect 7: a head trained for one range silently loaded into another
             raise DeepSaltInputError(url, f"weights were trained for output range {weights_range} dS/m but the bundle "
                                      f"records {meta['out_range']}", "do not edit out_range; retrain instead")
-        bundle = cls(meta, enc, stu)
+        ref = tensors.get("aoa.reference")
+        aoa, iv = meta.get("aoa") or {}, meta.get("interval90") or {}
+        if ref is None or ref.ndim != 2 or ref.shape != (int(aoa.get("n_reference", -1)), stu.in_dim) \
+                or not float(aoa.get("mean_distance", 0)) > 0 or not np.isfinite(float(aoa.get("threshold", np.nan))) \
+                or not float(iv.get("q", 0)) > 0 or int(iv.get("mc_samples", 0)) < 2:
+            raise DeepSaltInputError(f"{url}/bundle.json", "the area of applicability or the 90 % interval calibration is "
+                                     "missing or inconsistent with the weights", "do not edit bundle.json; retrain")
+        bundle = cls(meta, enc, stu, ref.float())
         for name, n in (("enmap", len(meta["band_names"])), ("covariates", len(meta["covariates"]))):
             sc = bundle.scalers[name]
             if sc.kind not in ("minmax", "standard") or sc.shift.shape != (n,) or sc.scale.shape != (n,) \
@@ -119,16 +136,18 @@ class DeepSaltBundle:
         return select_bands(self.band_names, self.meta["band_centers_nm"], band_names, band_centers, where)
 
     @torch.no_grad()
-    def predict(self, reflectance: np.ndarray, covariates: np.ndarray, mc_samples: int = 0, seed: int = 0, scale=None):
+    def predict(self, reflectance: np.ndarray, covariates: np.ndarray, mc_samples: int = 0, seed: int = 0, scale=None,
+                di: bool = False):
         """ECe for rows of raw reflectance ``(N, n_bundle_bands)`` and raw covariates ``(N, 8)``.
 
         With ``scale = (gain, offset, slot)`` the first argument is raw DN instead (integers, e.g. EnMAP's int16):
         it crosses to the model's device as it is (half the bytes of float32) and becomes reflectance there,
         ``dn * gain[slot] + offset[slot]``, with ``gain``/``offset (k, n_bundle_bands)`` and ``slot (N,)``.
 
-        Returns ``(ece, sd)``: ``ece`` is the deterministic prediction (dropout off, exactly what was evaluated);
-        with ``mc_samples`` > 1, ``sd`` is the spread of that many passes with dropout on (MC dropout,
-        seeded), otherwise zeros.
+        Returns ``(ece, sd)``, and with ``di`` also the dissimilarity index (``ece``: the deterministic prediction,
+        dropout off, exactly what was evaluated; ``sd``: with ``mc_samples`` > 1 the spread of that many passes
+        with dropout on, seeded, otherwise zeros). ``interval`` turns ``ece, sd`` into the calibrated 90 % interval;
+        a pixel is inside the area of applicability where ``di <= self.aoa_threshold``.
         """
         dev = self.device
         x = torch.from_numpy(np.ascontiguousarray(reflectance)).to(dev, non_blocking=True)
@@ -139,15 +158,22 @@ class DeepSaltBundle:
         z = self.encoder.encode(self.scalers["enmap"].transform(x))
         c = self.scalers["covariates"].transform(torch.from_numpy(np.ascontiguousarray(covariates, np.float32)).to(dev))
         x = torch.cat([z, c], 1)
-        self.student.eval()
-        pred = self.student(x)[0].float().cpu().numpy()
-        if mc_samples <= 1:
-            return pred, np.zeros_like(pred)
-        torch.manual_seed(seed)
-        self.student.train()  # dropout on; all passes in one batch (one kernel launch per layer on a GPU)
-        runs = self.student(x.repeat(mc_samples, 1))[0].float().reshape(mc_samples, -1)
-        self.student.eval()
-        return pred, runs.std(0, unbiased=False).cpu().numpy()
+        pred, sd = (t.cpu().numpy() for t in mc_dropout(self.student, x, mc_samples, seed))
+        if not di:
+            return pred, sd
+        xs = (x - self.student.in_shift) / self.student.in_scale
+        return pred, sd, dissimilarity(xs, self.reference.to(dev), self.meta["aoa"]["mean_distance"]).cpu().numpy()
+
+    @property
+    def aoa_threshold(self) -> float:
+        return float(self.meta["aoa"]["threshold"])
+
+    def interval(self, ece, sd) -> tuple[np.ndarray, np.ndarray]:
+        """The calibrated 90 % interval (dS/m) for predictions and MC sds made with the bundle's ``mc_samples``."""
+        from deepsalt.models.applicability import interval
+
+        iv = self.meta["interval90"]
+        return interval(ece, sd, float(iv["q"]), bool(iv.get("scaled", True)))
 
     @property
     def device(self) -> torch.device:
@@ -157,4 +183,5 @@ class DeepSaltBundle:
         """Move the encoder and student to ``device`` (e.g. "cuda"); inputs follow, outputs come back as numpy."""
         self.encoder.to(device)
         self.student.to(device)
+        self.reference = self.reference.to(device)
         return self

@@ -38,18 +38,22 @@ def write_report(folder: Path, metrics: dict, data, res: dict, history: list) ->
     import matplotlib.pyplot as plt
 
     folder.mkdir(parents=True, exist_ok=True)
-    test = data.idx("sat", "test")
+    test, unseen = data.idx("sat", "test"), data.idx("sat", "unseen")
     y, p = data.sat_y[test], res["predictions"]["deepsalt"][test]
-    fig, ax = plt.subplots(1, 3, figsize=(17, 5))
-    hi = float(max(y.max(), p.max()) * 1.05)
-    ax[0].scatter(y, p, s=10, alpha=0.6)
-    ax[0].plot([0, hi], [0, hi], "k--", lw=1)
-    ax[0].set(xlabel="observed ECe (dS/m)", ylabel="predicted ECe (dS/m)",
-              title=f"DeepSalt, seen test (seed {metrics['seeds'][0]}, n={len(y)})")
+    fig, axs = plt.subplots(2, 2, figsize=(14, 11))
+    ax = axs.ravel()
+    lo = float(min(data.sat_y.min(), res["predictions"]["deepsalt"].min()) * 0.8)
+    hi = float(max(data.sat_y.max(), res["predictions"]["deepsalt"].max()) * 1.25)
+    for idx, name, c in ((test, "seen test", "tab:blue"), (unseen, "unseen region", "tab:orange")):
+        ax[0].scatter(data.sat_y[idx], res["predictions"]["deepsalt"][idx], s=10, alpha=0.6, c=c, label=f"{name} (n={len(idx)})")
+    ax[0].plot([lo, hi], [lo, hi], "k--", lw=1)
+    ax[0].set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi), xlabel="observed ECe (dS/m)",
+              ylabel="predicted ECe (dS/m)", title=f"DeepSalt, seed {metrics['seeds'][0]} (log axes)")
+    ax[0].legend()
     ranges = ev.salinity_range(y)
     names = [n for n in ["0-2", "2-4", "4-8", "8-16", ">16"] if n in ranges]
     ax[1].boxplot([np.abs(p - y)[ranges == n] for n in names], tick_labels=names)
-    ax[1].set(xlabel="observed salinity range (dS/m)", ylabel="absolute error (dS/m)", title="Error by salinity range")
+    ax[1].set(xlabel="observed salinity range (dS/m)", ylabel="absolute error (dS/m)", title="Error by salinity range, seen test")
     variants = list(metrics["results"])
     mae = [metrics["results"][v]["seen"]["mae"] for v in variants]
     sd = [metrics["results"][v]["seen"]["mae_sd"] for v in variants]
@@ -60,6 +64,20 @@ def write_report(folder: Path, metrics: dict, data, res: dict, history: list) ->
     ax[2].set_xticks(x, variants, rotation=30, ha="right")
     ax[2].set(ylabel=f"MAE (dS/m), mean ± sd over {len(metrics['seeds'])} seeds", title="Ablations and baselines")
     ax[2].legend()
+    cal, aoa = metrics.get("calibration", {}), metrics.get("aoa", {})
+    if cal:
+        groups = [("validation", cal.get("coverage90_val"), cal.get("coverage90_val_sd"))] + [
+            (f"{r} test", cal[r]["coverage90"], cal[r].get("coverage90_sd")) for r in ("seen", "unseen")]
+        ax[3].axhspan(0.85, 0.95, color="tab:green", alpha=0.15, label="85-95 % (goal)")
+        ax[3].axhline(0.9, color="tab:green", lw=1)
+        ax[3].bar(range(3), [g[1] for g in groups], yerr=[g[2] if g[2] == g[2] else 0 for g in groups], color="tab:purple")
+        ax[3].set_xticks(range(3), [g[0] for g in groups])
+        text = "; ".join(f"{r}: {100 * aoa[r]['inside_fraction']:.0f} % inside the AOA, MAE {aoa[r]['mae_inside']:.2f} "
+                         f"inside / {aoa[r]['mae_outside']:.2f} outside" for r in ("seen", "unseen") if r in aoa)
+        ax[3].set(ylim=(0, 1.05), ylabel="share of sites inside the interval",
+                  title="Coverage of the calibrated 90 % interval (mean ± sd over seeds)")
+        ax[3].text(0.02, 0.02, text.replace("; ", "\n"), transform=ax[3].transAxes, fontsize=8, va="bottom")
+        ax[3].legend(loc="upper right")
     fig.tight_layout()
     fig.savefig(folder / "evaluation.png", dpi=90)
     plt.close(fig)
@@ -77,4 +95,27 @@ def write_report(folder: Path, metrics: dict, data, res: dict, history: list) ->
         f"MAE {te['seen']['mae']:.3f}, R2 {te['seen']['r2']:.3f}. This run distilled from `{data_targets}` targets"
         f"{transfer}.\n\n"
         f"## Alignment\n\n{a['n_pairs']:.0f} lab-site pairs (median {a['pair_km_median']:.2f} km); mean latent cosine "
-        f"{a['cosine_before']:.3f} before alignment, {a['cosine_after']:.3f} after.\n\n![evaluation](evaluation.png)\n")
+        f"{a['cosine_before']:.3f} before alignment, {a['cosine_after']:.3f} after.\n\n{_trust(metrics)}"
+        f"![evaluation](evaluation.png)\n")
+
+
+def _trust(metrics: dict) -> str:
+    """The calibrated interval, the area of applicability and the protocol, as prose."""
+    cal, aoa, pr = metrics.get("calibration"), metrics.get("aoa"), metrics.get("protocol")
+    if not cal:
+        return ""
+    lines = ["## Interval, area of applicability, protocol", "",
+             f"90 % interval (split conformal on the validation blocks, multiplier q {cal['q']:.2f}, scaled by the MC "
+             f"sd in {100 * cal.get('mc_scaled', 1):.0f} % of seeds): coverage "
+             f"{cal['seen']['coverage90']:.3f} on the seen test, {cal['unseen']['coverage90']:.3f} in the unseen region "
+             f"(goal 0.85-0.95); median hi/lo ratio {cal['seen']['width_ratio_median']:.2f} seen, "
+             f"{cal['unseen']['width_ratio_median']:.2f} unseen.", ""]
+    for r in ("seen", "unseen"):
+        a = aoa[r]
+        lines.append(f"- {r}: {100 * a['inside_fraction']:.1f} % of test sites inside the AOA (DI threshold "
+                     f"{aoa['threshold']:.3f}); MAE {a['mae_inside']:.3f} inside, {a['mae_outside']:.3f} outside.")
+    lines += ["", "Protocol: " + "; ".join(f"{k}: {v}" for k, v in pr.items() if isinstance(v, str)) + ".",
+              f"Blocks {', '.join(f'{b:.1f}' for b in pr['block_km'])} km per seed (variogram range "
+              f"{', '.join(f'{b:.1f}' for b in pr['variogram_range_km'] if b is not None)} km); median test-to-training "
+              f"distance {', '.join(f'{b:.2f}' for b in pr['test_to_train_km_median'] if b is not None)} km.", "", ""]
+    return "\n".join(lines)

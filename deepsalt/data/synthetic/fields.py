@@ -34,6 +34,13 @@ FIELD_SCALES: dict[str, list[tuple[float, float]]] = {
     "hidden": [(1.2, 1.0), (0.4, 0.4)],
     "drain": [(2.0, 1.0), (0.5, 0.5)],
     "resid": [(0.8, 1.0), (0.25, 0.6)],
+    # field-scale variation (irrigation units, micro-relief, leaching patterns): 30-150 m
+    "short": [(0.08, 1.0)],
+    # errors of the covariate products: spatially correlated (a product's error follows its sparse inputs)
+    "err_sand": [(15.0, 1.0), (3.0, 0.5)],
+    "err_clay": [(15.0, 1.0), (3.0, 0.5)],
+    "err_temp": [(30.0, 1.0), (5.0, 0.5)],
+    "err_precip": [(30.0, 1.0), (5.0, 0.5)],
 }
 N_FEATURES = 64
 LON0, LAT0 = -110.0, 39.0
@@ -124,16 +131,62 @@ class SoilPhysics:
     ece_max: float = 76.0
     #: soluble salt (g/kg) = tds_per_ec * ECe * SP/100; 0.64 g/L per dS/m (USSL Handbook 60).
     tds_per_ec: float = 0.64
+    #: ECe measurement error of the lab (saturated-paste extract, conductivity cell): CV of repeated analyses
     lab_ece_cv: float = 0.05
+    #: field-scale variation of ln ECe at 30-150 m (the "short" field) beside the smooth fields: pixels differ
+    #: from their neighbours as irrigated fields and micro-relief do
+    short_sd: float = 0.3
+    #: point versus pixel: a soil core (a few cm) differs from the 30 m pixel's mean by this sd of ln ECe
+    #: (within-field CVs of ECe of 30-60 % are common in salt-affected fields)
+    point_sd: float = 0.3
+    #: covariate products, each at its real resolution and with a spatially correlated error of this sd:
+    #: soil texture as SoilGrids 2.0 (250 m; Poggio et al. 2021 report cross-validated errors of about 10 % for
+    #: sand and 7-8 % for clay at 0-5 cm); climate as WorldClim 2 (30 arc-seconds, ~1 km; Fick & Hijmans 2017
+    #: report errors of tenths of a degree to ~1 deg C for temperature and 10-20 % for precipitation)
+    soil_product_deg: float = 1 / 400
+    climate_product_deg: float = 1 / 120
+    sand_err_sd: float = 10.0
+    clay_err_sd: float = 7.0
+    temp_err_sd: float = 0.8
+    precip_err_cv: float = 0.15
     #: surface salt crust: none below crust_onset_dsm, full cover at onset + crust_full_dsm (where it occurs)
     crust_onset_dsm: float = 4.0
     crust_full_dsm: float = 60.0
     gypsum_per_ece: float = 0.04
 
 
-def soil_at(fields: RandomFields, lon, lat, phys: SoilPhysics = SoilPhysics(), grid: bool = False) -> dict[str, np.ndarray]:
-    """Soil, climate and ECe at points, or on a 2-D raster with ``grid=True``. Arrays shaped like ``lon``."""
-    f = (lambda n: fields.grid(n, lon, lat)) if grid else (lambda n: fields(n, lon, lat))  # noqa: E731
+def _texture(f, w, phys: SoilPhysics):
+    clay = np.clip(22.0 + 9.0 * f("tex1"), 3.0, 60.0)
+    sand = np.clip(45.0 - 0.8 * (clay - 22.0) + 10.0 * f("tex2") + w * phys.unseen_sand_shift, 5.0, 97.0 - clay)
+    return clay, sand
+
+
+def _field_fn(fields: RandomFields, lon, lat, grid: bool):
+    return (lambda n: fields.grid(n, lon, lat)) if grid else (lambda n: fields(n, lon, lat))  # noqa: E731
+
+
+def texture_product(fields: RandomFields, lon, lat, phys: SoilPhysics = SoilPhysics(), grid: bool = False):
+    """(sand, clay) % as a soil map product reports them: the truth plus the product's correlated error."""
+    f = _field_fn(fields, lon, lat, grid)
+    clay, sand = _texture(f, _sig((UNSEEN_LON - np.asarray(lon, float)) / 0.3), phys)
+    clay = np.clip(clay + phys.clay_err_sd * f("err_clay"), 1.0, 70.0)
+    return np.clip(sand + phys.sand_err_sd * f("err_sand"), 1.0, 99.0 - clay), clay
+
+
+def climate_product(fields: RandomFields, lon, lat, phys: SoilPhysics = SoilPhysics(), grid: bool = False) -> dict:
+    """tmin/tmax/tavg (deg C) and pmin/pmax/pavg (mm) as a climate product reports them: truth plus its error."""
+    s = soil_at(fields, lon, lat, phys, grid=grid)
+    f = _field_fn(fields, lon, lat, grid)
+    dt, pf = phys.temp_err_sd * f("err_temp"), np.exp(phys.precip_err_cv * f("err_precip"))
+    return {**{k: s[k] + dt for k in ("tmin", "tmax", "tavg")}, **{k: s[k] * pf for k in ("pmin", "pmax", "pavg")}}
+
+
+def soil_at(fields: RandomFields, lon, lat, phys: SoilPhysics = SoilPhysics(), grid: bool = False,
+            ln_ece_offset=0.0) -> dict[str, np.ndarray]:
+    """Soil, climate and ECe at points, or on a 2-D raster with ``grid=True``. Arrays shaped like ``lon``.
+    ``ln_ece_offset``: added to ln ECe before everything that depends on it (a soil core's deviation from its
+    pixel, so that its spectrum shows its own salinity)."""
+    f = _field_fn(fields, lon, lat, grid)
     lon, lat = np.asarray(lon, float), np.asarray(lat, float)
     w = _sig((UNSEEN_LON - lon) / 0.3)  # 1 in the held-out region, 0 in the seen one
     elev_km = np.clip(1.5 + 0.35 * f("elev"), 0.6, 3.2)
@@ -148,12 +201,11 @@ def soil_at(fields: RandomFields, lon, lat, phys: SoilPhysics = SoilPhysics(), g
     ai = np.clip(12 * pavg / pet, 0.02, 3.0)
     arid = -np.log(ai) - 1.6
 
-    clay = np.clip(22.0 + 9.0 * f("tex1"), 3.0, 60.0)
-    sand = np.clip(45.0 - 0.8 * (clay - 22.0) + 10.0 * f("tex2") + w * phys.unseen_sand_shift, 5.0, 97.0 - clay)
+    clay, sand = _texture(f, w, phys)
     hidden = _sig((f("hidden") - 0.8) / 0.25)  # shallow saline groundwater / irrigation return flow: no covariate shows it
     poor_drain = _sig((f("drain") + 0.04 * (clay - 25.0)) / 0.5)
     ln_ece = (np.log(phys.ece_ref) + phys.a_arid * arid + phys.a_clay * (clay - 25.0) + phys.a_drain * poor_drain
-              + phys.a_hidden * hidden + phys.resid_sd * f("resid"))
+              + phys.a_hidden * hidden + phys.resid_sd * f("resid") + phys.short_sd * f("short") + ln_ece_offset)
     ece = np.clip(np.exp(ln_ece), 0.05, phys.ece_max)
 
     om = np.clip(1.2 + 0.4 * f("om") - 0.5 * arid + 0.6 * hidden, 0.2, 6.0)

@@ -37,7 +37,8 @@ from deepsalt.data.covariates import COVARIATES, COVARIATE_NAMES, sample_covaria
 from deepsalt.data.lab import write_lab_table
 from deepsalt.data.stac import enmap_item, write_item_collection, write_static_collection
 from deepsalt.data.synthetic import enmap_spectra, lab_spectra
-from deepsalt.data.synthetic.fields import RandomFields, SoilPhysics, koppen, soil_at, usda_texture
+from deepsalt.data.synthetic.fields import (RandomFields, SoilPhysics, climate_product, koppen, soil_at, texture_product,
+                                          usda_texture)
 from deepsalt.errors import DeepSaltInputError
 from deepsalt.spectra.bands import enmap_bands
 from deepsalt.spectra.mir import mir_grid
@@ -148,15 +149,21 @@ def _write_scene(out: Path, scene: dict, r: dict, bands) -> dict:
 
 
 def _write_covariates(out: Path, cfg: WorldConfig, fields, phys) -> None:
+    """The 8 covariates as their products come: texture on SoilGrids' 250 m, climate on WorldClim's 30", each with
+    its product's error (``SoilPhysics``)."""
     x0, y0, x1, y1 = cfg.covariate_bbox
-    res = cfg.covariate_res_deg
-    nx, ny = int(round((x1 - x0) / res)), int(round((y1 - y0) / res))
-    lon, lat = np.meshgrid(x0 + (np.arange(nx) + 0.5) * res, y1 - (np.arange(ny) + 0.5) * res)
-    s = soil_at(fields, lon, lat, phys, grid=True)
-    values = dict(sand=s["sand"], clay=s["clay"], tm_min=s["tmin"], tm_max=s["tmax"], tm_avg=s["tavg"],
-                  pr_min=s["pmin"], pr_max=s["pmax"], pr_avg=s["pavg"])
+
+    def lonlat(res):
+        nx, ny = int(round((x1 - x0) / res)), int(round((y1 - y0) / res))
+        return np.meshgrid(x0 + (np.arange(nx) + 0.5) * res, y1 - (np.arange(ny) + 0.5) * res)
+
+    sand, clay = texture_product(fields, *lonlat(phys.soil_product_deg), phys, grid=True)
+    clim = climate_product(fields, *lonlat(phys.climate_product_deg), phys, grid=True)
+    values = dict(sand=sand, clay=clay, tm_min=clim["tmin"], tm_max=clim["tmax"], tm_avg=clim["tavg"],
+                  pr_min=clim["pmin"], pr_max=clim["pmax"], pr_avg=clim["pavg"])
     (out / "covariates").mkdir()
     for c in COVARIATES:
+        res = phys.soil_product_deg if c.name in ("sand", "clay") else phys.climate_product_deg
         write_cog(out / "covariates" / f"{c.name}.tif", values[c.name].astype(np.float32), "EPSG:4326",
                   from_origin(x0, y1, res, res), -9999.0, tags={"units": c.units, "description": c.description})
 
@@ -176,7 +183,7 @@ def _lab_library(cfg, scenes_sites: pd.DataFrame, fields, phys, rng) -> pd.DataF
     lon_far = rng.uniform(b[:, 0], b[:, 2])
     lat_far = rng.uniform(b[:, 1], b[:, 3])
     lon, lat = np.concatenate([lon_near, lon_far]), np.concatenate([lat_near, lat_far])
-    soil = soil_at(fields, lon, lat, phys)
+    soil = soil_at(fields, lon, lat, phys, ln_ece_offset=phys.point_sd * rng.standard_normal(n))  # a core, not a pixel
     ece = soil["ece"] * np.exp(phys.lab_ece_cv * rng.standard_normal(n))
     wn = mir_grid()
     spectra = lab_spectra.lab_spectra(soil, wn, rng)
@@ -271,7 +278,12 @@ def _build(cfg: WorldConfig, out: Path, progress: bool) -> dict:
         soil = soil_at(fields, r["lon"][rows, cols], r["lat"][rows, cols], phys)
         sites = pd.DataFrame({"scene_id": scene["id"], "row": rows, "col": cols,
                               "longitude": r["lon"][rows, cols], "latitude": r["lat"][rows, cols],
-                              "region": scene["region"], "ece_dsm": r["ece"][rows, cols],
+                              "region": scene["region"],
+                              # the label is a soil core's lab measurement: the pixel's ECe, the core's deviation
+                              # from it (point vs pixel) and the lab's error
+                              "ece_dsm": (r["ece"][rows, cols] * np.exp(np.hypot(phys.point_sd, phys.lab_ece_cv)
+                                                                       * rng.standard_normal(len(rows)))).astype(np.float32),
+                              "ece_pixel_dsm": r["ece"][rows, cols],
                               "koppen": koppen(soil["tavg"], soil["tmin"], soil["pavg"]),
                               "texture_class": usda_texture(soil["sand"], soil["clay"])})
         refl = pd.DataFrame(r["dn"][:, rows, cols].T.astype(np.float32) * 1e-4, columns=refl_cols)
