@@ -175,6 +175,8 @@ def map_cmd(
     max_cloud: Optional[float] = typer.Option(None, min=0, max=100, help="skip scenes with eo:cloud_cover above this (%, 0-100)"),
     grid: GridName = typer.Option("conus", help="output grid: conus (EPSG:5070, 30 m) or europe (EPSG:3035, 30 m)"),
     chunk: int = typer.Option(256, min=16, max=4096, help="chunk = tile side in pixels (16-4096; a cube keeps the one it was made with)"),
+    shard: int = typer.Option(2, min=1, max=16, help="tiles per shard side (1-16): one stored object per shard x shard chunks "
+                              "of a variable (Zarr v3 sharding); 1: unsharded. A cube keeps the one it was made with"),
     mc_samples: int = typer.Option(5, min=0, max=100, help="MC-dropout passes for the ece_sd uncertainty (0: none)"),
     actors: Optional[int] = typer.Option(None, min=1, help="most student inference actors: the pool autoscales from "
                                          "--min-actors up to this (default: one per CPU of the cluster; with --gpu, one per GPU)"),
@@ -203,7 +205,7 @@ def map_cmd(
         bbox = REGIONS[region.value]
     so = _storage_options(out)
     cfg = MapConfig(stac=stac, collection=collection, bbox=_bbox(bbox), datetime=datetime, epoch=epoch, max_cloud=max_cloud,
-                    covariates=covariates, model=model, out=out, grid=grid.value, chunk=chunk, mc_samples=mc_samples,
+                    covariates=covariates, model=model, out=out, grid=grid.value, chunk=chunk, shard=shard, mc_samples=mc_samples,
                     predict_actors=actors, min_actors=min_actors, gpu=gpu, storage_options=so, allow_http=allow_http)
     grid_for(cfg)  # Ray starts only when there are tiles to map
     if dry_run:

@@ -176,6 +176,8 @@ class MapConfig(_Config):
     out: str
     grid: str = "conus"
     chunk: int = Field(256, ge=16)
+    shard: int = Field(2, ge=1, le=16, description="tiles per shard side (Zarr v3 sharding): one stored object holds "
+                       "shard x shard chunks of each variable; 1: unsharded. A cube keeps the layout it was made with")
     mc_samples: int = Field(5, ge=0, description="MC-dropout passes for ece_sd (0: no uncertainty)")
     quality_masks: tuple[str, ...] = tuple(QUALITY_ASSETS)
     predict_actors: int | None = Field(None, ge=1, description="most inference actors (the pool autoscales up to this "

@@ -86,9 +86,11 @@ def _consistent(tiles: dict) -> None:
 # --- kills ------------------------------------------------------------------------------------------------------
 
 #: (line the driver prints, seconds after it): spread over a run, from the search to the commit itself
-KILL_POINTS = [("[1/4]", 0), ("[2/4]", 0), ("[3/4]", 0), ("[3/4]", 1.0), ("[3/4]", 2.5), ("tiles written 1/", 0),
-               ("tiles written 3/", 0), ("tiles written 5/", 0), ("tiles written 7/", 0), ("committing", 0),
-               ("committing", 0.02), ("committing", 0.1)]
+# (marker, seconds after it, which occurrence of it): a progress line is printed per shard written (the tiny
+# world's 7 tiles lie in 3 shards of 2 x 2 tiles), so the kills land after the first, second and last shard
+KILL_POINTS = [("[1/4]", 0, 1), ("[2/4]", 0, 1), ("[3/4]", 0, 1), ("[3/4]", 1.0, 1), ("[3/4]", 2.5, 1),
+               ("[3/4]", 1.5, 1), ("tiles written ", 0, 1), ("tiles written ", 0, 2), ("tiles written 7/", 0, 1),
+               ("committing", 0, 1), ("committing", 0.02, 1), ("committing", 0.1, 1)]
 
 
 def test_driver_killed_at_12_points_never_leaves_a_partial_cube(world, trained, cube, tmp_path):
@@ -104,11 +106,12 @@ def test_driver_killed_at_12_points_never_leaves_a_partial_cube(world, trained, 
     poller.start()
     outcomes = []
     try:
-        for marker, delay in KILL_POINTS:
+        for marker, delay, nth in KILL_POINTS:
             p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-            hit = False
+            hit, seen = False, 0
             for line in p.stdout:
-                if marker in line:
+                seen += marker in line
+                if seen == nth:
                     hit = True
                     break
             time.sleep(delay)
@@ -118,7 +121,7 @@ def test_driver_killed_at_12_points_never_leaves_a_partial_cube(world, trained, 
             before = outcomes[-1]["cube"] if outcomes else "no epoch"
             tiles = tile_arrays(out) if (out / "refs").exists() else {}
             whole_or_nothing(tiles)
-            outcomes.append({"kill_after": marker, "delay_s": delay, "marker_seen": hit, "before": before,
+            outcomes.append({"kill_after": f"{marker} #{nth}", "delay_s": delay, "marker_seen": hit, "before": before,
                              "cube": "complete" if tiles else "no epoch"})
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)  # resubmitted: completes
     finally:
@@ -545,10 +548,11 @@ def test_bad_input_is_one_line_exit_2_and_commits_nothing(case, world_copy, trai
     assert (cube_mod.history(str(out)) if out.exists() else None) == before
 
 
-def test_chunk_differing_from_the_cube_is_refused(cube, world, trained):
+@pytest.mark.parametrize("flag,value,needle", [("--chunk", "128", "chunk 256 (not 128)"), ("--shard", "1", "shard 2 (not 1)")])
+def test_chunk_or_shard_differing_from_the_cube_is_refused(cube, world, trained, flag, value, needle):
     before = cube_mod.history(str(cube[0]))
-    r = _cli(world, trained[0] / "bundle", cube[0], "--chunk", "128")
-    _one_line_exit_2(r, "chunk 256 (not 128)", "--chunk")
+    r = _cli(world, trained[0] / "bundle", cube[0], flag, value)
+    _one_line_exit_2(r, needle, "--shard")
     assert cube_mod.history(str(cube[0])) == before
 
 

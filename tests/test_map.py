@@ -120,6 +120,14 @@ def test_read_tasks_of_one_or_many_tiles_make_the_same_cube(cube, world, trained
     s = map_region(_cfg(world, trained[0] / "bundle", one, tiles_per_read_task=1), log=lambda *_: None)
     assert s["tiles_mapped"] == summary["tiles_mapped"] > 4  # more tiles than one default read task takes
     assert_tiles_equal(tile_arrays(one), tile_arrays(out))
+    # nor on the storage layout: unsharded (one object per chunk) and 2 x 2 shards (the default) hold the same
+    # values, the sharded one in fewer objects
+    flat = tmp_path / "flat.zarr"
+    map_region(_cfg(world, trained[0] / "bundle", flat, shard=1), log=lambda *_: None)
+    assert_tiles_equal(tile_arrays(flat), tile_arrays(out))
+    assert open_cube(str(out)).ece.encoding["shards"] == (1, 512, 512) and open_cube(str(flat)).ece.encoding.get("shards") is None
+    objects = {p: sum(1 for f in (p / "chunks").rglob("*") if f.is_file()) for p in (flat, out)}
+    assert objects[out] < objects[flat], objects
 
 
 def test_cube_scores_like_the_model_and_quicklook(cube, world, trained, tmp_path):

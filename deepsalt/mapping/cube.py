@@ -3,8 +3,9 @@
 Layout of the ``main`` branch (dims ``time, y, x``; CF attributes; CRS in ``spatial_ref``, readable by
 rioxarray):
 
-- ``ece``, ``ece_sd``, ``valid``, ``scene``: one chunk per tile and epoch; tiles with no mapped pixel hold
-  no chunk;
+- ``ece``, ``ece_sd``, ``di``, ``aoa``, ``valid``, ``scene``, ``acq_date``: one chunk per tile and epoch, stored
+  ``grid.shard`` x ``grid.shard`` chunks to an object (Zarr v3 sharding); tiles with no mapped pixel hold no
+  chunk;
 - ``time``, ``x``, ``y``, ``spatial_ref``: coordinates;
 - root attributes: ``grid``, ``scene_ids`` (what ``scene`` indexes), ``models`` (the bundle per epoch),
   ``deepsalt_cube`` (the output contract's version);
@@ -169,7 +170,7 @@ def check_grid(root: zarr.Group, grid: Grid, url: str) -> None:
     if have != grid.to_dict():
         diff = ", ".join(f"{k} {have.get(k)!r} (not {v!r})" for k, v in grid.to_dict().items() if have.get(k) != v)
         raise DeepSaltInputError(redact_url(url), f"the cube was made with another grid: {diff}",
-                                 "use the cube's --grid and --chunk, or write to a new cube URL")
+                                 "use the cube's --grid, --chunk and --shard, or write to a new cube URL")
 
 
 def _create(store, grid: Grid) -> None:
@@ -195,8 +196,10 @@ def _create(store, grid: Grid) -> None:
     t = root.create_array("time", shape=(0,), dtype="int64", chunks=(64,), dimension_names=("time",), fill_value=0)
     t.attrs.update({"standard_name": "time", "units": "days since 1970-01-01", "calendar": "proleptic_gregorian",
                     "long_name": "map epoch (start)"})
+    side = grid.chunk * grid.shard
     for name, spec in VARS.items():
         a = root.create_array(name, shape=(0, grid.height, grid.width), chunks=(1, grid.chunk, grid.chunk),
+                              shards=(1, side, side) if grid.shard > 1 else None,
                               dtype=spec["dtype"], fill_value=spec["fill"], dimension_names=("time", "y", "x"))
         a.attrs.update({**spec["attrs"], "grid_mapping": "spatial_ref", "coordinates": "spatial_ref"})
     nty, ntx = grid.n_tiles
@@ -245,27 +248,38 @@ def fork_bytes(session) -> bytes:
     return pickle.dumps(session.fork())
 
 
-def write_tile(fork: bytes, where: str, grid: Grid, t: int, ty: int, tx: int, arrays: dict | None, fingerprint: int) -> bytes:
-    """Write one tile (one chunk per variable; ``arrays=None`` clears it) and its fingerprint at time index ``t``
-    into a fork of the run's session; returns the fork for the driver to merge. Nothing is visible to readers
-    until the driver commits.
+def write_tiles(fork: bytes, where: str, grid: Grid, t: int, tiles: list) -> bytes:
+    """Write the tiles of one shard, ``[(ty, tx, arrays | None, fingerprint), ...]`` (``None`` clears a tile), and
+    their fingerprints at time index ``t`` into a fork of the run's session; returns the fork for the driver to
+    merge. Nothing is visible to readers until the driver commits.
+
+    Each variable's shard is read once, the tiles pasted in (the shard's other tiles keep their values) and
+    written once: one object per shard and variable. The caller owns the whole shard (no other task writes it).
 
     Transient store errors are retried by Icechunk's storage client (``S3_RETRIES`` attempts with backoff);
     what still fails is reported with the store and tile it hit, and nothing is committed.
     """
     session = pickle.loads(fork)
-    name = "open"
+    name, (ty, tx) = "open", tiles[0][:2]
+    if len({grid.shard_of(ty_, tx_) for ty_, tx_, _, _ in tiles}) != 1:
+        raise ValueError(f"tiles of several shards in one write: {[(a, b) for a, b, _, _ in tiles]}")
     try:
         root = zarr.open_group(session.store, mode="r+")
         for name in (*VARS, FINGERPRINT):  # a new epoch: every fork grows the arrays the same way; merge keeps one
             a = root[name]
             if a.shape[0] < t + 1:
                 a.resize((t + 1, *a.shape[1:]))
-        ys, xs = grid.tile_slices(ty, tx)
+        sy, sx = grid.shard_slices(*grid.shard_of(ty, tx)) if grid.shard > 1 else grid.tile_slices(ty, tx)
         for name, spec in VARS.items():
-            root[name][t, ys, xs] = arrays[name] if arrays is not None else spec["fill"]
+            block = root[name][t, sy, sx] if grid.shard > 1 else np.empty((sy.stop - sy.start, sx.stop - sx.start), spec["dtype"])
+            for ty, tx, arrays, _ in tiles:
+                ys, xs = grid.tile_slices(ty, tx)
+                block[ys.start - sy.start:ys.stop - sy.start, xs.start - sx.start:xs.stop - sx.start] = \
+                    arrays[name] if arrays is not None else spec["fill"]
+            root[name][t, sy, sx] = block
         name = FINGERPRINT
-        root[FINGERPRINT][t, ty, tx] = fingerprint
+        for ty, tx, _, fingerprint in tiles:
+            root[FINGERPRINT][t, ty, tx] = fingerprint
     except Exception as e:  # noqa: BLE001 - any store failure left after the client's retries
         raise DeepSaltInputError(f"{where} (variable {name.split('/')[-1]}, tile {ty}_{tx})",
                                  f"writing to the cube failed: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}",

@@ -1,4 +1,5 @@
-"""The fixed continental output grid. Tiles are whole chunks, so no two write tasks ever share a chunk."""
+"""The fixed continental output grid. Tiles are whole chunks; shards are ``shard x shard`` tiles, and one write
+task owns all the tiles of a shard, so no two write tasks ever share a stored object."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ class Grid:
 
     The default (``GRIDS["conus"]``) is CONUS Albers (EPSG:5070) at 30 m with its origin on a 30 m lattice,
     covering the lower 48 states: every regional run lands in the same cells of the same cube.
-    Chunks of 256 x 256 float32 are 256 KiB raw (~100 KiB compressed): big enough for object storage,
-    small enough that one tile of 224 int16 bands stays ~30 MB in memory per scene.
+    Chunks of 256 x 256 float32 are 256 KiB raw (~100 KiB compressed): small enough that one tile of 224 int16
+    bands stays ~30 MB in memory per scene. ``shard`` tiles per side go into one stored object (Zarr v3
+    sharding): fewer, larger objects for object storage, while a reader still fetches one chunk by byte range.
     """
 
     crs: str
@@ -26,6 +28,7 @@ class Grid:
     width: int
     height: int
     chunk: int = 256
+    shard: int = 1
 
     @property
     def transform(self) -> Affine:
@@ -45,6 +48,13 @@ class Grid:
         h, w = self.tile_shape(ty, tx)
         return slice(ty * self.chunk, ty * self.chunk + h), slice(tx * self.chunk, tx * self.chunk + w)
 
+    def shard_of(self, ty: int, tx: int) -> tuple[int, int]:
+        return ty // self.shard, tx // self.shard
+
+    def shard_slices(self, sy: int, sx: int) -> tuple[slice, slice]:
+        side = self.chunk * self.shard
+        return (slice(sy * side, min((sy + 1) * side, self.height)), slice(sx * side, min((sx + 1) * side, self.width)))
+
     def cell_of(self, x: float, y: float) -> tuple[int, int]:
         """(row, col) of the cell containing grid-CRS point (x, y)."""
         return math.floor((self.y0 - y) / self.res), math.floor((x - self.x0) / self.res)
@@ -58,7 +68,8 @@ class Grid:
         return [(ty, tx) for ty in range(ty0, ty1 + 1) for tx in range(tx0, tx1 + 1)]
 
     def to_dict(self) -> dict:
-        return dict(crs=self.crs, res=self.res, x0=self.x0, y0=self.y0, width=self.width, height=self.height, chunk=self.chunk)
+        return dict(crs=self.crs, res=self.res, x0=self.x0, y0=self.y0, width=self.width, height=self.height, chunk=self.chunk,
+                    shard=self.shard)
 
 
 GRIDS = {

@@ -35,7 +35,7 @@ def grid_for(cfg: MapConfig) -> Grid:
     if cfg.grid not in GRIDS:
         raise DeepSaltInputError("--grid", f"unknown grid '{cfg.grid}'", f"use one of {', '.join(GRIDS)}")
     g = GRIDS[cfg.grid]
-    return Grid(g.crs, g.res, g.x0, g.y0, g.width, g.height, cfg.chunk)
+    return Grid(g.crs, g.res, g.x0, g.y0, g.width, g.height, cfg.chunk, cfg.shard)
 
 
 class Predictor:
@@ -51,33 +51,41 @@ class Predictor:
             self.bundle.to("cuda")
 
     def __call__(self, row: dict) -> dict:
+        """Predict a shard's tiles (``tiles.combine`` rows), tile by tile: MC dropout is seeded per tile and batch."""
         n = len(row["pix"])
         mean, sd, di = (np.zeros(n, np.float32) for _ in range(3))
-        b = self.batch
-        for i in range(0, n, b):
-            mean[i:i + b], sd[i:i + b], di[i:i + b] = self.bundle.predict(
-                row["dn"][i:i + b], row["cov"][i:i + b], self.mc, seed=int(row["ty"]) * 100003 + int(row["tx"]) + i,
-                scale=(row["gain"], row["offset"], row["slot"][i:i + b]), di=True)
-        return {"ty": row["ty"], "tx": row["tx"], "fp": row["fp"], "pix": row["pix"], "scene": row["scene"], "ece": mean,
-                "ece_sd": sd, "di": di, "aoa": (di <= self.bundle.aoa_threshold).astype(np.uint8)}
+        b, start = self.batch, 0
+        for (ty, tx), cnt in zip(row["tiles"], row["counts"]):
+            for i in range(0, int(cnt), b):
+                sl = slice(start + i, start + min(i + b, int(cnt)))
+                mean[sl], sd[sl], di[sl] = self.bundle.predict(
+                    row["dn"][sl], row["cov"][sl], self.mc, seed=int(ty) * 100003 + int(tx) + i,
+                    scale=(row["gain"], row["offset"], row["slot"][sl]), di=True)
+            start += int(cnt)
+        return {**{k: row[k] for k in ("tiles", "fps", "counts", "pix", "scene")}, "ece": mean, "ece_sd": sd, "di": di,
+                "aoa": (di <= self.bundle.aoa_threshold).astype(np.uint8)}
 
 
 def _write(row: dict, fork: bytes, where: str, grid: Grid, t: int, scene_days: np.ndarray) -> dict:
-    """Tile arrays from the predicted pixels (a tile with none is cleared), written into a fork of the session.
-    ``scene_days[i]``: acquisition date of scene ``i`` of ``scene_ids``, in days since 1970-01-01."""
-    ty, tx = int(row["ty"]), int(row["tx"])
-    pix = np.asarray(row["pix"], np.int64)
-    arrays = None
-    if len(pix):
-        h, w = grid.tile_shape(ty, tx)
-        arrays = {name: np.full(h * w, spec["fill"], spec["dtype"]) for name, spec in cube_mod.VARS.items()}
-        for name in ("ece", "ece_sd", "di", "aoa"):
-            arrays[name][pix] = row[name]
-        arrays["valid"][pix], arrays["scene"][pix] = 1, row["scene"]
-        arrays["acq_date"][pix] = scene_days[np.asarray(row["scene"], np.int64)]
-        arrays = {k: v.reshape(h, w) for k, v in arrays.items()}
-    fork = cube_mod.write_tile(fork, where, grid, t, ty, tx, arrays, int(row["fp"]))
-    return {"ty": ty, "tx": tx, "n": len(pix), "fork": fork}
+    """Tile arrays from the predicted pixels of one shard's tiles (a tile with none is cleared), written into a
+    fork of the session. ``scene_days[i]``: acquisition date of scene ``i`` of ``scene_ids``, days since 1970."""
+    tiles, start = [], 0
+    for (ty, tx), fp, cnt in zip(row["tiles"], row["fps"], row["counts"]):
+        sl = slice(start, start + int(cnt))
+        start += int(cnt)
+        pix = np.asarray(row["pix"][sl], np.int64)
+        arrays = None
+        if len(pix):
+            h, w = grid.tile_shape(int(ty), int(tx))
+            arrays = {name: np.full(h * w, spec["fill"], spec["dtype"]) for name, spec in cube_mod.VARS.items()}
+            for name in ("ece", "ece_sd", "di", "aoa"):
+                arrays[name][pix] = row[name][sl]
+            arrays["valid"][pix], arrays["scene"][pix] = 1, row["scene"][sl]
+            arrays["acq_date"][pix] = scene_days[np.asarray(row["scene"][sl], np.int64)]
+            arrays = {k: v.reshape(h, w) for k, v in arrays.items()}
+        tiles.append((int(ty), int(tx), arrays, int(fp)))
+    fork = cube_mod.write_tiles(fork, where, grid, t, tiles)
+    return {"tiles": len(tiles), "n": start, "fork": fork}
 
 
 @dataclass
@@ -189,14 +197,24 @@ def _scene_days(inp: RunInputs, scene_ids: list[str]) -> np.ndarray:
 
 
 def read_stage(inp: RunInputs, tasks: list[dict]):
-    """Ray Data dataset of prepared tiles (``tiles.prepare_tile`` rows) from tile tasks: CPU tasks of
-    ``tiles_per_read_task`` neighbouring tiles each (the plan's order), spread over every node."""
+    """Ray Data dataset of prepared shards (``tiles.combine`` rows, one per shard) from tile tasks: the tasks are
+    grouped by shard (a write task must own a whole shard) and the shards packed, in the plan's order, into CPU
+    tasks of about ``tiles_per_read_task`` tiles each, spread over every node."""
     import ray
 
-    cfg, k = inp.cfg, inp.cfg.tiles_per_read_task
-    groups = [{"tiles": pickle.dumps(tasks[i:i + k])} for i in range(0, len(tasks), k)]
-    return ray.data.from_items(groups, override_num_blocks=max(1, len(groups))).flat_map(
-        prepare_tiles, fn_kwargs=dict(grid=inp.grid, covariates=cfg.covariates, band_names=inp.meta["band_names"],
+    cfg, grid = inp.cfg, inp.grid
+    shards: dict = {}
+    for task in tasks:
+        shards.setdefault(grid.shard_of(task["ty"], task["tx"]), []).append(task)
+    groups, cur = [], []
+    for unit in shards.values():
+        cur.append(unit)
+        if sum(map(len, cur)) >= cfg.tiles_per_read_task:
+            groups.append(cur)
+            cur = []
+    groups += [cur] if cur else []
+    return ray.data.from_items([{"shards": pickle.dumps(g)} for g in groups], override_num_blocks=max(1, len(groups))).flat_map(
+        prepare_tiles, fn_kwargs=dict(grid=grid, covariates=cfg.covariates, band_names=inp.meta["band_names"],
                                       band_centers=inp.meta["band_centers_nm"], quality=tuple(cfg.quality_masks),
                                       allow_http=cfg.allow_http),
         num_cpus=1, memory=cfg.read_memory_mb * 2**20)
@@ -229,8 +247,9 @@ def _execute(inp: RunInputs, p: Plan, session, log) -> int:
         for row in ds.iter_rows():
             session.merge(pickle.loads(row["fork"]))
             n_pix += int(row["n"])
-            done += 1
-            if done == len(tasks) or done % max(1, len(tasks) // 10) == 0:  # at most 10 lines, whatever the size
+            before, done = done, done + int(row["tiles"])  # a row is one shard: one or more tiles
+            step = max(1, len(tasks) // 10)
+            if done == len(tasks) or done // step > before // step:  # at most ~10 lines, whatever the size
                 s = time.time() - t0
                 log(f"      tiles written {done}/{len(tasks)} ({100 * done // len(tasks)} %), {n_pix:,} px, "
                     f"{n_pix / max(s, 1e-9):,.0f} px/s, ETA {s / done * (len(tasks) - done):.0f} s")

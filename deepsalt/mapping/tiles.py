@@ -134,7 +134,22 @@ def prepare_tile(task: dict, grid: Grid, covariates: str, band_names: list[str],
             "gain": np.stack(gains).astype(np.float32), "offset": np.stack(offsets).astype(np.float32), "cov": cov}
 
 
+def combine(parts: list[dict]) -> dict:
+    """The ``prepare_tile`` outputs of one shard's tiles as one row: ``tiles (k, 2)``, ``fps (k,)`` and ``counts
+    (k,)`` per tile, every per-pixel array concatenated in tile order (``slot`` renumbered into the stacked
+    ``gain``/``offset``)."""
+    slots, off = [], 0
+    for p in parts:
+        slots.append(p["slot"].astype(np.int16) + off)
+        off += len(p["gain"])
+    return {"tiles": np.array([[p["ty"], p["tx"]] for p in parts], np.int64),
+            "fps": np.array([p["fp"] for p in parts], np.uint64), "counts": np.array([len(p["pix"]) for p in parts], np.int64),
+            "n_valid": int(sum(p["n_valid"] for p in parts)), "slot": np.concatenate(slots),
+            **{k: np.concatenate([p[k] for p in parts]) for k in ("pix", "dn", "scene", "cov", "gain", "offset")}}
+
+
 def prepare_tiles(row: dict, **kw) -> list[dict]:
-    """``prepare_tile`` for each tile of a group (``row["tiles"]``: pickled task dicts), one output row per tile:
-    a read task takes several tiles so that Ray's fixed cost per task (~0.1 s) is spread over more pixels."""
-    return [prepare_tile(t, **kw) for t in pickle.loads(row["tiles"])]
+    """``prepare_tile`` for every tile of each shard of a read task (``row["shards"]``: pickled lists of task
+    dicts), one output row per shard (``combine``): a write task then owns the whole shard, and a read task
+    takes several tiles so that Ray's fixed cost per task (~0.1 s) is spread over more pixels."""
+    return [combine([prepare_tile(t, **kw) for t in unit]) for unit in pickle.loads(row["shards"])]
