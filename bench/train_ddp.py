@@ -88,7 +88,7 @@ def main() -> None:
     from deepsalt.config import TrainConfig
     from deepsalt.raycluster import init_ray
 
-    a.batch = a.batch or TrainConfig.for_preset(a.preset).student_batch
+    a.batch = a.batch or TrainConfig.for_preset(a.preset).student.batch
 
     init_ray()
     rows = []

@@ -128,7 +128,7 @@ def train(
 
     if not (world / "samples" / "satellite_samples.parquet").exists():
         raise DeepSaltInputError(world, "not a world folder (samples/satellite_samples.parquet missing)", "build one with `deepsalt world`")
-    cfg = TrainConfig.for_preset(preset.value, workers=workers, gpu=gpu, tokens=tokens.value, kd_transfer=kd_transfer,
+    cfg = TrainConfig.for_preset(preset.value, workers=workers, gpu=gpu, tokens=tokens.value, kd={"transfer": kd_transfer},
                                  seeds=seeds)
     m = run_train(world, out, cfg, log=typer.echo)
     typer.echo(f"wrote {out}/metrics.json, {out}/report/summary.md, {out}/bundle ({m['seconds']} s)")

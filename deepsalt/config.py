@@ -63,102 +63,140 @@ BASELINES = ("plsr", "random_forest")
 LOCATION_BASELINES = ("nn_label", "kriging")
 
 
-class TrainConfig(_Config):
-    """Every hyper-parameter of the four stages (defaults: DESIGN.md / the authors' refactor)."""
+class AutoEncoderConfig(_Config):
+    """The two sparse auto-encoders (FTIR and EnMAP), pre-trained by reconstruction before the SAU."""
 
-    preset: TrainPreset = "demo"
-    seeds: tuple[int, ...] = (0, 1, 2)
-    workers: int = Field(1, ge=1)
-    gpu: bool = False
-    # data
-    mir_grid: tuple[float, float, int] = (400.0, 4000.0, 1765)
-    split_block_km: float = Field(0.0, ge=0, description="side (km) of the square spatial blocks assigned whole to "
-                                  "train/val/test, sites and lab samples alike; 0: the range of the empirical variogram of "
-                                  "ln ECe over the seen sites, halved until at least 10 blocks hold sites")
-    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    zero_ec_dsm: float = 0.1
-    zero_ec_keep: float = 0.1
-    out_range: tuple[float, float] = OUT_RANGE
-    # auto-encoders
-    latent: int = 64
-    ae_hidden: tuple[int, ...] = (1024, 512, 256)
-    ae_epochs: int = 50
-    ae_lr: float = 1e-4
-    ae_wd: float = 1e-5
-    ae_batch: int = 32
-    kl_rho: float = 0.05
-    kl_weight: float = 0.1
-    ae_aux_weight: float = Field(1.0, ge=0, description="weight of the auto-encoders' linear ln-ECe read-out from the code "
-                                 "(labelled training samples only); 0 gives the authors' purely unsupervised encoders, whose "
-                                 "code on the demo world left the teacher at lab R2 -0.04 (0.88 with 1.0)")
-    grad_clip: float = 1.0
-    # spectral adaptation unit
-    sau_epochs: int = 50
-    sau_recon_weight: float = 1.0
-    sau_align_weight: float = 48.0
-    align_loss: Literal["cosine", "infonce"] = "cosine"
-    align_temperature: float = 0.07
-    pair_max_km: float = 1.0
-    # teacher
-    teacher_layers: int = 3
-    teacher_heads: int = 4
-    teacher_ff: int = 128
-    teacher_epochs: int = 100
-    teacher_lr: float = 1e-3
-    teacher_batch: int = 64
-    # student
-    student_layers: int = 4
-    student_heads: int = 8
-    student_ff: int = 256
-    student_epochs: int = 200
-    student_lr: float = 1e-3
-    student_wd: float = 1e-5
-    student_batch: int = 32
-    plateau_factor: float = 0.1
-    plateau_patience: int = 5
-    early_stop: int = 10
-    dropout: float = 0.1
-    mc_samples: int = Field(5, ge=2, le=100, description="MC-dropout passes the 90 % interval is calibrated with; "
-                            "map with the same --mc-samples (the bundle records it)")
-    tokens: Literal["one", "per_dim"] = "one"
-    kd_alpha: float = Field(
-        1.0, description="weight of the task term in the distillation loss (the authors': 0.07). With 0.07 the feature "
+    hidden: tuple[int, ...] = Field((1024, 512, 256), description="hidden layer widths of each encoder (the decoder mirrors them)")
+    epochs: int = Field(50, ge=1, description="pre-training epochs")
+    lr: float = Field(1e-4, gt=0, description="Adam learning rate")
+    wd: float = Field(1e-5, ge=0, description="Adam weight decay")
+    batch: int = Field(32, ge=2, description="samples per batch (lab and satellite each)")
+    kl_rho: float = Field(0.05, gt=0, lt=1, description="target mean activation of the sigmoid code (KL sparsity)")
+    kl_weight: float = Field(0.1, ge=0, description="weight of the KL sparsity term")
+    aux_weight: float = Field(1.0, ge=0, description="weight of the auto-encoders' linear ln-ECe read-out from the code "
+                              "(labelled training samples only); 0 gives the authors' purely unsupervised encoders, whose "
+                              "code on the demo world left the teacher at lab R2 -0.04 (0.88 with 1.0)")
+
+
+class SAUConfig(_Config):
+    """The Spectral Adaptation Unit: both encoders trained on, with lab/site pairs pulled together."""
+
+    epochs: int = Field(50, ge=1, description="alignment epochs")
+    recon_weight: float = Field(1.0, ge=0, description="weight of the reconstruction (and sparsity, read-out) terms")
+    align_weight: float = Field(48.0, ge=0, description="weight of the alignment term on paired latents")
+    align_loss: Literal["cosine", "infonce"] = Field("cosine", description="alignment loss: 1 - cosine, or InfoNCE")
+    align_temperature: float = Field(0.07, gt=0, description="InfoNCE temperature")
+    pair_max_km: float = Field(1.0, gt=0, description="largest distance of a lab sample and a site paired for alignment "
+                               "(mutual nearest neighbours)")
+
+
+class TeacherConfig(_Config):
+    """The teacher transformer on aligned FTIR latents."""
+
+    layers: int = Field(3, ge=1, description="transformer encoder layers")
+    heads: int = Field(4, ge=1, description="attention heads")
+    ff: int = Field(128, ge=1, description="feed-forward width")
+    epochs: int = Field(100, ge=1, description="most epochs (early stopping on the validation blocks)")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate")
+    batch: int = Field(64, ge=2, description="lab samples per batch")
+
+
+class StudentConfig(_Config):
+    """The student transformers (DeepSalt and its ablations) on EnMAP latents and covariates."""
+
+    layers: int = Field(4, ge=1, description="transformer encoder layers (the distillation layer map has one entry each)")
+    heads: int = Field(8, ge=1, description="attention heads")
+    ff: int = Field(256, ge=1, description="feed-forward width")
+    epochs: int = Field(200, ge=1, description="most epochs (early stopping on the validation blocks)")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate")
+    wd: float = Field(1e-5, ge=0, description="Adam weight decay")
+    batch: int = Field(32, ge=2, description="sites (and transfer pixels) per batch")
+
+
+class DistillationConfig(_Config):
+    """How the teacher teaches the student."""
+
+    alpha: float = Field(
+        1.0, ge=0, description="weight of the task term in the distillation loss (the authors': 0.07). With 0.07 the feature "
         "term outweighed the field labels and the distilled student lost to the undistilled one on the benchmark world "
         "(seed 0, with the transfer set: MAE 1.243 against 1.161); with 1.0 it won (1.171 against 1.232)")
-    kd_beta: float = 0.90
-    kd_gamma: float = 0.10
-    kd_layer_map: tuple[int, ...] = (0, 1, 2, 2)
-    kd_layer_weights: tuple[float, ...] = (1.35, 1.05, 0.65, 0.65)
-    kd_sigma: float = 0.25
-    kd_targets: Literal["aligned_enmap", "paired_lab", "none"] = Field(
+    beta: float = Field(0.90, ge=0, description="weight of the feature (layer) term")
+    gamma: float = Field(0.10, ge=0, description="weight of the response term (Gaussian KL in log space)")
+    layer_map: tuple[int, ...] = Field((0, 1, 2, 2), description="teacher layer each student layer learns from")
+    layer_weights: tuple[float, ...] = Field((1.35, 1.05, 0.65, 0.65), description="weight of each student layer's feature term")
+    sigma: float = Field(0.25, gt=0, description="sd of the Gaussians in log ECe compared by the response term")
+    targets: Literal["aligned_enmap", "paired_lab", "none"] = Field(
         "paired_lab", description="what the teacher reads to make a site's distillation targets: the site's aligned "
         "EnMAP latent (the authors'), or the FTIR latent of the lab sample paired with it (sites without a pair: task term "
         "only), or none (every site: task term only; distillation then runs on the transfer set alone). paired_lab: on "
         "the demo world the teacher read aligned EnMAP latents at MAE 3.4 dS/m, and distilling from them raised the "
         "student's MAE from 1.51 to 2.74; from paired lab latents it stayed at 1.54")
-    kd_transfer: bool = Field(
+    transfer: bool = Field(
         True, description="distil also on a transfer set: the EnMAP pixel (and covariates) at each training-block lab "
         "sample's own location, with the teacher reading that sample's FTIR spectrum (feature and response terms only). "
         "The lab library is larger than the field survey and sits on its pixels, so the teacher labels data the student "
         "would not otherwise see; needs the world's stac/ items")
+
+
+class TrainConfig(_Config):
+    """Every hyper-parameter of a training run: run-wide settings here, each stage's in its section
+    (``ae``, ``sau``, ``teacher``, ``student``, ``kd``). Defaults: DESIGN.md / the authors' refactor."""
+
+    preset: TrainPreset = Field("demo", description="the preset these values started from")
+    seeds: tuple[int, ...] = Field((0, 1, 2), description="one full training per seed; metrics are means over seeds")
+    workers: int = Field(1, ge=1, description="Ray Train workers (DDP)")
+    gpu: bool = Field(False, description="one GPU per worker")
+    # data
+    mir_grid: tuple[float, float, int] = Field((400.0, 4000.0, 1765), description="model MIR grid: first, last wavenumber "
+                                               "(cm-1) and channels; lab tables are resampled onto it")
+    split_block_km: float = Field(0.0, ge=0, description="side (km) of the square spatial blocks assigned whole to "
+                                  "train/val/test, sites and lab samples alike; 0: the range of the empirical variogram of "
+                                  "ln ECe over the seen sites, halved until at least 10 blocks hold sites")
+    split_fractions: tuple[float, float, float] = Field((0.8, 0.1, 0.1), description="share of seen sites in train, "
+                                                        "validation and test blocks")
+    zero_ec_dsm: float = Field(0.1, ge=0, description="ECe (dS/m) below which a training sample counts as salt-free")
+    zero_ec_keep: float = Field(0.1, ge=0, le=1, description="share of salt-free training samples kept (seeded)")
+    out_range: tuple[float, float] = Field(OUT_RANGE, description="ECe range (dS/m) of the bounded output head")
     adapt_pixels: int = Field(2000, ge=0, description="unlabelled EnMAP pixels read at random points of the held-out "
                               "region's scenes to adapt the student to it (deepsalt_adapted in metrics.json); 0: off")
-    variants: tuple[str, ...] = VARIANTS
+    # shared by the stages
+    latent: int = Field(64, ge=2, description="width of the shared FTIR/EnMAP latent space")
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout of teacher and students (and MC dropout in mapping)")
+    tokens: Literal["one", "per_dim"] = Field("one", description="transformer tokenisation: the whole input as one token, "
+                                              "or one token per input dimension")
+    grad_clip: float = Field(1.0, gt=0, description="gradient norm clip, every stage")
+    plateau_factor: float = Field(0.1, gt=0, lt=1, description="learning-rate factor when validation stops improving")
+    plateau_patience: int = Field(5, ge=1, description="epochs without improvement before the learning rate drops")
+    early_stop: int = Field(10, ge=1, description="epochs without improvement before a stage stops")
+    mc_samples: int = Field(5, ge=2, le=100, description="MC-dropout passes the 90 % interval is calibrated with; "
+                            "map with the same --mc-samples (the bundle records it)")
+    variants: tuple[str, ...] = Field(VARIANTS, description="students to train (deepsalt and the ablations)")
     checkpoint_every: int = Field(5, ge=1, description="epochs between checkpoints within a stage (and at each stage end)")
+    # the stages
+    ae: AutoEncoderConfig = AutoEncoderConfig()
+    sau: SAUConfig = SAUConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    student: StudentConfig = StudentConfig()
+    kd: DistillationConfig = DistillationConfig()
 
     @classmethod
     def for_preset(cls, preset: TrainPreset, **overrides) -> "TrainConfig":
+        """A preset's values with ``overrides``: run-wide fields by name, a section as a dict of its fields
+        (``ae={"epochs": 3}``), merged into the preset's section."""
         sizes = {
-            "tiny": dict(ae_hidden=(256, 128), ae_epochs=8, ae_lr=1e-3, sau_epochs=8, teacher_epochs=25,
-                         student_epochs=40, checkpoint_every=10),
-            "demo": dict(ae_hidden=(512, 256), ae_epochs=20, ae_lr=5e-4, sau_epochs=20, teacher_epochs=60,
-                         student_epochs=120),
+            "tiny": dict(ae=dict(hidden=(256, 128), epochs=8, lr=1e-3), sau=dict(epochs=8), teacher=dict(epochs=25),
+                         student=dict(epochs=40), checkpoint_every=10),
+            "demo": dict(ae=dict(hidden=(512, 256), epochs=20, lr=5e-4), sau=dict(epochs=20), teacher=dict(epochs=60),
+                         student=dict(epochs=120)),
             "paper": dict(),  # DESIGN's sizes (the class defaults): for GPU clusters
             # sized so that 3 seeds train in <= 45 min on 2 CPU cores
-            "benchmark": dict(ae_hidden=(512, 256), ae_epochs=12, ae_lr=1e-3, ae_batch=128, sau_epochs=12,
-                              teacher_epochs=40, teacher_batch=128, student_epochs=100, student_batch=64),
+            "benchmark": dict(ae=dict(hidden=(512, 256), epochs=12, lr=1e-3, batch=128), sau=dict(epochs=12),
+                              teacher=dict(epochs=40, batch=128), student=dict(epochs=100, batch=64)),
         }[preset]
-        return cls(preset=preset, **{**sizes, **overrides})
+        merged = {**sizes}
+        for k, v in overrides.items():
+            merged[k] = {**sizes.get(k, {}), **v} if isinstance(v, dict) else v
+        return cls(preset=preset, **merged)
 
 
 class MapConfig(_Config):

@@ -61,7 +61,8 @@ def s3_bucket(s3_endpoint, request):
 
 
 # Small enough for CI, large enough that every stage and every variant really trains.
-FAST = dict(ae_hidden=(64,), ae_epochs=3, sau_epochs=3, teacher_epochs=6, student_epochs=6, checkpoint_every=2, seeds=(0,))
+FAST = dict(ae={"hidden": (64,), "epochs": 3}, sau={"epochs": 3}, teacher={"epochs": 6}, student={"epochs": 6}, checkpoint_every=2,
+            seeds=(0,))
 
 
 TRAIN_LOG: list[str] = []  # what the shared training printed

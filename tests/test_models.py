@@ -76,7 +76,7 @@ def test_paired_lab_targets_come_from_the_paired_lab_samples():
 
     from deepsalt.train.stages import Ctx, build_models, distillation_targets, encode, predict
 
-    cfg = TrainConfig.for_preset("tiny", ae_hidden=(16,), variants=("deepsalt",))
+    cfg = TrainConfig.for_preset("tiny", ae={"hidden": (16,)}, variants=("deepsalt",))
     rng = np.random.default_rng(0)
     data = SimpleNamespace(lab_x=rng.random((10, 30), dtype=np.float32), sat_x=rng.random((6, 20), dtype=np.float32),
                            sat_y=np.ones(6, np.float32), pairs=(np.array([7, 2]), np.array([4, 1]), np.array([0.1, 0.3])))
@@ -218,7 +218,7 @@ def test_transfer_set_is_lab_pixels_in_training_blocks_with_teacher_targets(worl
     from deepsalt.train.data import load_training_data
     from deepsalt.train.stages import Ctx, build_models, encode, predict, with_transfer_set
 
-    cfg = TrainConfig.for_preset("tiny", ae_hidden=(16,), variants=("deepsalt",))
+    cfg = TrainConfig.for_preset("tiny", ae={"hidden": (16,)}, variants=("deepsalt",))
     d = load_training_data(world, cfg, 0)
     n_tr = len(d.transfer_lab)
     assert n_tr > 20 and d.info["n_transfer"] == n_tr and np.isfinite(d.transfer_x).all() and np.isfinite(d.transfer_cov).all()
@@ -248,7 +248,7 @@ def test_transfer_set_is_lab_pixels_in_training_blocks_with_teacher_targets(worl
     np.testing.assert_allclose(tp[n:], t, rtol=1e-6)
     assert tm[n:].all() and not tm[:n].any() and tw[:n].all() and not tw[n:].any()
     np.testing.assert_allclose(x[n:, 64:], d.transfer_cov)
-    assert len(load_training_data(world, TrainConfig.for_preset("tiny", kd_transfer=False), 0).transfer_lab) == 0
+    assert len(load_training_data(world, TrainConfig.for_preset("tiny", kd={"transfer": False}), 0).transfer_lab) == 0
 
 
 def test_lab_labels_control_trains_on_the_sites_plus_the_transfer_pixels_with_lab_ece(world):
@@ -278,7 +278,7 @@ def test_transfer_set_without_stac_items_is_a_clear_error(world_copy):
 
 
 def _bundle(cfg):
-    enc = SparseAutoEncoder(218, cfg.ae_hidden, cfg.latent)
+    enc = SparseAutoEncoder(218, cfg.ae.hidden, cfg.latent)
     stu = build_student(cfg, "deepsalt")
     sc = {"enmap": Scaler.fit(np.random.rand(20, 218)), "covariates": Scaler.fit(np.random.rand(20, 8), "standard")}
     ref = np.random.default_rng(0).standard_normal((30, cfg.latent + 8)).astype(np.float32)

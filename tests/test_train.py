@@ -57,7 +57,7 @@ def test_run_writes_metrics_report_and_bundle(run):
     assert on_disk["kd_targets"] == "paired_lab"
     assert (out / "report" / "evaluation.png").stat().st_size > 10_000
     assert "Students and baselines" in (out / "report" / "summary.md").read_text()
-    assert json.loads((out / "config.json").read_text())["ae_epochs"] == 3
+    assert json.loads((out / "config.json").read_text())["ae"]["epochs"] == 3
 
 
 def r_n(metrics: dict, region: str) -> int:

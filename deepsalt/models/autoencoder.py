@@ -28,7 +28,7 @@ class SparseAutoEncoder(nn.Module):
         self.encoder = nn.Sequential(*_mlp([in_dim, *hidden]), nn.Linear(hidden[-1], latent), nn.Sigmoid())
         rev = list(reversed(hidden))
         self.decoder = nn.Sequential(*_mlp([latent, *rev]), nn.Linear(rev[-1], in_dim), nn.Sigmoid())
-        # Linear read-out of standardised ln ECe from the code: trained only when ``ae_aux_weight`` > 0, so that
+        # Linear read-out of standardised ln ECe from the code: trained only when ``ae.aux_weight`` > 0, so that
         # the code keeps the (small-variance) salt features that pure reconstruction would trade away.
         self.aux = nn.Linear(latent, 1)
 

@@ -42,7 +42,7 @@ class DeepSaltBundle:
     @staticmethod
     def _build(meta: dict):
         cfg = TrainConfig(**meta["config"])
-        enc = SparseAutoEncoder(len(meta["band_names"]), tuple(cfg.ae_hidden), cfg.latent)
+        enc = SparseAutoEncoder(len(meta["band_names"]), tuple(cfg.ae.hidden), cfg.latent)
         return enc, build_student(cfg, "deepsalt")
 
     def save(self, url: str) -> None:

@@ -77,5 +77,5 @@ def student_inputs(variant: str, latent: int) -> int:
 def build_student(cfg, variant: str) -> SpectralTransformer:
     """The student transformer for a ``TrainConfig`` and variant (training and the model bundle build the same)."""
     d = cfg.latent + 8
-    return SpectralTransformer(student_inputs(variant, cfg.latent), d, cfg.student_heads, cfg.student_layers,
-                               cfg.student_ff, cfg.dropout, cfg.out_range, cfg.tokens)
+    return SpectralTransformer(student_inputs(variant, cfg.latent), d, cfg.student.heads, cfg.student.layers,
+                               cfg.student.ff, cfg.dropout, cfg.out_range, cfg.tokens)

@@ -183,7 +183,7 @@ def lab_pixels(world: Path, lon: np.ndarray, lat: np.ndarray, band_names: list[s
         if not stac.exists():
             raise DeepSaltInputError(stac, "no STAC items for the distillation transfer set (EnMAP pixels at the lab samples)",
                                      "put the EnMAP items (items.json) in the world's stac/ folder, or train with "
-                                     "--no-kd-transfer (kd_transfer=False)")
+                                     "--no-kd-transfer (kd.transfer=False)")
         refl = pixels_at(search_items(str(stac)), lon, lat, band_names, band_centers)
         _LAB_PIXELS.clear()
         _LAB_PIXELS[key] = refl, sample_covariates(world / "covariates", lon, lat).astype(np.float32)
@@ -240,14 +240,14 @@ def load_training_data(world: str | Path, cfg: TrainConfig, seed: int = 0) -> Tr
                "covariates": Scaler.fit(cov_raw[tr_s], "standard")}
     # Pairs for alignment: training-block lab samples vs TRAINING sites only, so no test block shapes the encoders.
     li, sj, km = mutual_pairs(lab.meta["latitude"].to_numpy()[tr_l], lab.meta["longitude"].to_numpy()[tr_l],
-                              sat["latitude"].to_numpy()[tr_s], sat["longitude"].to_numpy()[tr_s], cfg.pair_max_km)
+                              sat["latitude"].to_numpy()[tr_s], sat["longitude"].to_numpy()[tr_s], cfg.sau.pair_max_km)
     pairs = (np.flatnonzero(tr_l)[li], np.flatnonzero(tr_s)[sj], km)
     # Transfer set: seen-region lab samples in TRAINING blocks of the site split (so none sits in a val/test
     # block), with a clear EnMAP pixel and covariates at their own location.
     tr_lab = np.zeros(0, np.int64)
     tr_refl, tr_cov = np.zeros((0, len(refl_cols)), np.float32), np.zeros((0, len(COVARIATE_NAMES)), np.float32)
     refl_all = tr_refl
-    if cfg.kd_transfer:
+    if cfg.kd.transfer:
         cand = np.flatnonzero(lab_seen_region)[lab_block == "train"]
         refl_all, cov_all = lab_pixels(world, lab_meta["longitude"].to_numpy(), lab_meta["latitude"].to_numpy(),
                                        np.array(bands.names)[keep].tolist(), bands.centers_nm[keep].tolist())

@@ -313,7 +313,7 @@ def train(world: str | Path, out: str | Path, cfg: TrainConfig, log=print) -> di
                                   seed=seed, **res["bundle_extras"]).save(str(out / "bundle"))
             first = (data, res, state["history"])
         res.pop("bundle_extras")  # the training sites' inputs: needed for the bundle only
-    metrics = {"seeds": list(cfg.seeds), "data_hash": first[0].data_hash, "kd_targets": cfg.kd_targets,
+    metrics = {"seeds": list(cfg.seeds), "data_hash": first[0].data_hash, "kd_targets": cfg.kd.targets,
                "teacher_lab": ev.aggregate([r["teacher_lab"] for r in per_seed]),
                "teacher_enmap": ev.aggregate([r["teacher_enmap"] for r in per_seed]),
                "alignment": ev.aggregate([r["alignment"] for r in per_seed]),

@@ -31,9 +31,9 @@ STATE_FILE = "state.pt"
 
 def build_models(cfg: TrainConfig, n_mir: int, n_bands: int) -> dict[str, nn.Module]:
     m: dict[str, nn.Module] = {
-        "ae_ftir": SparseAutoEncoder(n_mir, cfg.ae_hidden, cfg.latent),
-        "ae_enmap": SparseAutoEncoder(n_bands, cfg.ae_hidden, cfg.latent),
-        "teacher": SpectralTransformer(cfg.latent, cfg.latent, cfg.teacher_heads, cfg.teacher_layers, cfg.teacher_ff,
+        "ae_ftir": SparseAutoEncoder(n_mir, cfg.ae.hidden, cfg.latent),
+        "ae_enmap": SparseAutoEncoder(n_bands, cfg.ae.hidden, cfg.latent),
+        "teacher": SpectralTransformer(cfg.latent, cfg.latent, cfg.teacher.heads, cfg.teacher.layers, cfg.teacher.ff,
                                        cfg.dropout, cfg.out_range, cfg.tokens),
     }
     m["sau_ftir"], m["sau_enmap"] = copy.deepcopy(m["ae_ftir"]), copy.deepcopy(m["ae_enmap"])
@@ -43,8 +43,8 @@ def build_models(cfg: TrainConfig, n_mir: int, n_bands: int) -> dict[str, nn.Mod
 
 
 def stage_list(cfg: TrainConfig) -> list[tuple[str, int]]:
-    return [("ae", cfg.ae_epochs), ("sau", cfg.sau_epochs), ("teacher", cfg.teacher_epochs),
-            *[(f"student:{v}", cfg.student_epochs) for v in cfg.variants]]
+    return [("ae", cfg.ae.epochs), ("sau", cfg.sau.epochs), ("teacher", cfg.teacher.epochs),
+            *[(f"student:{v}", cfg.student.epochs) for v in cfg.variants]]
 
 
 class Ctx:
@@ -184,14 +184,14 @@ def _auto_encoder_stage(name: str, data, cfg: TrainConfig, models: dict, ctx: Ct
         models["sau_ftir"].load_state_dict(models["ae_ftir"].state_dict())
         models["sau_enmap"].load_state_dict(models["ae_enmap"].state_dict())
     trained = {k: ctx.prepare(models[k]) for k in (f"{pre}_ftir", f"{pre}_enmap")}
-    opt = torch.optim.Adam([p for m in trained.values() for p in m.parameters()], lr=cfg.ae_lr, weight_decay=cfg.ae_wd)
+    opt = torch.optim.Adam([p for m in trained.values() for p in m.parameters()], lr=cfg.ae.lr, weight_decay=cfg.ae.wd)
     lab_idx, sat_idx = data.idx("lab", "train"), data.idx("sat", "train")
     ly, sy = _std_log(data.lab_y, lab_idx), _std_log(data.sat_y, sat_idx)
 
     def epoch(rng, _epoch) -> dict:
-        lab_b = _shard_batches(lab_idx, cfg.ae_batch, rng, ctx)
-        sat_b = _shard_batches(sat_idx, cfg.ae_batch, rng, ctx)
-        pair_b = _shard_batches(np.arange(len(data.pairs[0])), cfg.ae_batch, rng, ctx) if name == "sau" else []
+        lab_b = _shard_batches(lab_idx, cfg.ae.batch, rng, ctx)
+        sat_b = _shard_batches(sat_idx, cfg.ae.batch, rng, ctx)
+        pair_b = _shard_batches(np.arange(len(data.pairs[0])), cfg.ae.batch, rng, ctx) if name == "sau" else []
         losses = []
         for b in range(max(len(lab_b), len(sat_b))):
             # One forward per model per step (DDP allows no second forward before backward): the
@@ -202,17 +202,17 @@ def _auto_encoder_stage(name: str, data, cfg: TrainConfig, models: dict, ctx: Ct
             xe = _t(data.sat_x[np.concatenate([si_, data.pairs[1][p]])], ctx)
             zf, xf_hat = trained[f"{pre}_ftir"](xf)
             ze, xe_hat = trained[f"{pre}_enmap"](xe)
-            loss = (F.mse_loss(xf_hat[:len(li)], xf[:len(li)]) + cfg.kl_weight * kl_sparsity(zf[:len(li)], cfg.kl_rho)
-                    + F.mse_loss(xe_hat[:len(si_)], xe[:len(si_)]) + cfg.kl_weight * kl_sparsity(ze[:len(si_)], cfg.kl_rho))
+            loss = (F.mse_loss(xf_hat[:len(li)], xf[:len(li)]) + cfg.ae.kl_weight * kl_sparsity(zf[:len(li)], cfg.ae.kl_rho)
+                    + F.mse_loss(xe_hat[:len(si_)], xe[:len(si_)]) + cfg.ae.kl_weight * kl_sparsity(ze[:len(si_)], cfg.ae.kl_rho))
             # always in the graph (DDP expects every parameter to get a gradient), weighted 0 when off
-            loss = loss + cfg.ae_aux_weight * (
+            loss = loss + cfg.ae.aux_weight * (
                 F.mse_loss(_unwrap(trained[f"{pre}_ftir"]).aux(zf[:len(li)]).squeeze(-1), _t(ly[li], ctx))
                 + F.mse_loss(_unwrap(trained[f"{pre}_enmap"]).aux(ze[:len(si_)]).squeeze(-1), _t(sy[si_], ctx)))
             if name == "sau":
-                loss = cfg.sau_recon_weight * loss
+                loss = cfg.sau.recon_weight * loss
                 if len(p):
-                    loss = loss + cfg.sau_align_weight * alignment_loss(zf[len(li):], ze[len(si_):], cfg.align_loss,
-                                                                        cfg.align_temperature)
+                    loss = loss + cfg.sau.align_weight * alignment_loss(zf[len(li):], ze[len(si_):], cfg.sau.align_loss,
+                                                                        cfg.sau.align_temperature)
             _step(opt, loss, trained, cfg)
             losses.append(loss.item())
         return {"loss": float(np.mean(losses))}
@@ -228,11 +228,11 @@ def _regression_stage(name: str, data, cfg: TrainConfig, models: dict, ctx: Ctx,
     kd = False
     if name == "teacher":
         x_all, y_all = encode(models["sau_ftir"], data.lab_x, ctx), data.lab_y
-        tr_all, val_idx, batch, lr, wd = data.idx("lab", "train"), data.idx("lab", "val"), cfg.teacher_batch, cfg.teacher_lr, 0.0
+        tr_all, val_idx, batch, lr, wd = data.idx("lab", "train"), data.idx("lab", "val"), cfg.teacher.batch, cfg.teacher.lr, 0.0
     else:
         variant = name.split(":", 1)[1]
         x_all, y_all = student_features(data, models, variant, ctx), data.sat_y
-        tr_all, val_idx, batch, lr, wd = data.idx("sat", "train"), data.idx("sat", "val"), cfg.student_batch, cfg.student_lr, cfg.student_wd
+        tr_all, val_idx, batch, lr, wd = data.idx("sat", "train"), data.idx("sat", "val"), cfg.student.batch, cfg.student.lr, cfg.student.wd
     if start == 0:  # input standardisation from the training inputs (sites only, so every variant alike)
         models[name].fit_input_norm(_t(x_all[tr_all], ctx))
     trained = {name: ctx.prepare(models[name])}
@@ -246,8 +246,8 @@ def _regression_stage(name: str, data, cfg: TrainConfig, models: dict, ctx: Ctx,
             tr_all = np.concatenate([tr_all, np.arange(n_site, len(y_all))])
         task_w = np.ones(len(y_all), np.float32)
         if kd:
-            t_pred, t_feats, t_mask = distillation_targets(data, models, variant, cfg.kd_targets, ctx)
-            if cfg.kd_transfer:
+            t_pred, t_feats, t_mask = distillation_targets(data, models, variant, cfg.kd.targets, ctx)
+            if cfg.kd.transfer:
                 n_site = len(y_all)
                 x_all, y_all, t_pred, t_feats, t_mask, task_w = with_transfer_set(
                     data, models, variant, ctx, x_all, y_all, t_pred, t_feats, t_mask)
@@ -262,9 +262,9 @@ def _regression_stage(name: str, data, cfg: TrainConfig, models: dict, ctx: Ctx,
             if kd:
                 loss, _ = distillation_loss(pred, feats, _t(y_all[bidx], ctx), _t(t_pred[bidx], ctx),
                                             [_t(f[bidx], ctx) for f in t_feats], mask=_t(t_mask[bidx], ctx),
-                                            task_mask=_t(task_w[bidx], ctx), alpha=cfg.kd_alpha, beta=cfg.kd_beta,
-                                            gamma=cfg.kd_gamma, layer_map=cfg.kd_layer_map,
-                                            weights=cfg.kd_layer_weights, feat_dim=cfg.latent, sigma=cfg.kd_sigma)
+                                            task_mask=_t(task_w[bidx], ctx), alpha=cfg.kd.alpha, beta=cfg.kd.beta,
+                                            gamma=cfg.kd.gamma, layer_map=cfg.kd.layer_map,
+                                            weights=cfg.kd.layer_weights, feat_dim=cfg.latent, sigma=cfg.kd.sigma)
             else:
                 loss, _ = distillation_loss(pred, feats, _t(y_all[bidx], ctx))
             _step(opt, loss, trained, cfg)
