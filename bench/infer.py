@@ -3,12 +3,13 @@
     .venv/bin/python bench/infer.py --model RUN/bundle [--device cuda] [--out bench/results/infer_gpu.json]
 
 Exactly the call the mapping actors make (``DeepSaltBundle.predict`` with int16 DN, per-scene gain/offset
-and covariates; reflectance is scaled on the device), on synthetic pixels of the bundle's band count:
+and covariates, and the dissimilarity index; reflectance is scaled on the device), on synthetic pixels of the bundle's band count:
 - ``infer_mpx_s``: deterministic prediction, best over ``--batch-sizes`` (the chosen batch is recorded);
 - ``infer_mc_mpx_s``: the same with ``--mc-samples`` MC-dropout passes (the sd the cube stores);
 - ``h2d_limit_mpx_s``: host-to-device copy of the same bytes per pixel (int16 DN + float32 covariates);
 - ``compute_limit_mpx_s``: the device's measured dense matmul rate (bf16 on CUDA, float32 on CPU) divided
-  by the model's FLOPs per pixel (counted by ``torch.utils.flop_counter``);
+  by the FLOPs per pixel (the model's, counted by ``torch.utils.flop_counter``, plus the dissimilarity index's
+  distance to every training site, 2 x n_sites x inputs);
 - ``bf16_mpx_s`` (CUDA only): the deterministic rate under bf16 autocast.
 """
 
@@ -85,7 +86,7 @@ def main() -> None:
 
     def run(bs: int, mc: int = 0):
         for i in range(0, n, bs):
-            b.predict(dn[i:i + bs], cov[i:i + bs], mc, seed=i, scale=(gain, offset, slot[i:i + bs]))
+            b.predict(dn[i:i + bs], cov[i:i + bs], mc, seed=i, scale=(gain, offset, slot[i:i + bs]), di=True)  # as mapping calls it
 
     rates = {bs: _best_rate(lambda bs=bs: run(bs), n, dev) for bs in batches}
     best_bs = max(rates, key=rates.get)
@@ -107,7 +108,7 @@ def main() -> None:
         with torch.no_grad():
             z = b.encoder.encode(b.scalers["enmap"].transform(x.float() * 1e-4))
             b.student(torch.cat([z, b.scalers["covariates"].transform(torch.from_numpy(cov[:k]).to(dev))], 1))
-    flops_px = fc.get_total_flops() / k
+    flops_px = fc.get_total_flops() / k + 2 * b.reference.numel()  # + the DI: a distance to every training site
     tflops, mm_dtype = matmul_tflops(dev)
     compute = tflops * 1e12 / flops_px / 1e6
     limit = min(h2d, compute)
