@@ -90,27 +90,20 @@ class SAUConfig(_Config):
                                "(mutual nearest neighbours)")
 
 
-class TeacherConfig(_Config):
-    """The teacher transformer on aligned FTIR latents."""
+class TransformerConfig(_Config):
+    """A transformer stage: the teacher (on aligned FTIR latents) or the students (DeepSalt and its ablations, on
+    EnMAP latents and covariates). The defaults are the students'; ``TEACHER`` holds the teacher's."""
 
-    layers: int = Field(3, ge=1, description="transformer encoder layers")
-    heads: int = Field(4, ge=1, description="attention heads")
-    ff: int = Field(128, ge=1, description="feed-forward width")
-    epochs: int = Field(100, ge=1, description="most epochs (early stopping on the validation blocks)")
-    lr: float = Field(1e-3, gt=0, description="Adam learning rate")
-    batch: int = Field(64, ge=2, description="lab samples per batch")
-
-
-class StudentConfig(_Config):
-    """The student transformers (DeepSalt and its ablations) on EnMAP latents and covariates."""
-
-    layers: int = Field(4, ge=1, description="transformer encoder layers (the distillation layer map has one entry each)")
+    layers: int = Field(4, ge=1, description="transformer encoder layers (a student's: one entry each in kd.layer_map)")
     heads: int = Field(8, ge=1, description="attention heads")
     ff: int = Field(256, ge=1, description="feed-forward width")
     epochs: int = Field(200, ge=1, description="most epochs (early stopping on the validation blocks)")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate")
     wd: float = Field(1e-5, ge=0, description="Adam weight decay")
-    batch: int = Field(32, ge=2, description="sites (and transfer pixels) per batch")
+    batch: int = Field(32, ge=2, description="samples per batch (teacher: lab samples; students: sites and transfer pixels)")
+
+
+TEACHER = TransformerConfig(layers=3, heads=4, ff=128, epochs=100, wd=0.0, batch=64)
 
 
 class DistillationConfig(_Config):
@@ -175,9 +168,15 @@ class TrainConfig(_Config):
     # the stages
     ae: AutoEncoderConfig = AutoEncoderConfig()
     sau: SAUConfig = SAUConfig()
-    teacher: TeacherConfig = TeacherConfig()
-    student: StudentConfig = StudentConfig()
+    teacher: TransformerConfig = TEACHER
+    student: TransformerConfig = TransformerConfig()
     kd: DistillationConfig = DistillationConfig()
+
+    @field_validator("teacher", mode="before")
+    @classmethod
+    def _teacher_defaults(cls, v):
+        """A partial teacher section starts from the teacher's defaults, not the students'."""
+        return {**TEACHER.model_dump(), **v} if isinstance(v, dict) else v
 
     @classmethod
     def for_preset(cls, preset: TrainPreset, **overrides) -> "TrainConfig":

@@ -228,7 +228,7 @@ def _regression_stage(name: str, data, cfg: TrainConfig, models: dict, ctx: Ctx,
     kd = False
     if name == "teacher":
         x_all, y_all = encode(models["sau_ftir"], data.lab_x, ctx), data.lab_y
-        tr_all, val_idx, batch, lr, wd = data.idx("lab", "train"), data.idx("lab", "val"), cfg.teacher.batch, cfg.teacher.lr, 0.0
+        tr_all, val_idx, batch, lr, wd = data.idx("lab", "train"), data.idx("lab", "val"), cfg.teacher.batch, cfg.teacher.lr, cfg.teacher.wd
     else:
         variant = name.split(":", 1)[1]
         x_all, y_all = student_features(data, models, variant, ctx), data.sat_y
