@@ -27,16 +27,19 @@ def table(m: dict) -> str:
         lines.append(f"| {v} | {s['mae']:.3f} ± {s['mae_sd']:.3f} | {s['r2']:.3f} | {u['mae']:.3f} ± {u['mae_sd']:.3f} | "
                      f"{u['r2']:.3f} | {_seeds(paired.get(v, {}).get('seen', []))} | {_seeds(paired.get(v, {}).get('unseen', []))} |")
     lines.append("")
-    ratio = m.get("unseen_over_seen_mae", {})
-    if ratio:
-        lines.append("unseen / seen MAE: " + "; ".join(f"{v} {r:.2f} ± {ratio[v + '_sd']:.2f}" for v, r in ratio.items()
-                                                       if not v.endswith("_sd")) + " (goal <= 1.5)")
+    for key, what, goal in (("unseen_over_seen_mae", "MAE", " (goal <= 1.5)"),
+                            ("unseen_over_seen_mae_ln", "MAE of ln ECe (a relative error)", "")):
+        ratio = m.get(key, {})
+        if ratio:
+            lines.append(f"unseen / seen {what}: " + "; ".join(f"{v} {r:.2f} ± {ratio[v + '_sd']:.2f}" for v, r in ratio.items()
+                                                             if not v.endswith("_sd")) + goal)
     cal, aoa = m.get("calibration"), m.get("aoa")
     if cal:
         lines.append(f"90 % interval coverage: validation {cal['coverage90_val']:.3f}, seen test {cal['seen']['coverage90']:.3f} "
                      f"± {cal['seen']['coverage90_sd']:.3f}, unseen {cal['unseen']['coverage90']:.3f} ± "
                      f"{cal['unseen']['coverage90_sd']:.3f} (goal 0.85-0.95); median hi/lo {cal['seen']['width_ratio_median']:.2f} "
-                     f"seen, {cal['unseen']['width_ratio_median']:.2f} unseen")
+                     f"seen, {cal['unseen']['width_ratio_median']:.2f} unseen; width growth per unit DI "
+                     f"{cal.get('di_slope', 0):.2f} ± {cal.get('di_slope_sd', 0):.2f}")
     if aoa:
         lines.append("Area of applicability: " + "; ".join(
             f"{r}: {100 * aoa[r]['inside_fraction']:.1f} % of test sites inside, MAE {aoa[r]['mae_inside']:.3f} inside / "

@@ -16,10 +16,13 @@ def metrics(y: np.ndarray, pred: np.ndarray) -> dict:
     if y.shape != pred.shape:
         raise ValueError(f"{len(pred)} predictions for {len(y)} samples: every sample needs its own prediction")
     if len(y) == 0:
-        return {"mae": float("nan"), "rmse": float("nan"), "r2": float("nan"), "mape": float("nan"), "n": 0}
+        return {"mae": float("nan"), "mae_ln": float("nan"), "rmse": float("nan"), "r2": float("nan"),
+                "mape": float("nan"), "n": 0}
     err = pred - y
+    # the MAE of ln ECe: a relative error, comparable between regions of different salinity
+    mae_ln = float(np.abs(np.log(np.maximum(pred, 1e-3)) - np.log(np.maximum(y, 1e-3))).mean())
     ss = ((y - y.mean()) ** 2).sum()
-    return {"mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err**2).mean())),
+    return {"mae": float(np.abs(err).mean()), "mae_ln": mae_ln, "rmse": float(np.sqrt((err**2).mean())),
             "r2": float(1 - (err**2).sum() / ss) if ss > 0 else float("nan"),
             "mape": float(np.mean(np.abs(err) / np.maximum(np.abs(y), 0.1)) * 100), "n": int(len(y))}
 

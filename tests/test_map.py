@@ -255,7 +255,7 @@ def test_s3_permanent_write_error_fails_clearly_and_commits_nothing(world, train
     assert not recorded_tiles(readonly_session(url, so))
 
 
-def test_point_reads_one_pixel_with_its_scene_and_date(cube, world):
+def test_point_reads_one_pixel_with_its_scene_and_date(cube, world, trained):
     from typer.testing import CliRunner
 
     import deepsalt
@@ -277,6 +277,9 @@ def test_point_reads_one_pixel_with_its_scene_and_date(cube, world):
     assert e["di"] == pytest.approx(float(ds["di"][0, row, col])) and e["inside_aoa"] == (int(ds["aoa"][0, row, col]) == 1)
     lo, hi = e["interval90_dsm"]
     assert lo < e["ece_dsm"] < hi
+    # the bundle's own interval for the same prediction, MC sd and DI (its width grows with the DI)
+    want = DeepSaltBundle.load(str(trained[0] / "bundle")).interval([e["ece_dsm"]], [e["ece_sd_dsm"]], [e["di"]])
+    assert (lo, hi) == pytest.approx((float(want[0][0]), float(want[1][0])), rel=1e-3, abs=1e-4)
     when = {i.id: i.datetime.date().isoformat() for i in search_items(str(world / "stac"))}
     assert e["acquired"] == when[e["scene"]] == str(ds["acq_date"][0, row, col].values)[:10]  # decoded to a date
     assert np.isnat(ds["acq_date"][0, ys, xs].values[valid == 0]).all()  # the -1 fill is declared
@@ -321,6 +324,8 @@ def test_export_cog_and_netcdf_open_in_gdal_and_xarray(cube, tmp_path):
     with rasterio.open(tmp_path / "e.tif") as src:
         assert src.crs.to_epsg() == 5070 and np.isnan(src.nodata) and src.overviews(1) and src.count == 3
         assert float(src.tags()["aoa_threshold"]) == pytest.approx(ds.attrs["models"]["2024"]["aoa_threshold"])
+        iv = json.loads(src.tags()["interval90"])  # the interval can be rebuilt from bands 1-3 and these constants
+        assert iv["q"] == pytest.approx(ds.attrs["models"]["2024"]["interval90_q"]) and iv["di_slope"] >= 0
         row0, col0 = round((g.y0 - src.transform.f) / g.res), round((src.transform.c - g.x0) / g.res)
         ref = ds["ece"][0, row0:row0 + src.height, col0:col0 + src.width].values
         assert np.isfinite(ref).sum() > 1000

@@ -435,7 +435,8 @@ def point(url: str, lon: float, lat: float, epoch: str | None = None, storage_op
         if mapped and q and (not scaled or model.get("mc_samples", 0) > 1):  # a scaled interval needs the MC sd
             from deepsalt.models.applicability import interval
 
-            lo, hi = interval([rec["ece_dsm"]], [rec["ece_sd_dsm"]], float(q), bool(scaled))
+            lo, hi = interval([rec["ece_dsm"]], [rec["ece_sd_dsm"]], float(q), bool(scaled), [rec.get("di", 0.0)],
+                              float(model.get("interval90_di_slope", 0.0)))
             rec["interval90_dsm"] = [round(float(lo[0]), 4), round(float(hi[0]), 4)]
         out.append({**rec, "mapped": mapped, "scene": ids[s] if 0 <= s < len(ids) else None,
                     "acquired": str(acq)[:10] if mapped and acq is not None and not np.isnat(acq) else None})

@@ -61,7 +61,8 @@ def export(url: str, out: str | Path, fmt: str, epoch: str | None = None, bbox=N
         tr = Affine(g.res, 0, g.x0 + xs.start * g.res, 0, -g.res, g.y0 - ys.start * g.res)
         write_cog(out, data, g.crs, tr, nodata=float("nan"), descriptions=["ECe (dS/m)", "ECe uncertainty, sd (dS/m)", "dissimilarity index (AOA: di <= the threshold in tag aoa_threshold)"],
                   tags={"epoch": times[t], "units": "dS m-1", "source": f"DeepSalt cube {url}", "scene_ids": json.dumps(ds.attrs["scene_ids"]),
-                        "aoa_threshold": str(epoch_model(ds, times[t]).get("aoa_threshold"))},
+                        "aoa_threshold": str(epoch_model(ds, times[t]).get("aoa_threshold")),
+                        "interval90": _interval_tag(epoch_model(ds, times[t]))},
                   overviews="AUTO")
     else:
         keep = sub[["ece", "ece_sd", "di", "aoa", "valid", "scene", "acq_date"]].expand_dims(time=[sub["time"].values])
@@ -74,3 +75,10 @@ def export(url: str, out: str | Path, fmt: str, epoch: str | None = None, bbox=N
         os.replace(tmp, out)
     return {"out": str(out), "format": fmt, "epoch": times[t], "rows": ys.stop - ys.start, "cols": xs.stop - xs.start}
 
+
+def _interval_tag(model: dict) -> str:
+    """The calibrated 90 % interval's constants and formula, for readers of the COG's bands 1 to 3."""
+    return json.dumps({"q": model.get("interval90_q"), "scaled": model.get("interval90_scaled"),
+                       "di_slope": model.get("interval90_di_slope", 0.0),
+                       "formula": "lo = ece / f, hi = ece * f, f = exp(q * s * (1 + di_slope * di)), "
+                                  "s = ece_sd / ece if scaled else 1"})

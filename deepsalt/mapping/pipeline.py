@@ -318,6 +318,7 @@ def map_region(cfg: MapConfig, log=print) -> dict:
         models[cfg.epoch] = {"bundle": redact_url(cfg.model), "sha256": inp.bundle_sha, "data_hash": inp.meta.get("data_hash"),
                              "aoa_threshold": inp.meta["aoa"]["threshold"], "interval90_q": inp.meta["interval90"]["q"],
                              "interval90_scaled": bool(inp.meta["interval90"].get("scaled", True)),
+                             "interval90_di_slope": float(inp.meta["interval90"]["di_slope"]),
                              "interval90_mc_samples": inp.meta["interval90"]["mc_samples"], "mc_samples": cfg.mc_samples}
         cube_mod.finish_epoch(session, p.t, cfg.epoch, p.scene_ids, models)
         summary.update(pixels_mapped=n_pix)

@@ -6,7 +6,9 @@
   ``pred * exp(+-q s)``. ECe is right-skewed, so the interval is multiplicative. With ``scaled`` the scale
   ``s`` is the MC spread in log units (``sd / pred``), so it widens where the passes disagree; without it
   ``s = 1`` (one width everywhere). Training keeps whichever gives the narrower median interval on the
-  validation sites (``choose_interval``).
+  validation sites (``choose_interval``). Either is multiplied by ``1 + di_slope * DI``: the interval widens
+  with the dissimilarity index at the rate the validation sites' log error grows with it (``fit_di_slope``),
+  so that it does not keep the seen region's width where the model extrapolates.
 - The dissimilarity index (DI) and area of applicability (AOA) of Meyer & Pebesma (2021): in the space the
   student reads (its inputs standardised by its own input normalisation, all dimensions weighted equally),
   DI = distance to the nearest training site / mean distance between training sites. The AOA threshold is
@@ -39,45 +41,68 @@ def mc_dropout(student, x: torch.Tensor, passes: int, seed: int) -> tuple[torch.
     return pred, runs.std(0, unbiased=False)
 
 
-def _scale(pred, sd, scaled: bool):
-    """The MC spread as a log-space sd (delta method), floored so that a zero spread gives a finite score; or 1."""
-    if not scaled:
-        return np.ones(np.shape(pred))
-    return np.maximum(np.asarray(sd, float) / np.maximum(np.asarray(pred, float), 1e-6), 1e-4)
+def _scale(pred, sd, scaled: bool, di=None, di_slope: float = 0.0):
+    """The MC spread as a log-space sd (delta method), floored so that a zero spread gives a finite score; or 1;
+    times ``1 + di_slope * di`` where the width grows with the dissimilarity index."""
+    s = (np.maximum(np.asarray(sd, float) / np.maximum(np.asarray(pred, float), 1e-6), 1e-4) if scaled
+         else np.ones(np.shape(pred)))
+    if di_slope:
+        if di is None:
+            raise ValueError(f"this interval widens with the dissimilarity index (slope {di_slope:.3g}): pass di")
+        s = s * (1 + di_slope * np.asarray(di, float))
+    return s
 
 
-def conformal_scale(y, pred, sd, scaled: bool = True, level: float = LEVEL) -> float:
-    """The split-conformal multiplier ``q`` from held-out sites (their labels, predictions and MC sds)."""
-    y, pred = np.asarray(y, float), np.asarray(pred, float)
+def _log_error(y, pred) -> np.ndarray:
+    return np.abs(np.log(np.maximum(np.asarray(y, float), 1e-6)) - np.log(np.maximum(np.asarray(pred, float), 1e-6)))
+
+
+def conformal_scale(y, pred, sd, scaled: bool = True, level: float = LEVEL, di=None, di_slope: float = 0.0) -> float:
+    """The split-conformal multiplier ``q`` from held-out sites (their labels, predictions, MC sds and DIs)."""
     if len(y) == 0:
         return float("nan")
-    score = np.sort(np.abs(np.log(np.maximum(y, 1e-6)) - np.log(np.maximum(pred, 1e-6))) / _scale(pred, sd, scaled))
+    score = np.sort(_log_error(y, pred) / _scale(pred, sd, scaled, di, di_slope))
     k = min(len(score), math.ceil((len(score) + 1) * level)) - 1
     return float(score[k])
 
 
-def interval(pred, sd, q: float, scaled: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """The calibrated interval ``(lo, hi)`` in dS/m for predictions and their MC sds."""
-    f = np.exp(q * _scale(pred, sd, scaled))
+def fit_di_slope(y, pred, di) -> float:
+    """How fast the log error grows with the DI on held-out sites: ``|ln y - ln pred| ~ a + b DI`` by least
+    squares, and the slope ``b / a`` (the relative growth per unit DI); 0 where the error does not grow with the
+    DI or the sites do not tell (fewer than 10, or all at one DI)."""
+    di, err = np.asarray(di, float), _log_error(y, pred)
+    if len(di) < 10 or np.ptp(di) <= 0:
+        return 0.0
+    b, a = np.polyfit(di, err, 1)
+    a = max(float(a), 0.1 * float(err.mean()))  # an intercept at or below 0 would make the width all slope
+    return max(float(b), 0.0) / a
+
+
+def interval(pred, sd, q: float, scaled: bool = True, di=None, di_slope: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """The calibrated interval ``(lo, hi)`` in dS/m for predictions, their MC sds and (where the width grows
+    with it) their dissimilarity index."""
+    f = np.exp(q * _scale(pred, sd, scaled, di, di_slope))
     return np.asarray(pred, float) / f, np.asarray(pred, float) * f
 
 
-def coverage(y, pred, sd, q: float, scaled: bool = True) -> float:
-    lo, hi = interval(pred, sd, q, scaled)
+def coverage(y, pred, sd, q: float, scaled: bool = True, di=None, di_slope: float = 0.0) -> float:
+    lo, hi = interval(pred, sd, q, scaled, di, di_slope)
     y = np.asarray(y, float)
     return float(np.mean((y >= lo) & (y <= hi))) if len(y) else float("nan")
 
 
-def choose_interval(y, pred, sd) -> dict:
-    """``{"q", "scaled"}``: the MC-scaled or the constant-width interval, whichever is narrower (median hi/lo)
-    on these (validation) sites at the same nominal coverage."""
+def choose_interval(y, pred, sd, di=None) -> dict:
+    """``{"q", "scaled", "di_slope"}``: the MC-scaled or the constant-width interval, whichever is narrower
+    (median hi/lo) on these (validation) sites at the same nominal coverage; both widen with the DI at the
+    rate these sites show (``fit_di_slope``; 0 without ``di``)."""
+    slope = 0.0 if di is None else fit_di_slope(y, pred, di)
     best = None
     for scaled in (True, False):
-        q = conformal_scale(y, pred, sd, scaled)
-        lo, hi = interval(pred, sd, q, scaled)
+        q = conformal_scale(y, pred, sd, scaled, di=di, di_slope=slope)
+        lo, hi = interval(pred, sd, q, scaled, di, slope)
         width = float(np.median(hi / lo)) if len(lo) else float("nan")
         if best is None or width < best["val_width_ratio_median"]:
-            best = {"q": q, "scaled": scaled, "val_width_ratio_median": width}
+            best = {"q": q, "scaled": scaled, "di_slope": slope, "val_width_ratio_median": width}
     return best
 
 

@@ -26,7 +26,7 @@ from deepsalt.models.scalers import Scaler
 from deepsalt.models.transformer import SpectralTransformer, build_student
 from deepsalt.spectra.bands import select_bands
 
-FORMAT = "deepsalt-bundle/2"  # 2: interval90 and aoa
+FORMAT = "deepsalt-bundle/3"  # 2: interval90 and aoa; 3: the interval widens with the DI (interval90.di_slope)
 
 
 class DeepSaltBundle:
@@ -60,7 +60,7 @@ class DeepSaltBundle:
     def create(cls, encoder_state, student_state, *, cfg: TrainConfig, scalers: dict, band_names, band_centers,
                covariates: dict, data_hash: str, seed: int, interval90: dict, aoa: dict,
                reference: np.ndarray) -> "DeepSaltBundle":
-        """``interval90``: ``{"q": ..., "mc_samples": ..., ...}`` (``applicability.conformal_scale``); ``aoa``:
+        """``interval90``: ``{"q", "scaled", "di_slope", "mc_samples", ...}`` (``applicability.choose_interval``); ``aoa``:
         ``{"mean_distance": ..., "threshold": ..., "n_reference": ...}`` (``applicability.fit_aoa``), with
         ``reference`` the training sites' standardised student inputs."""
         meta = {"format": FORMAT, "deepsalt_version": __version__, "torch_version": torch.__version__,
@@ -120,7 +120,8 @@ class DeepSaltBundle:
         aoa, iv = meta.get("aoa") or {}, meta.get("interval90") or {}
         if ref is None or ref.ndim != 2 or ref.shape != (int(aoa.get("n_reference", -1)), stu.in_dim) \
                 or not float(aoa.get("mean_distance", 0)) > 0 or not np.isfinite(float(aoa.get("threshold", np.nan))) \
-                or not float(iv.get("q", 0)) > 0 or int(iv.get("mc_samples", 0)) < 2:
+                or not float(iv.get("q", 0)) > 0 or int(iv.get("mc_samples", 0)) < 2 \
+                or not float(iv.get("di_slope", -1)) >= 0:
             raise DeepSaltInputError(f"{url}/bundle.json", "the area of applicability or the 90 % interval calibration is "
                                      "missing or inconsistent with the weights", "do not edit bundle.json; retrain")
         bundle = cls(meta, enc, stu, ref.float())
@@ -168,12 +169,13 @@ class DeepSaltBundle:
     def aoa_threshold(self) -> float:
         return float(self.meta["aoa"]["threshold"])
 
-    def interval(self, ece, sd) -> tuple[np.ndarray, np.ndarray]:
-        """The calibrated 90 % interval (dS/m) for predictions and MC sds made with the bundle's ``mc_samples``."""
+    def interval(self, ece, sd, di=None) -> tuple[np.ndarray, np.ndarray]:
+        """The calibrated 90 % interval (dS/m) for predictions, MC sds made with the bundle's ``mc_samples`` and
+        dissimilarity indices (``predict(..., di=True)``; needed where ``interval90.di_slope`` > 0)."""
         from deepsalt.models.applicability import interval
 
         iv = self.meta["interval90"]
-        return interval(ece, sd, float(iv["q"]), bool(iv.get("scaled", True)))
+        return interval(ece, sd, float(iv["q"]), bool(iv.get("scaled", True)), di, float(iv.get("di_slope", 0.0)))
 
     @property
     def device(self) -> torch.device:

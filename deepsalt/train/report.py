@@ -106,7 +106,8 @@ def _trust(metrics: dict) -> str:
         return ""
     lines = ["## Interval, area of applicability, protocol", "",
              f"90 % interval (split conformal on the validation blocks, multiplier q {cal['q']:.2f}, scaled by the MC "
-             f"sd in {100 * cal.get('mc_scaled', 1):.0f} % of seeds): coverage "
+             f"sd in {100 * cal.get('mc_scaled', 1):.0f} % of seeds, widening by {cal.get('di_slope', 0):.2f} of its "
+             f"width per unit DI): coverage "
              f"{cal['seen']['coverage90']:.3f} on the seen test, {cal['unseen']['coverage90']:.3f} in the unseen region "
              f"(goal 0.85-0.95); median hi/lo ratio {cal['seen']['width_ratio_median']:.2f} seen, "
              f"{cal['unseen']['width_ratio_median']:.2f} unseen.", ""]
