@@ -101,9 +101,14 @@ class TransformerConfig(_Config):
     lr: float = Field(1e-3, gt=0, description="Adam learning rate")
     wd: float = Field(1e-5, ge=0, description="Adam weight decay")
     batch: int = Field(32, ge=2, description="samples per batch (teacher: lab samples; students: sites and transfer pixels)")
+    linear_skip: bool = Field(True, description="add a linear term from the standardised inputs to the output head's "
+                              "logit (a wide-and-deep model): where the inputs leave the training range the prediction "
+                              "follows a log-linear trend instead of the layer-normalised features' bounded response. On "
+                              "the development world (benchmark preset, seed 7, training seed 0) it lowered the validation "
+                              "MAE of 4 of the 6 students (DeepSalt 1.102 to 1.071 dS/m)")
 
 
-TEACHER = TransformerConfig(layers=3, heads=4, ff=128, epochs=100, wd=0.0, batch=64)
+TEACHER = TransformerConfig(layers=3, heads=4, ff=128, epochs=100, wd=0.0, batch=64, linear_skip=False)
 
 
 class DistillationConfig(_Config):

@@ -285,7 +285,7 @@ def _bundle(cfg):
     return DeepSaltBundle.create(enc.state_dict(), stu.state_dict(), cfg=cfg, scalers=sc,
                                  band_names=[str(i) for i in range(218)], band_centers=np.linspace(420, 2400, 218),
                                  covariates={f"c{i}": "u" for i in range(8)}, data_hash="abc", seed=0,
-                                 interval90={"q": 1.5, "mc_samples": 5}, aoa={"mean_distance": 11.0, "threshold": 0.4,
+                                 interval90={"q": 1.5, "mc_samples": 5, "di_slope": 0.0}, aoa={"mean_distance": 11.0, "threshold": 0.4,
                                                                               "n_reference": 30}, reference=ref)
 
 
@@ -350,6 +350,62 @@ def test_conformal_interval_and_aoa_threshold():
     assert 0.1 < consts["threshold"] < 1.0 and consts["mean_distance"] > 2
     far = ap.aoa_metrics(np.ones(4), np.array([1.0, 1.1, 3.0, 4.0]), np.array([0.0, 0.1, 5.0, 9.0]), consts["threshold"])
     assert far["inside_fraction"] == 0.5 and far["mae_inside"] < far["mae_outside"]
+
+
+def test_linear_skip_extrapolates_a_log_linear_trend():
+    """Trained on inputs in [-1, 1] with ln ECe linear in one of them, the student with the linear path follows
+    the trend to three times that range; without it the layer-normalised features level off."""
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(0)
+    x = torch.as_tensor(rng.uniform(-1, 1, (512, 4)), dtype=torch.float32)
+    far = torch.zeros(4, 4)
+    far[:, 0] = torch.tensor([0.5, 2.0, 2.5, 3.0])
+
+    def log_error(skip: bool) -> np.ndarray:
+        torch.manual_seed(0)
+        m = SpectralTransformer(4, 16, 2, 2, 32, 0.0, linear_skip=skip)
+        m.fit_input_norm(x)
+        opt = torch.optim.Adam(m.parameters(), 1e-2)
+        for _ in range(300):
+            opt.zero_grad()
+            F.huber_loss(m(x)[0], torch.exp(0.3 + 0.8 * x[:, 0])).backward()
+            opt.step()
+        m.eval()
+        with torch.no_grad():
+            return (torch.log(m(far)[0]) - (0.3 + 0.8 * far[:, 0])).abs().numpy()
+
+    with_skip, without = log_error(True), log_error(False)
+    assert with_skip.max() < 0.2 and without[0] < 0.05  # both fit inside the range; only one follows it out
+    assert without[-1] > 0.5
+    cfg = TrainConfig.for_preset("tiny")
+    assert "skip.weight" in build_student(cfg, "deepsalt").state_dict()
+    assert cfg.student.linear_skip and not cfg.teacher.linear_skip
+
+
+def test_interval_widens_with_the_dissimilarity_index():
+    """Where the log error grows with the DI, the interval calibrated on low-DI sites keeps ~90 % coverage on
+    sites far outside them; one width does not. Where it does not grow, the slope stays ~0."""
+    from deepsalt.models import applicability as ap
+
+    rng = np.random.default_rng(1)
+
+    def sites(n, lo, hi, growth=2.0):
+        di = rng.uniform(lo, hi, n)
+        pred = np.exp(rng.normal(0.5, 1.0, n))
+        return pred * np.exp(0.3 * (1 + growth * di) * rng.standard_normal(n)), pred, 0.2 * pred, di
+
+    y, pred, sd, di = sites(3000, 0.0, 0.5)
+    assert 1.5 < ap.fit_di_slope(y, pred, di) < 2.5  # the generating growth: 2 per unit DI
+    iv = ap.choose_interval(y, pred, sd, di)
+    flat = ap.choose_interval(y, pred, sd)  # without the DI: one width for all
+    assert flat["di_slope"] == 0 and iv["di_slope"] > 1.5
+    fy, fpred, fsd, fdi = sites(2000, 1.0, 1.5)  # extrapolation: DI two to three times the calibration range
+    assert 0.85 < ap.coverage(fy, fpred, fsd, iv["q"], iv["scaled"], fdi, iv["di_slope"]) < 0.95
+    assert ap.coverage(fy, fpred, fsd, flat["q"], flat["scaled"]) < 0.75
+    assert ap.fit_di_slope(*sites(3000, 0.0, 0.5, growth=0.0)[:2], di) < 0.3
+    with pytest.raises(ValueError, match="pass di"):
+        ap.interval(pred, sd, 1.0, di_slope=1.0)
 
 
 def test_predict_from_int16_dn_scales_on_the_device_exactly_as_from_reflectance():

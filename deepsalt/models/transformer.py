@@ -9,7 +9,8 @@ from deepsalt.config import OUT_RANGE
 
 
 class RangeHead(nn.Module):
-    """ECe = lo + (hi - lo) * sigmoid(linear(h)): the output range is part of the model (0.05-77 dS/m)."""
+    """ECe = lo + (hi - lo) * sigmoid(linear(h) + skip): the output range is part of the model (0.05-77 dS/m);
+    ``skip`` is the optional linear term of the inputs (``SpectralTransformer(linear_skip=True)``)."""
 
     def __init__(self, d: int, lo: float, hi: float):
         super().__init__()
@@ -17,8 +18,9 @@ class RangeHead(nn.Module):
         self.linear = nn.Linear(d, 1)
         self.register_buffer("out_range", torch.tensor([self.lo, self.hi]))
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.lo + (self.hi - self.lo) * torch.sigmoid(self.linear(h)).squeeze(-1)
+    def forward(self, h: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        logit = self.linear(h).squeeze(-1)
+        return self.lo + (self.hi - self.lo) * torch.sigmoid(logit if skip is None else logit + skip)
 
 
 class SpectralTransformer(nn.Module):
@@ -31,7 +33,8 @@ class SpectralTransformer(nn.Module):
     """
 
     def __init__(self, in_dim: int, d_model: int, heads: int, layers: int, ff: int, dropout: float,
-                 out_range: tuple[float, float] = OUT_RANGE, tokens: str = "one", input_proj: bool = True):
+                 out_range: tuple[float, float] = OUT_RANGE, tokens: str = "one", input_proj: bool = True,
+                 linear_skip: bool = False):
         super().__init__()
         if tokens not in ("one", "per_dim"):
             raise ValueError(f"tokens must be 'one' or 'per_dim', not '{tokens}'")
@@ -44,6 +47,11 @@ class SpectralTransformer(nn.Module):
         self.layers = nn.ModuleList(
             nn.TransformerEncoderLayer(d_model, heads, ff, dropout, batch_first=True) for _ in range(layers))
         self.head = RangeHead(d_model, *out_range)
+        # with ``linear_skip``: a linear term from the standardised inputs to the head's logit, starting at 0
+        self.skip = nn.Linear(in_dim, 1) if linear_skip else None
+        if self.skip is not None:
+            nn.init.zeros_(self.skip.weight)
+            nn.init.zeros_(self.skip.bias)
         # Input standardisation, fitted on the training inputs (``fit_input_norm``) and saved with the weights:
         # sigmoid auto-encoder codes vary by ~1e-2 around a common offset, too little for attention to see.
         self.register_buffer("in_shift", torch.zeros(in_dim))
@@ -61,12 +69,13 @@ class SpectralTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         x = (x - self.in_shift) / self.in_scale
+        skip = None if self.skip is None else self.skip(x).squeeze(-1)
         h = self.embed(x)[:, None, :] if self.tokens == "one" else x[..., None] * self.value + self.pos
         feats = []
         for layer in self.layers:
             h = layer(h)
             feats.append(h.mean(1))
-        return self.head(feats[-1]), feats
+        return self.head(feats[-1], skip), feats
 
 
 def student_inputs(variant: str, latent: int) -> int:
@@ -78,4 +87,4 @@ def build_student(cfg, variant: str) -> SpectralTransformer:
     """The student transformer for a ``TrainConfig`` and variant (training and the model bundle build the same)."""
     d = cfg.latent + 8
     return SpectralTransformer(student_inputs(variant, cfg.latent), d, cfg.student.heads, cfg.student.layers,
-                               cfg.student.ff, cfg.dropout, cfg.out_range, cfg.tokens)
+                               cfg.student.ff, cfg.dropout, cfg.out_range, cfg.tokens, linear_skip=cfg.student.linear_skip)

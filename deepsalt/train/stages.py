@@ -34,7 +34,7 @@ def build_models(cfg: TrainConfig, n_mir: int, n_bands: int) -> dict[str, nn.Mod
         "ae_ftir": SparseAutoEncoder(n_mir, cfg.ae.hidden, cfg.latent),
         "ae_enmap": SparseAutoEncoder(n_bands, cfg.ae.hidden, cfg.latent),
         "teacher": SpectralTransformer(cfg.latent, cfg.latent, cfg.teacher.heads, cfg.teacher.layers, cfg.teacher.ff,
-                                       cfg.dropout, cfg.out_range, cfg.tokens),
+                                       cfg.dropout, cfg.out_range, cfg.tokens, linear_skip=cfg.teacher.linear_skip),
     }
     m["sau_ftir"], m["sau_enmap"] = copy.deepcopy(m["ae_ftir"]), copy.deepcopy(m["ae_enmap"])
     for v in cfg.variants:
