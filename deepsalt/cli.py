@@ -14,7 +14,9 @@ import typer
 from pydantic import ValidationError
 
 from deepsalt import __version__
-from deepsalt.errors import DeepSaltInputError
+from deepsalt.config import QUALITY_LAYERS
+from deepsalt.targets import TARGETS, get_target
+from deepsalt.errors import DeepSaltInputError, DeepSaltRunError
 
 try:  # typer >= 0.20 carries its own copy of click
     from typer._click import exceptions as _cx
@@ -47,7 +49,7 @@ class Tokens(str, enum.Enum):
 
 
 ExportFormat = enum.Enum("ExportFormat", {"cog": "cog", "netcdf": "netcdf"}, type=str)
-GridName = enum.Enum("GridName", {"conus": "conus", "europe": "europe"}, type=str)
+GridName = enum.Enum("GridName", {k: k for k in ("conus", "europe", "global")}, type=str)  # mapping.grid.GRIDS
 Region = enum.Enum("Region", {k.replace("-", "_"): k for k in REGIONS}, type=str)
 
 
@@ -59,7 +61,8 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _group(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version and exit")) -> None:
-    """Commands: world (synthetic data), train, map, history, score, quicklook."""
+    """Commands: world (synthetic data); your data in: ingest (DLR deliveries), lab import (OSSL), covariates build
+    (SoilGrids, WorldClim), sites (field sites); train, map, history, point, export, score, quicklook."""
 
 
 def _clean_errors(fn):
@@ -70,6 +73,9 @@ def _clean_errors(fn):
         except DeepSaltInputError as e:
             typer.secho(f"error: {e}", fg="red", err=True)
             raise typer.Exit(2)
+        except DeepSaltRunError as e:
+            typer.secho(f"error: {e}", fg="red", err=True)
+            raise typer.Exit(1)
         except ValidationError as e:  # a config field out of range or badly formatted: name the flag
             err = e.errors()[0]
             flag = "--" + str(err["loc"][0]).replace("_", "-") if err.get("loc") else "input"
@@ -86,6 +92,8 @@ def world(
                                        "benchmark (10 x 512 px, 20,000 lab samples)"),
     seed: int = typer.Option(7, min=0, help="random seed: the same seed gives identical tables and rasters"),
     overwrite: bool = typer.Option(False, help="replace an existing world at --out"),
+    deliveries: bool = typer.Option(False, help="also write deliveries/<id>.ZIP: each scene as DLR ships an L2A product "
+                                    "(METADATA.XML, GeoTIFF or ENVI image, quality layers), for `deepsalt ingest`"),
 ):
     """Build the synthetic world: lab MIR library, EnMAP L2A-like scenes + STAC, covariates, truth, samples."""
     from deepsalt.config import WorldConfig
@@ -93,7 +101,7 @@ def world(
 
     cfg = WorldConfig.for_preset(preset.value, seed)
     typer.echo(cfg.to_json())
-    s = build_world(cfg, out, overwrite=overwrite, progress=sys.stderr.isatty())
+    s = build_world(cfg, out, overwrite=overwrite, progress=sys.stderr.isatty(), deliveries=deliveries)
     typer.echo(f"wrote {out} in {s['seconds']} s: {len(s['scenes'])} scenes, {s['lab']['n']} lab samples "
                f"({s['lab']['channels']} channels), {s['satellite_samples']['n']} satellite samples")
     typer.echo(f"  lab ECe percentiles (dS/m): {json.dumps(s['lab']['ece_percentiles'])}, "
@@ -105,36 +113,126 @@ def world(
 @app.command()
 @_clean_errors
 def train(
-    world: Path = typer.Option(..., help="world folder (deepsalt world) holding lab/, samples/, covariates/ and stac/ "
-                               "(the EnMAP items, read for the pixels at the lab samples)"),
-    out: str = typer.Option(..., help="run folder, local or any fsspec URL (s3://bucket/run): config.json, metrics.json, "
-                            "report/, bundle/, ray/ checkpoints"),
-    preset: TrainPreset = typer.Option(DEFAULT_PRESET, help="hyper-parameter preset: tiny (minutes on a laptop), demo, "
-                                       "benchmark (3 seeds in <= 45 min on 2 CPU cores), paper (DESIGN.md's full sizes, for GPUs)"),
-    workers: int = typer.Option(1, min=1, help="Ray Train workers (DDP); one per GPU with --gpu"),
-    gpu: bool = typer.Option(False, help="one GPU per worker"),
-    seeds: str = typer.Option("0,1,2", callback=lambda v: _seeds(v), help="comma-separated seeds (integers >= 0); "
-                              "metrics are mean and sd over them"),
-    tokens: Tokens = typer.Option(Tokens.one.value, help="transformer tokenisation: one (whole latent = one token) or per_dim"),
-    kd_transfer: bool = typer.Option(True, help="also distil on the EnMAP pixels at training-block lab sample locations "
-                                     "(needs the world's stac/); --no-kd-transfer: on the field sites only"),
+    out: str = typer.Option(..., help="run folder, local or any fsspec URL (s3://bucket/run): config.json, inputs.json, "
+                            "metrics.json, report/, bundle/, ray/ checkpoints"),
+    world: Optional[Path] = typer.Option(None, help="a world folder (deepsalt world): its lab/, samples/, stac/ and "
+                                         "covariates/ (a shortcut for the four inputs below)"),
+    lab: Optional[str] = typer.Option(None, help="lab library: Parquet/CSV with scan_mir.<cm-1>_abs columns and the target "
+                                      "column (`deepsalt lab import` makes one from OSSL)"),
+    sites: Optional[str] = typer.Option(None, help="site table: refl_<band>, the 8 covariates, the target column, "
+                                        "latitude, longitude (`deepsalt sites` makes one)"),
+    stac: Optional[str] = typer.Option(None, help="EnMAP catalogue (STAC API, static catalogue or folder) for the "
+                                       "distillation transfer set and the adaptation pixels"),
+    covariates: Optional[str] = typer.Option(None, help="covariate folder or JSON map (for the transfer set)"),
+    target: Optional[str] = typer.Option(None, help="soil property to learn: " + ", ".join(
+        f"{t.name} ({t.column}, {t.units})" for t in TARGETS.values()) + "; default ece"),
+    config: Optional[Path] = typer.Option(None, help="a TOML or YAML file naming the inputs (world, or lab, sites, stac, "
+                                          "covariates) and any training setting (target, preset, seeds, sections ae, sau, "
+                                          "teacher, student, kd...); flags given here override it"),
+    preset: Optional[TrainPreset] = typer.Option(None, help="hyper-parameter preset: tiny (minutes on a laptop), demo "
+                                                 "(default), benchmark (3 seeds in <= 45 min on 2 CPU cores), paper "
+                                                 "(DESIGN.md's full sizes, for GPUs)"),
+    workers: Optional[int] = typer.Option(None, min=1, help="Ray Train workers (DDP); one per GPU with --gpu (default 1)"),
+    gpu: Optional[bool] = typer.Option(None, "--gpu/--no-gpu", help="one GPU per worker"),
+    seeds: Optional[str] = typer.Option(None, callback=lambda v: v and _seeds(v), help="comma-separated seeds (integers "
+                                        ">= 0; default 0,1,2); metrics are mean and sd over them"),
+    tokens: Optional[Tokens] = typer.Option(None, help="transformer tokenisation: one (whole latent = one token, the "
+                                            "default) or per_dim"),
+    kd_transfer: Optional[bool] = typer.Option(None, "--kd-transfer/--no-kd-transfer", help="also distil on the EnMAP "
+                                               "pixels at training-block lab sample locations (needs --stac; default on)"),
+    max_failures: Optional[int] = typer.Option(None, min=0, max=100, help="worker or node losses (preemptions) a seed's "
+                                               "training survives by restarting its workers from the last checkpoint, "
+                                               "with no one at the keyboard (default 3); past that it stops, and the "
+                                               "same command resumes it"),
+    exclude_bands: Optional[str] = typer.Option(None, help="EnMAP bands (numbers 1-224, comma-separated) the model does "
+                                                "not read (default 130-135, the method's); add your products' bad bands "
+                                                "(`deepsalt ingest` lists them) so that the model maps them"),
+    mir_grid: Optional[str] = typer.Option(None, help="the model's MIR grid FIRST,LAST,N in cm-1 (default 400,4000,1765); "
+                                           "it must lie inside the lab table's: OSSL's is 600,4000,1701"),
 ):
     """Train SAU, teacher and student (+ ablations) with Ray Train; evaluate; write the model bundle.
 
-    Re-running with the same --out resumes each seed from its last checkpoint.
+    Inputs: --world (a world folder), or --lab and --sites (with --stac and --covariates for the distillation
+    transfer set), or a --config file. Re-running with the same --out resumes each seed from its last checkpoint.
     """
     from deepsalt.config import TrainConfig
+    from deepsalt.train.data import TrainInputs
     from deepsalt.train.run import train as run_train
 
-    if not (world / "samples" / "satellite_samples.parquet").exists():
-        raise DeepSaltInputError(world, "not a world folder (samples/satellite_samples.parquet missing)", "build one with `deepsalt world`")
-    cfg = TrainConfig.for_preset(preset.value, workers=workers, gpu=gpu, tokens=tokens.value, kd={"transfer": kd_transfer},
-                                 seeds=seeds)
-    m = run_train(world, out, cfg, log=typer.echo)
+    file = _read_config(config) if config else {}
+    given = {k: v for k, v in dict(world=world, lab=lab, sites=sites, stac=stac, covariates=covariates).items() if v is not None}
+    named = {k: file.pop(k) for k in ("world", "lab", "sites", "stac", "covariates") if k in file}
+    both = sorted(set(given) & set(named))
+    if both:
+        raise DeepSaltInputError(f"--{both[0]}", f"given both here and in {config}", "name each input once")
+    inputs = {**named, **{k: str(v) for k, v in given.items()}}
+    flags = {"workers": workers, "gpu": gpu, "seeds": seeds, "tokens": tokens and tokens.value, "target": target,
+             "max_failures": max_failures, "exclude_bands": exclude_bands,
+             "mir_grid": mir_grid and _numbers(mir_grid, "--mir-grid", 3)}
+    settings = {**file, **{k: v for k, v in flags.items() if v is not None}}
+    if kd_transfer is not None:
+        settings["kd"] = {**settings.get("kd", {}), "transfer": kd_transfer}
+    cfg = TrainConfig.for_preset((preset.value if preset else None) or settings.pop("preset", DEFAULT_PRESET),
+                                 **{k: v for k, v in settings.items() if k != "preset"})
+    if "world" in inputs:
+        if set(inputs) - {"world"}:
+            raise DeepSaltInputError("--world", f"given together with --{sorted(set(inputs) - {'world'})[0]}",
+                                     "pass a world folder, or the inputs one by one")
+        w = Path(inputs["world"])
+        if not (w / "samples" / "satellite_samples.parquet").exists():
+            raise DeepSaltInputError(w, "not a world folder (samples/satellite_samples.parquet missing)",
+                                     "build one with `deepsalt world`, or pass --lab and --sites")
+        ins = TrainInputs.world(w)
+    elif {"lab", "sites"} <= set(inputs):
+        ins = TrainInputs(inputs["lab"], inputs["sites"], inputs.get("stac"), inputs.get("covariates"))
+    else:
+        raise DeepSaltInputError("inputs", "no training data named", "pass --world DIR, or --lab FILE --sites FILE "
+                                 "(with --stac and --covariates), or a --config file naming them")
+    if cfg.kd.transfer and (not ins.stac or not ins.covariates):
+        raise DeepSaltInputError("--stac", "the distillation transfer set needs the EnMAP catalogue and the covariates",
+                                 "pass --stac and --covariates, or --no-kd-transfer")
+    m = run_train(ins, out, cfg, log=typer.echo)
     typer.echo(f"wrote {out}/metrics.json, {out}/report/summary.md, {out}/bundle ({m['seconds']} s)")
+    units = get_target(cfg.target).units
     for v, r in m["results"].items():
-        typer.echo(f"  {v:15s} seen MAE {r['seen']['mae']:.3f} ± {r['seen']['mae_sd']:.3f}  R2 {r['seen']['r2']:.3f}   "
+        typer.echo(f"  {v:15s} seen MAE {r['seen']['mae']:.3f} ± {r['seen']['mae_sd']:.3f} {units}  R2 {r['seen']['r2']:.3f}   "
                    f"unseen MAE {r['unseen']['mae']:.3f}")
+
+
+def _read_config(path: Path) -> dict:
+    """A TOML or YAML training config as a dict (its keys checked by TrainConfig)."""
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise DeepSaltInputError(path, f"cannot read the config ({e.strerror})", "check the path") from None
+    try:
+        if path.suffix.lower() == ".toml":
+            import tomllib
+
+            doc = tomllib.loads(text)
+        else:
+            import yaml
+
+            doc = yaml.safe_load(text)
+    except Exception as e:  # noqa: BLE001 - a syntax error in the user's file
+        raise DeepSaltInputError(path, f"not valid {'TOML' if path.suffix.lower() == '.toml' else 'YAML'} "
+                                 f"({str(e).splitlines()[0][:160]})", "fix the file") from None
+    if not isinstance(doc, dict):
+        raise DeepSaltInputError(path, "holds no settings (a mapping of names to values)", "see `deepsalt train --help`")
+    inputs = doc.pop("inputs", {})
+    return {**inputs, **doc}
+
+
+def _numbers(value: str, flag: str, n: int) -> tuple:
+    try:
+        vals = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        vals = ()
+    if len(vals) != n:
+        raise DeepSaltInputError(flag, f"'{value}' is not {n} comma-separated number{'s' if n > 1 else ''}",
+                                 {"--mir-grid": "e.g. --mir-grid 600,4000,1701", "--depth": "e.g. --depth 0,12"}.get(
+                                     flag, "e.g. --ec-factor 2.35,-0.36"))
+    return vals
 
 
 def _seeds(value: str) -> tuple[int, ...]:
@@ -160,6 +258,137 @@ def _bbox(value: Optional[str]):
 
 
 
+@app.command("ingest")
+@_clean_errors
+def ingest_cmd(
+    src: list[str] = typer.Argument(..., help="product ZIPs, unzipped product folders, folders or globs holding them "
+                                    "(local or any fsspec URL, e.g. s3://bucket/enmap/*.ZIP), or DLR STAC Item JSON files "
+                                    "(with --assets-root)"),
+    out: str = typer.Option(..., help="catalogue folder or URL: <id>/ with COGs and the Item per product, collection.json"),
+    assets_root: Optional[str] = typer.Option(None, help="folder (or URL) holding the downloads of the DLR STAC Items "
+                                              "passed as SRC: <id>.ZIP files or product folders, anywhere below it"),
+    stac_api: Optional[str] = typer.Option(None, help="also post the Items to this STAC API (Transaction extension: "
+                                           "POST /collections/ENMAP_HSI_L2A/items, PUT to replace)"),
+):
+    """Turn DLR's EnMAP L2A deliveries into a STAC catalogue that `deepsalt map --stac CATALOG/collection.json` reads.
+
+    Each product (one Ray task each): METADATA.XML parsed (bands, gains, bad bands, times, cloud cover, footprint),
+    the image (GeoTIFF, ENVI BSQ/BIL/BIP, JPEG2000) and quality layers written as COGs, a STAC Item in DLR's layout.
+    A product whose source is unchanged is not written again. A bad product stops with one line; the rest go on;
+    the exit code is 2 if any failed.
+    """
+    from deepsalt.data.ingest import ingest
+
+    _quiet_ray()
+    s = ingest(src, out, assets_root, stac_api, log=typer.echo)
+    typer.echo(f"ingest: {s['written']} written, {s['unchanged']} unchanged, {s['failed']} failed; "
+               f"{s['items_in_catalogue']} items in {s['collection']} ({s['seconds']} s)"
+               + (f"; {s['posted']} posted to {stac_api}" if stac_api else ""))
+    if s["failed"]:
+        for line in s["failures"]:
+            typer.secho(f"error: {line}", fg="red", err=True)
+        raise typer.Exit(2)
+
+
+@app.command("sites")
+@_clean_errors
+def sites_cmd(
+    sites: str = typer.Option(..., help="field sites: CSV, Parquet, GeoPackage or GeoJSON with lon/lat (or point "
+                              "geometries, WGS84), a sampling date, target columns (ece_dsm, soc...) and an optional id"),
+    stac: str = typer.Option(..., help="EnMAP catalogue: STAC API URL, a static catalogue/collection or folder"),
+    covariates: str = typer.Option(..., help="covariate folder or JSON map (`deepsalt covariates build` makes one)"),
+    out: str = typer.Option(..., help="training rows to write (Parquet); the drop report goes beside it, OUT.drops.csv"),
+    max_days: int = typer.Option(30, min=0, max=3650, help="largest number of days between a site's sampling date and "
+                                 "the scene it takes its pixel from (the nearest clear one in time)"),
+    targets: Optional[str] = typer.Option(None, help="target columns to keep, comma-separated (default: every target "
+                                          "column DeepSalt knows that the file has)"),
+    collection: str = typer.Option("ENMAP_HSI_L2A", help="STAC collection"),
+    quality_masks: str = typer.Option(",".join(QUALITY_LAYERS), callback=lambda v: _quality(v),
+                                      help="quality layers whose flagged pixels are not used (as for `deepsalt map`)"),
+    exclude_bands: str = typer.Option("130,131,132,133,134,135", help="bands the model will not read (as for `deepsalt "
+                                      "train`): nodata in them does not drop a site"),
+    allow_http: bool = typer.Option(False, help="accept plain http:// asset hrefs (trusted internal servers only)"),
+):
+    """Turn field sites into training rows: each site's clear EnMAP pixel nearest in time (read exactly as `deepsalt
+    map` reads it) and its covariates, with the scene, date and pixel it came from; a drop report says why the
+    others were left out. Scenes are read as Ray tasks, one per scene."""
+    from deepsalt.config import TrainConfig
+    from deepsalt.data.sites import extract_sites
+
+    bands = TrainConfig(exclude_bands=exclude_bands).exclude_bands  # checked as training checks it
+    _quiet_ray()
+    s = extract_sites(sites, stac, covariates, out, max_days, targets and [t.strip() for t in targets.split(",")],
+                      quality_masks, bands, collection, allow_http, log=typer.echo)
+    typer.echo(json.dumps(s))
+
+
+lab_app = typer.Typer(no_args_is_help=True, help="Lab libraries: import an OSSL download as a DeepSalt lab table.")
+app.add_typer(lab_app, name="lab")
+
+
+@lab_app.command("import")
+@_clean_errors
+def lab_import_cmd(
+    ossl: str = typer.Option(..., help="an OSSL v1.2 download: a folder (or URL) with ossl_soilsite_*, ossl_soillab_* and "
+                             "ossl_mir_* CSVs (joined by id.layer_uuid_txt), or the joined ossl_all_* CSV"),
+    out: Path = typer.Option(..., help="lab table to write (Parquet)"),
+    ec_method: str = typer.Option("1:2", help="the extract OSSL's EC (ec_usda.a364_ds.m) was measured in: 1:1, 1:2 (OSSL's), "
+                                  "1:5 or paste; converted to ECe by a stated rule, recorded per sample"),
+    ec_factor: Optional[str] = typer.Option(None, help="your own conversion ECe = A x EC + B, as A or A,B (a local "
+                                            "calibration; replaces the built-in rule for --ec-method)"),
+    depth: str = typer.Option("0,12", help="target depth TOP,BOTTOM in cm: a profile's layers overlapping it are "
+                              "averaged, weighted by their overlap"),
+):
+    """Import an Open Soil Spectral Library download: OSSL's column names, EC converted to ECe by a declared rule,
+    samples composited to the target depth, rows without a value dropped with a count."""
+    from deepsalt.data.ossl import ECRule, EC_RULES, import_ossl
+
+    rule = None
+    if ec_factor:
+        a, b = (*_numbers(ec_factor, "--ec-factor", 2 if "," in ec_factor else 1), 0.0)[:2]
+        rule = ECRule(a, b, f"user calibration for {ec_method}: ECe = {a:g} EC + {b:g}")
+    if ec_method not in EC_RULES:
+        raise DeepSaltInputError("--ec-method", f"unknown EC method {ec_method!r}", f"declare one of {', '.join(EC_RULES)}")
+    top, bottom = _numbers(depth, "--depth", 2)
+    typer.echo(json.dumps(import_ossl(ossl, str(out), ec_method, (top, bottom), rule, log=typer.echo)))
+
+
+cov_app = typer.Typer(no_args_is_help=True, help="Covariates: build the 8 rasters from SoilGrids 2.0 and WorldClim 2.1.")
+app.add_typer(cov_app, name="covariates")
+
+
+@cov_app.command("build")
+@_clean_errors
+def covariates_build_cmd(
+    soilgrids: str = typer.Option(..., help="SoilGrids 2.0 as ISRIC ships it: a folder or URL with sand/ and clay/ "
+                                  "layers 0-5cm and 5-15cm (VRT over tiles, or GeoTIFF), int16 g/kg, Homolosine"),
+    worldclim: str = typer.Option(..., help="WorldClim 2.1 monthly 30-second files: a folder with "
+                                  "wc2.1_30s_{tmin,tmax,tavg,prec}_{01..12}.tif"),
+    bbox: str = typer.Option(..., help="minlon,minlat,maxlon,maxlat (deg) to cover"),
+    out: Path = typer.Option(..., help="folder to write the 8 COGs to (sand.tif ... pr_avg.tif)"),
+):
+    """Build the 8 covariates: sand and clay (%, 0-12 cm) from SoilGrids, and the temperature and precipitation
+    extremes and means from WorldClim's monthly files; float32 COGs in EPSG:4326, checked for their units."""
+    from deepsalt.data.products import build_covariates
+
+    s = build_covariates(soilgrids, worldclim, _bbox(bbox), out, log=typer.echo)
+    typer.echo(json.dumps(s))
+
+
+def _quality(value: str) -> tuple[str, ...]:
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    if names == ["none"]:
+        return ()
+    bad = [n for n in names if n not in QUALITY_LAYERS]
+    if bad or not names:
+        raise typer.BadParameter(f"'{value}': use names from {', '.join(QUALITY_LAYERS)} (comma-separated), or none")
+    return tuple(QUALITY_LAYERS[n].asset for n in names)
+
+
+QUALITY_HELP = ("quality layers whose flagged pixels are not mapped, comma-separated: "
+                + "; ".join(f"{k} ({q.what}, QL_QUALITY_{q.suffix})" for k, q in QUALITY_LAYERS.items()) + "; or none")
+
+
 @app.command("map")
 @_clean_errors
 def map_cmd(
@@ -173,7 +402,8 @@ def map_cmd(
     region: Optional[Region] = typer.Option(None, help="named bbox instead of --bbox: " + ", ".join(f"{k} ({v})" for k, v in REGIONS.items())),
     datetime: Optional[str] = typer.Option(None, help="STAC datetime interval, e.g. 2024-05-01/2024-09-30"),
     max_cloud: Optional[float] = typer.Option(None, min=0, max=100, help="skip scenes with eo:cloud_cover above this (%, 0-100)"),
-    grid: GridName = typer.Option("conus", help="output grid: conus (EPSG:5070, 30 m) or europe (EPSG:3035, 30 m)"),
+    grid: GridName = typer.Option("conus", help="output grid: conus (EPSG:5070, 30 m), europe (EPSG:3035, 30 m) or global "
+                                  "(Equal Earth, EPSG:8857, 30 m: every land surface, any UTM zone of either hemisphere)"),
     chunk: int = typer.Option(256, min=16, max=4096, help="chunk = tile side in pixels (16-4096; a cube keeps the one it was made with)"),
     shard: int = typer.Option(2, min=1, max=16, help="tiles per shard side (1-16): one stored object per shard x shard chunks "
                               "of a variable (Zarr v3 sharding); 1: unsharded. A cube keeps the one it was made with"),
@@ -184,6 +414,7 @@ def map_cmd(
     gpu: bool = typer.Option(False, help="one GPU per inference actor; GPU workers scale up for the job (CPU otherwise)"),
     allow_http: bool = typer.Option(False, help="accept plain http:// asset hrefs (trusted internal servers only); "
                                     "s3://, https:// and local paths are always accepted"),
+    quality_masks: str = typer.Option(",".join(QUALITY_LAYERS), callback=lambda v: _quality(v), help=QUALITY_HELP),
     dry_run: bool = typer.Option(False, help="print the plan (scenes, tiles to map and to clear, pixels, a time estimate) "
                                  "and stop: nothing is read beyond the headers, nothing is written"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="also show Ray's own INFO logs and progress blocks"),
@@ -206,7 +437,8 @@ def map_cmd(
     so = _storage_options(out)
     cfg = MapConfig(stac=stac, collection=collection, bbox=_bbox(bbox), datetime=datetime, epoch=epoch, max_cloud=max_cloud,
                     covariates=covariates, model=model, out=out, grid=grid.value, chunk=chunk, shard=shard, mc_samples=mc_samples,
-                    predict_actors=actors, min_actors=min_actors, gpu=gpu, storage_options=so, allow_http=allow_http)
+                    predict_actors=actors, min_actors=min_actors, gpu=gpu, storage_options=so, allow_http=allow_http,
+                    quality_masks=quality_masks)
     grid_for(cfg)  # Ray starts only when there are tiles to map
     if dry_run:
         typer.echo(json.dumps(plan_only(cfg, log=typer.echo)))

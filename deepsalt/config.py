@@ -4,15 +4,40 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from deepsalt.spectra.bands import EXCLUDED_BANDS
 
 #: ECe range (dS/m) every model predicts in and the cube declares: the bounded head's limits
 OUT_RANGE: tuple[float, float] = (0.05, 77.0)
-#: EnMAP L2A quality assets applied as masks (key -> the role DLR tags it with)
-QUALITY_ASSETS = {"quality_cloud": "cloud", "quality_cloud_shadow": "cloud-shadow", "quality_haze": "haze",
-                  "quality_snow": "snow"}
+
+class QualityLayer(NamedTuple):
+    """An EnMAP L2A quality layer: its STAC asset key, the file suffix in DLR's products, the role DLR's STAC items
+    tag it with, and the values that mask a pixel."""
+
+    asset: str
+    suffix: str
+    role: str
+    masked: tuple[int, ...]
+    what: str
+
+
+#: The L2A quality layers DeepSalt can apply, by the name ``--quality-masks`` takes. Values as DLR's products use
+#: them (read by HySpecNet-11k's documentation of DLR L2A tiles and by GFZ's EnPT, ``mask_landwater == 2`` is
+#: water): cloud, cloud shadow, haze and snow are 0/1; cirrus is 0 none, 1 thin, 2 medium, 3 thick;
+#: QL_QUALITY_CLASSES is 1 land, 2 water, 3 background (outside the swath; DLR's STAC items declare 3 as its nodata).
+QUALITY_LAYERS: dict[str, QualityLayer] = {
+    "cloud": QualityLayer("quality_cloud", "CLOUD", "cloud", (1,), "clouds"),
+    "cloud_shadow": QualityLayer("quality_cloud_shadow", "CLOUDSHADOW", "cloud-shadow", (1,), "cloud shadows"),
+    "haze": QualityLayer("quality_haze", "HAZE", "haze", (1,), "haze"),
+    "snow": QualityLayer("quality_snow", "SNOW", "snow", (1,), "snow and ice"),
+    "cirrus": QualityLayer("quality_cirrus", "CIRRUS", "cirrus", (1, 2, 3), "cirrus, thin to thick"),
+    "water": QualityLayer("quality_classes", "CLASSES", "land-water", (2, 3), "water (class 2) and background (class 3)"),
+}
+#: asset key -> its layer
+QUALITY_ASSETS: dict[str, QualityLayer] = {q.asset: q for q in QUALITY_LAYERS.values()}
 
 Preset = Literal["tiny", "demo", "benchmark"]
 TrainPreset = Literal["tiny", "demo", "benchmark", "paper"]
@@ -143,8 +168,14 @@ class TrainConfig(_Config):
     preset: TrainPreset = Field("demo", description="the preset these values started from")
     seeds: tuple[int, ...] = Field((0, 1, 2), description="one full training per seed; metrics are means over seeds")
     workers: int = Field(1, ge=1, description="Ray Train workers (DDP)")
+    max_failures: int = Field(3, ge=0, description="lost workers or nodes (e.g. spot preemptions) a seed's training "
+                              "survives: Ray Train restarts the worker group from the last checkpoint; the result is the "
+                              "same as an uninterrupted run's (data order and dropout are seeded per epoch)")
     gpu: bool = Field(False, description="one GPU per worker")
     # data
+    exclude_bands: tuple[str, ...] = Field(tuple(str(b) for b in EXCLUDED_BANDS), description="EnMAP bands (names, i.e. "
+                                           "numbers 1-224) the model does not read: the method's 130-135 (1331-1390 nm), "
+                                           "plus any band your products fill with nodata (their bad bands)")
     mir_grid: tuple[float, float, int] = Field((400.0, 4000.0, 1765), description="model MIR grid: first, last wavenumber "
                                                "(cm-1) and channels; lab tables are resampled onto it")
     split_block_km: float = Field(0.0, ge=0, description="side (km) of the square spatial blocks assigned whole to "
@@ -154,7 +185,10 @@ class TrainConfig(_Config):
                                                         "validation and test blocks")
     zero_ec_dsm: float = Field(0.1, ge=0, description="ECe (dS/m) below which a training sample counts as salt-free")
     zero_ec_keep: float = Field(0.1, ge=0, le=1, description="share of salt-free training samples kept (seeded)")
-    out_range: tuple[float, float] = Field(OUT_RANGE, description="ECe range (dS/m) of the bounded output head")
+    target: str = Field("ece", description="the soil property learnt (deepsalt.targets.TARGETS: ece, soc): its column, "
+                        "units, output range and whether it is learnt in log space")
+    out_range: tuple[float, float] = Field(None, description="range of the bounded output head, in the target's units "
+                                           "(default: the target's valid range; ECe 0.05-77 dS/m)")
     adapt_pixels: int = Field(2000, ge=0, description="unlabelled EnMAP pixels read at random points of the held-out "
                               "region's scenes to adapt the student to it (deepsalt_adapted in metrics.json); 0: off")
     # shared by the stages
@@ -176,6 +210,33 @@ class TrainConfig(_Config):
     teacher: TransformerConfig = TEACHER
     student: TransformerConfig = TransformerConfig()
     kd: DistillationConfig = DistillationConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _target_range(cls, data):
+        """The output range follows the target unless set."""
+        if isinstance(data, dict) and data.get("out_range") is None:
+            from deepsalt.targets import get_target
+
+            data = {**data, "out_range": get_target(data.get("target", "ece")).valid_range}
+        return data
+
+    @field_validator("target")
+    @classmethod
+    def _known_target(cls, v):
+        from deepsalt.targets import get_target
+
+        get_target(v)  # a ValueError names the known ones
+        return v
+
+    @field_validator("exclude_bands", mode="before")
+    @classmethod
+    def _band_names(cls, v):
+        names = tuple(str(b).strip() for b in (v.split(",") if isinstance(v, str) else v) if str(b).strip())
+        bad = [n for n in names if not (n.isdigit() and 1 <= int(n) <= 224)]
+        if bad:
+            raise ValueError(f"band(s) {', '.join(bad)} are not EnMAP band numbers 1-224 (e.g. 130,131,132)")
+        return tuple(sorted(set(names), key=int))
 
     @field_validator("teacher", mode="before")
     @classmethod
@@ -221,7 +282,8 @@ class MapConfig(_Config):
     shard: int = Field(2, ge=1, le=16, description="tiles per shard side (Zarr v3 sharding): one stored object holds "
                        "shard x shard chunks of each variable; 1: unsharded. A cube keeps the layout it was made with")
     mc_samples: int = Field(5, ge=0, description="MC-dropout passes for ece_sd (0: no uncertainty)")
-    quality_masks: tuple[str, ...] = tuple(QUALITY_ASSETS)
+    quality_masks: tuple[str, ...] = Field(tuple(QUALITY_ASSETS), description="quality assets whose flagged pixels are not "
+                                           "mapped (keys of config.QUALITY_ASSETS)")
     predict_actors: int | None = Field(None, ge=1, description="most inference actors (the pool autoscales up to this "
                                        "many); None: one per CPU of the cluster, or with gpu one per GPU (at least 1)")
     min_actors: int = Field(1, ge=1, description="inference actors kept up from the start")
@@ -239,6 +301,22 @@ class MapConfig(_Config):
     allow_http: bool = Field(False, description="accept plain http:// asset hrefs (trusted internal servers only)")
     commit_attempts: int = Field(3, ge=1, description="times a run re-plans on the new cube state when another run "
                                  "committed conflicting changes first")
+
+    @field_validator("quality_masks")
+    @classmethod
+    def _known_masks(cls, v):
+        bad = [k for k in v if k not in QUALITY_ASSETS]
+        if bad:
+            raise ValueError(f"unknown quality asset(s) {', '.join(bad)} (known: {', '.join(QUALITY_ASSETS)})")
+        return tuple(v)
+
+    @field_validator("datetime")
+    @classmethod
+    def _datetime_interval(cls, v):
+        from deepsalt.data.stac import parse_interval
+
+        parse_interval(v)  # a ValueError names the part at fault
+        return v
 
     @field_validator("epoch")
     @classmethod

@@ -18,6 +18,18 @@ class DeepSaltInputError(ValueError):
         return (type(self), (self.where, self.fault, self.fix))
 
 
+class DeepSaltRunError(RuntimeError):
+    """A run that stopped for a reason other than its input (workers lost more often than allowed, say); the message
+    says what failed and how to continue."""
+
+    def __init__(self, what: str, fault: str, fix: str | None = None):
+        self.what, self.fault, self.fix = str(what), fault, fix
+        super().__init__(f"{what}: {fault}" + (f" ({fix})" if fix else ""))
+
+    def __reduce__(self):
+        return (type(self), (self.what, self.fault, self.fix))
+
+
 def find_input_error(exc: BaseException) -> "DeepSaltInputError | None":
     """The DeepSaltInputError behind an exception that Ray (tasks, Ray Data) wrapped, if any."""
     seen = set()

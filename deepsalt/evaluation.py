@@ -8,8 +8,6 @@ from sklearn.ensemble import RandomForestRegressor
 
 from deepsalt.config import OUT_RANGE
 
-SALINITY_RANGES = ((0, 2), (2, 4), (4, 8), (8, 16), (16, np.inf))
-
 
 def metrics(y: np.ndarray, pred: np.ndarray) -> dict:
     y, pred = np.asarray(y, float), np.asarray(pred, float)
@@ -44,14 +42,6 @@ def by_category(y, pred, categories) -> dict:
     return {str(c): metrics(np.asarray(y)[categories == c], np.asarray(pred)[categories == c]) for c in np.unique(categories)}
 
 
-def salinity_range(y) -> np.ndarray:
-    y = np.asarray(y)
-    out = np.empty(len(y), dtype=object)
-    for lo, hi in SALINITY_RANGES:
-        out[(y >= lo) & (y < hi)] = f"{lo}-{hi:g}" if np.isfinite(hi) else f">{lo}"
-    return out.astype(str)
-
-
 def fit_baseline(kind: str, x: np.ndarray, y: np.ndarray, seed: int, out_range: tuple[float, float] = OUT_RANGE):
     """A classical baseline fitted on ``x, y``; returns its predictor, clipped to ``out_range`` as the models are."""
     if kind == "plsr":
@@ -65,11 +55,11 @@ def fit_baseline(kind: str, x: np.ndarray, y: np.ndarray, seed: int, out_range: 
 
 
 def fit_location_baseline(kind: str, lat: np.ndarray, lon: np.ndarray, y: np.ndarray, seed: int,
-                          out_range: tuple[float, float] = OUT_RANGE):
+                          out_range: tuple[float, float] = OUT_RANGE, log: bool = True):
     """A predictor ``f(lat, lon)`` from the training sites' locations and labels alone.
 
     ``nn_label``: the label of the nearest training site (great-circle distance). ``kriging``: ordinary
-    kriging of ln ECe as a Gaussian process on local x/y in km (constant x Matern(nu=1.5) + white noise,
+    kriging of ln y (of y for a target learnt in linear space) as a Gaussian process on local x/y in km (constant x Matern(nu=1.5) + white noise,
     hyper-parameters by maximum likelihood, seeded), back-transformed with exp; both clipped to ``out_range``.
     """
     from sklearn.neighbors import BallTree
@@ -95,8 +85,10 @@ def fit_location_baseline(kind: str, lat: np.ndarray, lon: np.ndarray, y: np.nda
     kernel = ConstantKernel(1.0, (1e-3, 1e3)) * Matern(5.0, (0.05, 500.0), nu=1.5) + WhiteKernel(0.1, (1e-4, 10.0))
     with warnings.catch_warnings():  # a hyper-parameter at its bound (e.g. noise-free labels) is fine for a control
         warnings.simplefilter("ignore", ConvergenceWarning)
-        gp = GaussianProcessRegressor(kernel, normalize_y=True, random_state=seed).fit(xy(lat, lon), np.log(np.clip(y, *out_range)))
-    return lambda la, lo: np.clip(np.exp(gp.predict(xy(la, lo))), *out_range)
+        z = np.log(np.clip(y, *out_range)) if log else np.clip(y, *out_range)
+        gp = GaussianProcessRegressor(kernel, normalize_y=True, random_state=seed).fit(xy(lat, lon), z)
+    back = np.exp if log else (lambda v: v)
+    return lambda la, lo: np.clip(back(gp.predict(xy(la, lo))), *out_range)
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:

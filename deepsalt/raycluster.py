@@ -3,27 +3,36 @@
 from __future__ import annotations
 
 import os
+import re
 
 #: Ray Train's controller polls workers at this interval; its 2 s default costs ~1 s per reported epoch.
 TRAIN_POLL = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.05")}
 
 
 #: what workers need to reach the stores, and nothing secret: credentials stay in the processes' own environment
-#: (a local cluster inherits it; a real cluster gets them from its instance role or service account)
+#: (a local cluster inherits it; a real cluster gets them from its instance role, service account or a secret
+#: mounted into the pods that read)
 WORKER_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_S3_ENDPOINT", "AWS_HTTPS", "AWS_VIRTUAL_HOSTING",
               "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_NO_SIGN_REQUEST", "AWS_REQUEST_CHECKSUM_CALCULATION",
               "AWS_RESPONSE_CHECKSUM_VALIDATION")
+#: GDAL/CPL settings that carry credentials or can (user:password, headers, cookies, tokens, keys, signed URLs):
+#: never forwarded, whatever their exact name
+_SECRET_SETTING = re.compile(r"PWD|PASS|AUTH|HEADER|COOKIE|BEARER|TOKEN|KEY|SECRET|CRED|SIGN|SESSION|NETRC|CERT", re.I)
 
 
 def worker_env() -> dict[str, str]:
-    """The variables a local cluster's runtime env carries: store endpoints and GDAL settings, no credentials."""
-    return {k: v for k, v in os.environ.items() if k in WORKER_ENV or (k.startswith(("GDAL_", "CPL_")) and "SECRET" not in k
-                                                                         and "TOKEN" not in k and "KEY" not in k)}
+    """The variables a local cluster's runtime env carries: store endpoints and GDAL tuning, no credentials."""
+    return {k: v for k, v in os.environ.items()
+            if k in WORKER_ENV or (k.startswith(("GDAL_", "CPL_", "VSI_")) and not _SECRET_SETTING.search(k))}
 
 
 def init_ray() -> None:
-    """Connect once. A local cluster gets the S3/GDAL variables and the Train poll interval in its runtime env;
-    an existing cluster or job already carries its own (a second runtime env would conflict with the job's)."""
+    """Connect once: to the cluster at RAY_ADDRESS (set by `ray job submit` and scripts/services.sh), else a new local
+    instance. Never to whatever ``ray start`` last recorded on this machine: a stale record of a cluster whose
+    processes are gone would have Ray retry a dead GCS without end.
+
+    A local cluster gets the S3/GDAL variables and the Train poll interval in its runtime env; an existing cluster
+    or job already carries its own (a second runtime env would conflict with the job's)."""
     import ray
 
     if ray.is_initialized():
@@ -33,4 +42,4 @@ def init_ray() -> None:
     kwargs = {}
     if address is None:
         kwargs["runtime_env"] = {"env_vars": {**worker_env(), **TRAIN_POLL}}
-    ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False, **kwargs)
+    ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, configure_logging=False, **kwargs)

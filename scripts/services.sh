@@ -26,7 +26,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-deepsalt world --preset tiny --seed 7 --out "$WORK/world" > "$WORK/world.log"
+deepsalt world --preset tiny --seed 7 --deliveries --out "$WORK/world" > "$WORK/world.log"
 export DEEPSALT_TEST_WORLD="$WORK/world"
 
 S3_PORT=$(free_port)

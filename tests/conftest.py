@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -27,11 +28,13 @@ def world() -> Path:
 
 @pytest.fixture()
 def world_copy(world, tmp_path) -> Path:
-    """A private copy of the tiny world that a test may damage."""
+    """A private copy of the tiny world that a test may damage. Its catalogue is ``stac/items.json`` alone (absolute
+    hrefs into the copy): tests edit the items there, and ``stac/`` as a folder then reads it."""
     dst = tmp_path / "world"
-    shutil.copytree(world, dst)
+    shutil.copytree(world, dst, ignore=shutil.ignore_patterns("deliveries"))
     items = dst / "stac" / "items.json"
     items.write_text(items.read_text().replace(str(world), str(dst)))
+    (dst / "stac" / "collection.json").unlink()
     return dst
 
 
@@ -69,13 +72,34 @@ TRAIN_LOG: list[str] = []  # what the shared training printed
 
 
 @pytest.fixture(scope="session")
-def trained(world, tmp_path_factory):
-    """(run folder, metrics) of one quick training on the tiny world, shared by training and mapping tests."""
+def moved_world(world, tmp_path_factory) -> Path:
+    """The tiny world moved to another folder: its items.json still names the old folder, which is gone (hrefs
+    rewritten to a path that does not exist), as after `mv`. Everything must read the relocatable collection."""
+    dst = tmp_path_factory.mktemp("moved") / "world"
+    shutil.copytree(world, dst, ignore=shutil.ignore_patterns("deliveries"))
+    items = dst / "stac" / "items.json"
+    items.write_text(items.read_text().replace(str(world), "/vanished/world"))
+    return dst
+
+
+@pytest.fixture(scope="session")
+def trained(moved_world, tmp_path_factory):
+    """(run folder, metrics) of one quick training on the tiny world (moved: training must not need the folder it
+    was built in), shared by training and mapping tests."""
     from deepsalt.config import TrainConfig
     from deepsalt.train.run import train
 
     out = tmp_path_factory.mktemp("run")
-    return out, train(world, out, TrainConfig.for_preset("tiny", **FAST), log=TRAIN_LOG.append)
+    return out, train(moved_world, out, TrainConfig.for_preset("tiny", **FAST), log=TRAIN_LOG.append)
+
+
+@pytest.fixture(scope="session")
+def catalogue(world, tmp_path_factory) -> tuple[Path, dict]:
+    """(catalogue folder, summary) of `deepsalt ingest` over the tiny world's DLR-style deliveries (Ray tasks)."""
+    from deepsalt.data.ingest import ingest
+
+    out = tmp_path_factory.mktemp("catalogue")
+    return out, ingest([str(world / "deliveries")], str(out), log=lambda *_: None)
 
 
 def map_cfg(world, bundle, out, **kw):
@@ -94,6 +118,16 @@ def cube(world, trained, tmp_path_factory):
     out = tmp_path_factory.mktemp("cube") / "ece.zarr"
     summary = map_region(map_cfg(world, trained[0] / "bundle", out), log=lambda *_: None)
     return out, summary
+
+
+#: a line of Ray's own C++ logging on a driver's stderr ("[2026-11-30 22:05:36,431 E 13628 13628] core_worker.cc:2465: ...");
+#: Ray Data's actor pools make it print one on every run (ray-project/ray#57733)
+_RAY_CPP_LOG = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [DIWEF] \d+ \d+\] \S+\.cc:\d+:")
+
+
+def deepsalt_lines(stderr: str) -> list[str]:
+    """The non-empty lines of a command's stderr that DeepSalt wrote (Ray's own C++ log lines left out)."""
+    return [x for x in stderr.splitlines() if x.strip() and not _RAY_CPP_LOG.match(x)]
 
 
 def tile_arrays(url, storage_options=None, version=None, epoch_index=0) -> dict:

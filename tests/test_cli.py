@@ -1,7 +1,9 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -21,7 +23,7 @@ def test_help_explains_commands_and_lists_choices():
     r = _run("world", "--help")
     assert r.returncode == 0 and "--preset" in r.stdout and "benchmark" in r.stdout
     r = _run("map", "--help")
-    assert r.returncode == 0 and "conus|europe" in r.stdout and "seen|unseen|western-us" in r.stdout and "--dry-run" in r.stdout
+    assert r.returncode == 0 and "conus|europe|global" in r.stdout and "seen|unseen|western-us" in r.stdout and "--dry-run" in r.stdout
     r = _run("--version")
     assert r.returncode == 0 and r.stdout.startswith("deepsalt 0.")
 
@@ -50,6 +52,11 @@ MAP = ["map", "--stac", "s", "--model", "m", "--covariates", "c", "--out", "o", 
     (MAP + ["--bbox", "1,2,3"], "--bbox: '1,2,3' is not minlon,minlat,maxlon,maxlat"),
     (MAP[:-2] + ["--epoch", "24"], "--epoch: '24' is not YYYY"),
     (MAP[:3], "Missing option"),
+    (MAP + ["--datetime", "yesterday"], "--datetime: 'yesterday' in 'yesterday' is not a date or time"),
+    (MAP + ["--datetime", "2024-09-30/2024-05-01"], "ends before it starts"),
+    (MAP + ["--quality-masks", "cloud,smoke"], "use names from cloud, cloud_shadow, haze, snow, cirrus, water"),
+    (["ingest", "/no/such/orders", "--out", "o"], "/no/such/orders: does not exist"),
+    (["train", "--world", "w", "--out", "o", "--exclude-bands", "130,999"], "999 are not EnMAP band numbers"),
 ])
 def test_every_bad_value_is_one_line_and_exit_2(args, needle):
     r = _run(*args)
@@ -69,3 +76,20 @@ def test_map_dry_run_prints_the_plan_and_writes_nothing(world, trained, cube, tm
     r = _run(*base, "--out", str(cube[0]))  # the reference cube is up to date
     plan = json.loads(r.stdout.strip().splitlines()[-1])
     assert plan["tiles_to_map"] == 0 and plan["tiles_up_to_date"] == plan["tiles"]
+
+
+def test_a_stale_ray_cluster_record_starts_a_local_instance(tmp_path):
+    """`ray start` left its address behind and its processes are gone: without RAY_ADDRESS, DeepSalt starts a local
+    instance instead of retrying the dead one without end."""
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))  # Ray's socket paths must stay short
+    try:
+        (tmp / "ray").mkdir()
+        (tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:9")
+        code = "from deepsalt.raycluster import init_ray; init_ray(); import ray; print('CPUS', ray.cluster_resources()['CPU'])"
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "RAY_ADDRESS": "", "RAY_TMPDIR": str(tmp)})
+        assert r.returncode == 0 and "CPUS" in r.stdout, r.stderr[-2000:]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

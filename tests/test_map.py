@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from deepsalt.models.bundle import DeepSaltBundle
 REPO = Path(__file__).resolve().parents[1]
 
 
-from conftest import map_cfg as _cfg
+from conftest import deepsalt_lines, map_cfg as _cfg
 
 
 def _files(root: Path) -> dict:
@@ -271,14 +272,14 @@ def test_point_reads_one_pixel_with_its_scene_and_date(cube, world, trained):
     p = deepsalt.point(str(out), lon, lat)
     e = p["epochs"][0]
     assert (p["row"], p["col"]) == (row, col) and e["mapped"] and e["epoch"] == "2024-01-01"
-    assert e["ece_dsm"] == pytest.approx(float(ds["ece"][0, row, col])) and e["ece_sd_dsm"] > 0
+    assert e["ece"] == pytest.approx(float(ds["ece"][0, row, col])) and e["ece_sd"] > 0 and e["units"] == "dS m-1"
     assert e["scene"] == ds.attrs["scene_ids"][int(ds["scene"][0, row, col])]
     # the area of applicability, and the calibrated 90 % interval around the prediction
     assert e["di"] == pytest.approx(float(ds["di"][0, row, col])) and e["inside_aoa"] == (int(ds["aoa"][0, row, col]) == 1)
-    lo, hi = e["interval90_dsm"]
-    assert lo < e["ece_dsm"] < hi
+    lo, hi = e["interval90"]
+    assert lo < e["ece"] < hi
     # the bundle's own interval for the same prediction, MC sd and DI (its width grows with the DI)
-    want = DeepSaltBundle.load(str(trained[0] / "bundle")).interval([e["ece_dsm"]], [e["ece_sd_dsm"]], [e["di"]])
+    want = DeepSaltBundle.load(str(trained[0] / "bundle")).interval([e["ece"]], [e["ece_sd"]], [e["di"]])
     assert (lo, hi) == pytest.approx((float(want[0][0]), float(want[1][0])), rel=1e-3, abs=1e-4)
     when = {i.id: i.datetime.date().isoformat() for i in search_items(str(world / "stac"))}
     assert e["acquired"] == when[e["scene"]] == str(ds["acq_date"][0, row, col].values)[:10]  # decoded to a date
@@ -289,13 +290,14 @@ def test_point_reads_one_pixel_with_its_scene_and_date(cube, world, trained):
     assert r.exit_code == 2 and "outside the cube's grid" in r.stderr
 
 
-def test_world_copied_elsewhere_with_the_original_deleted_maps_to_the_same_cube(cube, trained, tmp_path):
+def test_world_copied_elsewhere_with_the_original_deleted_maps_to_the_same_cube(world, cube, trained, tmp_path):
     from conftest import assert_tiles_equal, tile_arrays
 
-    from deepsalt.config import WorldConfig
-    from deepsalt.data.synthetic.world import build_world
-
-    build_world(WorldConfig.for_preset("tiny", 7), tmp_path / "w1")  # the services' world: tiny, seed 7
+    # the services' world as if built at w1 (every path it records rewritten to w1), then moved and w1 deleted
+    shutil.copytree(world, tmp_path / "w1", ignore=shutil.ignore_patterns("deliveries", "native"))
+    for f in (tmp_path / "w1").rglob("*.json"):
+        f.write_text(f.read_text().replace(str(world), str(tmp_path / "w1")))
+    assert not [f for f in (tmp_path / "w1").rglob("*") if f.is_file() and str(world).encode() in f.read_bytes()]
     shutil.copytree(tmp_path / "w1", tmp_path / "moved")
     shutil.rmtree(tmp_path / "w1")
     moved = tmp_path / "moved"
@@ -365,3 +367,166 @@ def test_every_publish_describes_the_cube_in_valid_stac(cube):
     assert ds.sizes["time"] == 1 and item.properties["deepsalt:commit"] in item.assets["cube"].description
     lon0, lat0, lon1, lat1 = item.bbox
     assert -115 < lon0 < lon1 < -105 and 36 < lat0 < lat1 < 43
+
+
+def _clear_cells(g: Grid, ty: int, tx: int, items, band_names, band_centers, quality) -> tuple[np.ndarray, dict]:
+    """Independently of the read stage: which cells of tile (ty, tx) hold, at their centre, a scene pixel that no
+    quality layer flags and whose model bands all have data; and how many centres fall on each flagged kind."""
+    from deepsalt.config import QUALITY_ASSETS
+    from deepsalt.data.enmap import EnMAPScene
+
+    h, w = g.tile_shape(ty, tx)
+    tr = g.tile_transform(ty, tx)
+    rows, cols = np.mgrid[0:h, 0:w]
+    xc, yc = tr.c + (cols + 0.5) * g.res, tr.f - (rows + 0.5) * g.res
+    clear = np.zeros((h, w), bool)
+    seen = {"water": 0, "cirrus": 0}
+    for item in items:
+        scene = EnMAPScene.from_item(item)
+        sel = [list(scene.bands.names).index(n) for n in band_names]
+        with rasterio.open(scene.href("image")) as src:
+            dn, s_tr, s_crs = src.read(), src.transform, src.crs
+        flags = {}
+        for key in quality:
+            with rasterio.open(scene.href(key)) as q:
+                flags[key] = q.read(1)
+        sx, sy = Transformer.from_crs(g.crs, s_crs, always_xy=True).transform(xc, yc)
+        c, r = ~s_tr * (sx, sy)
+        c, r = np.floor(c).astype(int), np.floor(r).astype(int)
+        inside = (r >= 0) & (r < dn.shape[1]) & (c >= 0) & (c < dn.shape[2])
+        ok = ~(dn[sel] == scene.nodata).any(0)
+        for key, f in flags.items():
+            ok &= ~np.isin(f, QUALITY_ASSETS[key].masked)
+        rr, cc = np.where(inside, r, 0), np.where(inside, c, 0)
+        clear |= inside & ok[rr, cc]
+        seen["water"] += int((inside & (flags["quality_classes"][rr, cc] == 2)).sum())
+        seen["cirrus"] += int((inside & (flags["quality_cirrus"][rr, cc] > 0)).sum())
+    return clear, seen
+
+
+def test_every_clear_pixel_is_mapped_and_bad_bands_water_and_cirrus_remove_none_else(cube, world, trained):
+    """The world's scenes carry DLR's bad bands (130-135 nodata everywhere), a lake and cirrus. A cell is mapped
+    exactly where a scene pixel at its centre is clear: bad bands the model does not read remove no pixel; water
+    and cirrus pixels stay NaN."""
+    from conftest import tile_arrays
+
+    out, summary = cube
+    items = search_items(str(world / "stac"))
+    with rasterio.open(items[0].assets["image"].href) as src:
+        assert (src.read(130) == -32768).all() and (src.read(135) == -32768).all()
+    bundle = DeepSaltBundle.load(str(trained[0] / "bundle"))
+    cfg = _cfg(world, trained[0] / "bundle", out)
+    g = Grid(**open_cube(str(out)).attrs["grid"])
+    total = {"water": 0, "cirrus": 0, "valid": 0}
+    for (ty, tx), arrays in tile_arrays(out).items():
+        clear, seen = _clear_cells(g, ty, tx, items, bundle.band_names, bundle.meta["band_centers_nm"], cfg.quality_masks)
+        np.testing.assert_array_equal(arrays["valid"] == 1, clear, err_msg=f"tile {ty}_{tx}")
+        assert np.isfinite(arrays["ece"]).sum() == clear.sum()
+        for k in seen:
+            total[k] += seen[k]
+        total["valid"] += int(clear.sum())
+    assert total["valid"] == summary["pixels_mapped"] > 10_000 and total["water"] > 100 and total["cirrus"] > 100, total
+    assert summary["pixels_dropped"]["masked by quality_cirrus (cirrus, thin to thick)"] > 0
+
+
+def test_a_run_that_maps_nothing_says_which_rule_dropped_the_pixels_and_exits_2(world_copy, trained, tmp_path):
+    """Band 50, which the model reads, nodata in every pixel of every scene (a product whose bad band was not
+    declared): the quality layers mark clear land, the run maps 0 px, so it fails and names the band."""
+    from deepsalt.data.cog import write_cog
+
+    for item in search_items(str(world_copy / "stac")):
+        href = item.assets["image"].href
+        with rasterio.open(href) as src:
+            dn, crs, tr = src.read(), src.crs, src.transform
+        dn[49] = -32768
+        write_cog(href, dn, crs, tr, -32768)
+    out = tmp_path / "c.zarr"
+    r = subprocess.run([sys.executable, "-m", "deepsalt.cli", "map", "--stac", str(world_copy / "stac"), "--model",
+                        str(trained[0] / "bundle"), "--covariates", str(world_copy / "covariates"), "--out", str(out),
+                        "--epoch", "2024", "--mc-samples", "0"], capture_output=True, text=True, timeout=600)
+    lines = deepsalt_lines(r.stderr)
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "mapped 0 pixels" in lines[0] and "nodata in some of the model's bands" in lines[0], lines[0]
+    assert "band(s) 50 are nodata in every pixel" in lines[0] and "nothing was committed" in lines[0], lines[0]
+    assert open_cube(str(out)).sizes["time"] == 0
+
+
+def test_out_naming_a_file_is_one_line_exit_2(world, trained, tmp_path):
+    f = tmp_path / "cube.zarr"
+    f.write_text("not a cube")
+    r = subprocess.run([sys.executable, "-m", "deepsalt.cli", "map", "--stac", str(world / "stac"), "--model",
+                        str(trained[0] / "bundle"), "--covariates", str(world / "covariates"), "--out", str(f),
+                        "--epoch", "2024"], capture_output=True, text=True, timeout=600)
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and "is a file, not a cube folder" in lines[0], r.stderr[-2000:]
+    assert f.read_text() == "not a cube"
+
+
+def _relocated_scene(item, epsg: int, lon: float, lat: float, folder: Path):
+    """A copy of a scene's files, georeferenced around (lon, lat) in UTM ``epsg``: the same pixels anywhere on Earth."""
+    from affine import Affine
+
+    from deepsalt.data.cog import write_cog
+    from deepsalt.data.stac import enmap_item
+    from deepsalt.data.enmap import EnMAPScene
+
+    scene = EnMAPScene.from_item(item)
+    cx, cy = Transformer.from_crs("EPSG:4326", f"EPSG:{epsg}", always_xy=True).transform(lon, lat)
+    with rasterio.open(scene.href("image")) as src:
+        dn = src.read()
+    n = dn.shape[1]
+    tr = Affine(30.0, 0, round((cx - n * 15) / 30) * 30, 0, -30.0, round((cy + n * 15) / 30) * 30)
+    sid = f"{item.id}-{epsg}"
+    folder.mkdir(parents=True)
+    files = {"image": folder / "image.tif", "metadata": folder / "m.xml"}
+    write_cog(files["image"], dn, f"EPSG:{epsg}", tr, -32768)
+    files["metadata"].write_text("<level_X/>")
+    for key in ("quality_cloud", "quality_cloud_shadow", "quality_haze", "quality_snow", "quality_cirrus", "quality_classes"):
+        with rasterio.open(scene.href(key)) as q:
+            files[key] = folder / f"{key}.tif"
+            write_cog(files[key], q.read(1), f"EPSG:{epsg}", tr)
+    return enmap_item(sid, item.datetime, epsg, tr, (n, n), scene.bands, files, {"eo:cloud_cover": 1.0})
+
+
+def test_global_grid_maps_scenes_in_three_utm_zones_across_both_hemispheres(world, trained, tmp_path):
+    """Scenes over the Syr Darya (UTM 42N), the Nile delta (36N) and the Murray-Darling basin (55S, EPSG:32755)
+    map onto the global equal-area grid, every clear pixel in its cell."""
+    from affine import Affine
+
+    from deepsalt.data.cog import write_cog
+    from deepsalt.data.covariates import COVARIATES
+    from deepsalt.data.stac import write_item_collection
+    from deepsalt.mapping.cube import point
+
+    src = search_items(str(world / "stac"))[0]
+    places = [(32642, 66.8, 40.9), (32636, 31.2, 30.6), (32755, 145.9, -34.3)]
+    items = [_relocated_scene(src, epsg, lon, lat, tmp_path / "scenes" / str(epsg)) for epsg, lon, lat in places]
+    assert [i.bbox[1] < 0 for i in items] == [False, False, True]
+    write_item_collection(items, tmp_path / "items.json")
+    # coarse covariates over the three regions, in their physical units (values typical of irrigated drylands)
+    typical = {"sand": 40, "clay": 22, "tm_min": -3, "tm_max": 33, "tm_avg": 16, "pr_min": 2, "pr_max": 45, "pr_avg": 18}
+    (tmp_path / "cov").mkdir()
+    for c in COVARIATES:
+        write_cog(tmp_path / "cov" / f"{c.name}.tif", np.full((600, 1800), typical[c.name], np.float32), "EPSG:4326",
+                  Affine(0.2, 0, -180, 0, -0.2, 60), -9999.0)
+    out = tmp_path / "global.zarr"
+    cfg = _cfg(world, trained[0] / "bundle", out, stac=str(tmp_path / "items.json"), covariates=str(tmp_path / "cov"),
+               grid="global", mc_samples=0)
+    s = map_region(cfg, log=lambda *_: None)
+    from conftest import tile_arrays
+
+    ds = open_cube(str(out))
+    g = Grid(**ds.attrs["grid"])
+    assert g.crs == "EPSG:8857" and s["scenes"] == 3
+    bundle = DeepSaltBundle.load(str(trained[0] / "bundle"))
+    mapped = 0
+    for (ty, tx), arrays in tile_arrays(out).items():
+        clear, _ = _clear_cells(g, ty, tx, items, bundle.band_names, bundle.meta["band_centers_nm"], cfg.quality_masks)
+        np.testing.assert_array_equal(arrays["valid"] == 1, clear, err_msg=f"tile {ty}_{tx}")
+        mapped += int(clear.sum())
+    assert mapped == s["pixels_mapped"] > 3 * 5_000
+    for item in items:  # each scene's centre pixel lands in its own cell, attributed to it
+        lon, lat = (item.bbox[0] + item.bbox[2]) / 2, (item.bbox[1] + item.bbox[3]) / 2
+        p = point(str(out), lon, lat)["epochs"][0]
+        assert p["scene"] in (item.id, None) and (p["scene"] == item.id) == p["mapped"]
+    assert sum(point(str(out), (i.bbox[0] + i.bbox[2]) / 2, (i.bbox[1] + i.bbox[3]) / 2)["epochs"][0]["mapped"] for i in items) >= 2

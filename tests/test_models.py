@@ -273,7 +273,7 @@ def test_transfer_set_without_stac_items_is_a_clear_error(world_copy):
     from deepsalt.train.data import load_training_data
 
     shutil.rmtree(world_copy / "stac")
-    with pytest.raises(DeepSaltInputError, match="stac.*no STAC items for the distillation transfer set.*--no-kd-transfer"):
+    with pytest.raises(DeepSaltInputError, match="stac: no EnMAP catalogue for the distillation transfer set.*--no-kd-transfer"):
         load_training_data(world_copy, TrainConfig.for_preset("tiny"), 0)
 
 

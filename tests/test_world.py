@@ -94,8 +94,14 @@ def _digest(folder):
     return h.hexdigest()
 
 
+#: a small world for the builder's own tests: small scenes and regions (covariate products and native forms scale
+#: with the regions' area)
+SMALL = dict(scene_px=64, n_lab=200, sites_per_scene=20, seen_bbox=(-108.6, 38.0, -107.4, 38.6),  # a world built in seconds
+             unseen_bbox=(-109.8, 38.8, -109.4, 39.1), covariate_bbox=(-110.0, 37.9, -107.3, 39.2))
+
+
 def test_same_seed_same_world_other_seed_other_world(tmp_path):
-    cfg = WorldConfig.for_preset("tiny", 3).model_copy(update=dict(scene_px=64, n_lab=200, sites_per_scene=20))
+    cfg = WorldConfig.for_preset("tiny", 3).model_copy(update=SMALL)
     build_world(cfg, tmp_path / "a", progress=False)
     build_world(cfg, tmp_path / "b", progress=False)
     build_world(cfg.model_copy(update={"seed": 4}), tmp_path / "c", progress=False)
@@ -110,7 +116,8 @@ def test_failed_build_leaves_nothing(tmp_path, monkeypatch):
         raise RuntimeError("disk full")
     monkeypatch.setattr(w, "_figure", boom)
     with pytest.raises(RuntimeError):
-        build_world(WorldConfig.for_preset("tiny").model_copy(update=dict(scene_px=32, n_lab=60, sites_per_scene=10)), tmp_path / "w", progress=False)
+        build_world(WorldConfig.for_preset("tiny").model_copy(update={**SMALL, "scene_px": 32, "n_lab": 60, "sites_per_scene": 10}),
+                    tmp_path / "w", progress=False)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -100,10 +100,29 @@ def no_crs_error(href: str, what: str) -> DeepSaltInputError:
     return DeepSaltInputError(href, f"{what} has no CRS", "write the file with a georeference (EPSG code or WKT)")
 
 
-def open_raster(href: str, what: str = "raster"):
-    """Open a raster for reading; a missing, corrupt or non-TIFF file, or one with no CRS, is a clear error."""
+_STAT_KEYS = ("size", "mtime", "ETag", "etag", "LastModified", "last_modified", "checksum", "md5", "VersionId")
+
+
+def file_stamp(href: str, what: str) -> dict:
+    """Size and modification time, or ETag, of a file at a local path or fsspec URL (s3://, https://): what tells
+    that a file was rewritten under the same name."""
+    import fsspec
+
     try:
-        ds = rasterio.open(gdal_path(href), driver="GTiff")
+        fs, path = fsspec.core.url_to_fs(href)
+        info = fs.info(path)
+    except Exception:  # noqa: BLE001 - one wording for missing and unreadable (no existence oracle)
+        raise DeepSaltInputError(href, f"{what} does not exist or is not readable",
+                                 "check the path/URL and the credentials") from None
+    return {k: info[k] for k in _STAT_KEYS if k in info}
+
+
+def open_raster(href: str, what: str = "raster", drivers: tuple[str, ...] = ("GTiff",)):
+    """Open a raster for reading with one of ``drivers`` (GeoTIFF only, unless the caller's input comes from the user
+    rather than a catalogue); a missing, corrupt or other file, or one with no CRS, is a clear error."""
+    try:
+        ds = rasterio.open(gdal_path(href), driver=drivers[0]) if len(drivers) == 1 else \
+            rasterio.open(gdal_path(href), allowed_drivers=list(drivers))
     except RasterioIOError as e:
         raise open_error(href, what, e) from None
     if ds.crs is None:

@@ -1,8 +1,10 @@
 """The 8 covariate rasters (soil texture and climate), read at points or reprojected onto a grid.
 
-Real sources: SSURGO ``sandtotal_r`` / ``claytotal_r`` (%) and PRISM normals (deg C, mm per month) as
-GeoTIFF/COG in any CRS. A covariate source is a folder holding ``<name>.tif`` for each name below, or a
-JSON file mapping each name to a path/URL.
+Sources: soil texture as SoilGrids 2.0 (sand, clay; % at 0-12 cm) and climate as WorldClim 2.1 (deg C, mm per
+month), as ``deepsalt covariates build`` makes them from the products as they are shipped (``data.products``); the
+authors used SSURGO and PRISM, which fit the same names and units. GeoTIFF/COG or VRT, any CRS, any numeric type.
+A covariate source is a folder holding ``<name>.tif`` for each name below, or a JSON file mapping each name to a
+path/URL.
 """
 
 from __future__ import annotations
@@ -29,35 +31,67 @@ class Covariate:
     valid_range: tuple[float, float]  # physical limits in ``units``: values outside mean wrong units or a wrong raster
 
 
-#: Temperatures: Earth's recorded extremes of monthly means lie well inside -70..60 degC, so Kelvin (>= 200)
-#: or Fahrenheit extremes fail. Monthly precipitation: >= 0, below the wettest month on record (~9,300 mm).
+#: Temperatures: Earth's recorded extremes of monthly means lie well inside -70..60 degC, so Kelvin (>= 200) or
+#: tenths of a degree fail. Precipitation per month: the driest and the mean month below 1,100 mm (about the wettest
+#: places' annual mean / 12), so an annual total passed as a monthly value fails; the wettest month below the record
+#: (~9,300 mm).
 COVARIATES: tuple[Covariate, ...] = (
-    Covariate("sand", "%", "total sand, SSURGO sandtotal_r", (0.0, 100.0)),
-    Covariate("clay", "%", "total clay, SSURGO claytotal_r", (0.0, 100.0)),
-    Covariate("tm_min", "degC", "mean minimum temperature of the coldest month, PRISM", (-70.0, 60.0)),
-    Covariate("tm_max", "degC", "mean maximum temperature of the warmest month, PRISM", (-70.0, 60.0)),
-    Covariate("tm_avg", "degC", "mean annual temperature, PRISM", (-70.0, 60.0)),
-    Covariate("pr_min", "mm", "precipitation of the driest month, PRISM", (0.0, 10_000.0)),
-    Covariate("pr_max", "mm", "precipitation of the wettest month, PRISM", (0.0, 10_000.0)),
-    Covariate("pr_avg", "mm", "mean monthly precipitation, PRISM", (0.0, 10_000.0)),
+    Covariate("sand", "%", "total sand, 0-12 cm (SoilGrids 2.0: 5/12 of 0-5 cm + 7/12 of 5-15 cm)", (0.0, 100.0)),
+    Covariate("clay", "%", "total clay, 0-12 cm (SoilGrids 2.0: 5/12 of 0-5 cm + 7/12 of 5-15 cm)", (0.0, 100.0)),
+    Covariate("tm_min", "degC", "minimum temperature of the coldest month (WorldClim 2.1: lowest monthly tmin)", (-70.0, 60.0)),
+    Covariate("tm_max", "degC", "maximum temperature of the warmest month (WorldClim 2.1: highest monthly tmax)", (-70.0, 60.0)),
+    Covariate("tm_avg", "degC", "mean annual temperature (WorldClim 2.1: mean of the monthly tavg)", (-70.0, 60.0)),
+    Covariate("pr_min", "mm", "precipitation of the driest month (WorldClim 2.1: lowest monthly prec)", (0.0, 1_100.0)),
+    Covariate("pr_max", "mm", "precipitation of the wettest month (WorldClim 2.1: highest monthly prec)", (0.0, 10_000.0)),
+    Covariate("pr_avg", "mm", "mean monthly precipitation (WorldClim 2.1: mean of the monthly prec)", (0.0, 1_100.0)),
 )
 COVARIATE_NAMES = tuple(c.name for c in COVARIATES)
+#: the drivers a covariate raster may use: the user names these files (they come from no catalogue)
+DRIVERS = ("GTiff", "VRT")
+
+
+def _unit_hint(c: Covariate, lo: float, hi: float) -> str:
+    """The likely unit mistake behind values ``lo``..``hi`` outside ``c``'s range."""
+    if c.units == "%":
+        return ("looks like g/kg, SoilGrids' mapped units: divide by 10" if hi <= 1000 and lo >= 0 else
+                "texture must be in percent, 0-100")
+    if c.units == "degC":
+        if lo >= 150:
+            return "looks like Kelvin: subtract 273.15"
+        if -700 <= lo and hi <= 600:
+            return "looks like tenths of a degree: divide by 10"
+        return "temperatures must be in degrees Celsius"
+    if hi > c.valid_range[1] and lo >= 0:
+        return (f"looks like annual totals: {c.name} is per month (divide by 12 for the mean month)" if c.name != "pr_max"
+                else "precipitation must be in mm per month")
+    return "precipitation must be in mm per month, >= 0"
 
 
 def check_covariate_ranges(values: np.ndarray, source, where: str = "") -> None:
-    """Refuse covariates outside their physical range (Kelvin for degC, fractions for %, negative rain).
+    """Refuse covariates outside their physical range, naming the likely unit mistake (g/kg for %, Kelvin or tenths
+    of a degree for deg C, annual for monthly precipitation).
 
     ``values`` is ``(8, ...)`` in ``COVARIATE_NAMES`` order (pass point samples transposed); NaN is ignored.
     """
-    for c, row in zip(COVARIATES, np.asarray(values, np.float64).reshape(len(COVARIATES), -1)):
+    v = np.asarray(values, np.float64).reshape(len(COVARIATES), -1)
+    for c, row in zip(COVARIATES, v):
         row = row[np.isfinite(row)]
         if row.size and (row.min() < c.valid_range[0] or row.max() > c.valid_range[1]):
-            hint = {"degC": "temperatures must be in degrees Celsius (Kelvin? subtract 273.15)",
-                    "%": "texture must be in percent 0-100 (fractions? multiply by 100)",
-                    "mm": "precipitation must be in mm per month, >= 0"}[c.units]
             raise DeepSaltInputError(f"{source} (covariate '{c.name}'{where})",
                                      f"values {row.min():.4g} to {row.max():.4g} lie outside the physical range "
-                                     f"{c.valid_range[0]:g} to {c.valid_range[1]:g} {c.units}", hint)
+                                     f"{c.valid_range[0]:g} to {c.valid_range[1]:g} {c.units}", _unit_hint(c, row.min(), row.max()))
+    # a mean lies between its month's extremes: an annual total passed as the mean month (within range where it is
+    # dry) exceeds the wettest month; a mean temperature in other units leaves its extremes' interval
+    for lo, mean, hi, hint in (("pr_min", "pr_avg", "pr_max", "looks like annual totals: pr_avg is the mean monthly "
+                                "precipitation (divide by 12)"),
+                               ("tm_min", "tm_avg", "tm_max", "tm_avg must lie between tm_min and tm_max, in the same units")):
+        a, m, b = (v[COVARIATE_NAMES.index(n)] for n in (lo, mean, hi))
+        ok = np.isfinite(a) & np.isfinite(m) & np.isfinite(b)
+        tol = 1e-3 * np.maximum(np.abs(b), 1.0)
+        bad = ok & ((m < a - tol) | (m > b + tol))
+        if bad.any():
+            raise DeepSaltInputError(f"{source} (covariate '{mean}'{where})", f"{int(bad.sum())} values lie outside "
+                                     f"{lo} to {hi} (first: {m[bad][0]:.4g}, not in {a[bad][0]:.4g} to {b[bad][0]:.4g})", hint)
 
 
 def covariate_hrefs(source: str | Path) -> dict[str, str]:
@@ -92,7 +126,7 @@ def _lookup(source, xs: np.ndarray, ys: np.ndarray, crs) -> np.ndarray:
     out = np.full((len(xs), len(COVARIATE_NAMES)), np.nan, np.float32)
     cells: dict = {}
     for j, (name, href) in enumerate(covariate_hrefs(source).items()):
-        with open_raster(href, f"covariate '{name}'") as ds:
+        with open_raster(href, f"covariate '{name}'", DRIVERS) as ds:
             key = (ds.crs.to_wkt(), tuple(ds.transform), ds.height, ds.width)
             if key not in cells:
                 tx, ty = transformer(str(crs), key[0]).transform(xs, ys)
@@ -107,7 +141,7 @@ def _lookup(source, xs: np.ndarray, ys: np.ndarray, crs) -> np.ndarray:
                 cells[key] = (inside, win, rows, cols)
             inside, win, rows, cols = cells[key]
             if win is not None:
-                band = ds.read(1, window=win, masked=True).filled(np.nan).astype(np.float32)
+                band = ds.read(1, window=win, masked=True).astype(np.float32).filled(np.nan)  # any type: int16 too
                 out[inside, j] = band[rows, cols]
     return out
 

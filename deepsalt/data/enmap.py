@@ -1,8 +1,10 @@
 """EnMAP L2A scenes read through rasterio/GDAL (GTiff driver only) from local files, S3 (``/vsis3/``) or HTTPS.
 
 Reflectance = DN x ``enmap:gain_of_band`` + ``enmap:offset_of_band`` (0.0001 and 0 in DLR's items);
-DN equal to the item's ``enmap:nodata`` (-32768) and pixels flagged by the quality masks become NaN.
-The band table always comes from the item's ``eo:bands``, never from assumptions about file order.
+DN equal to the item's ``enmap:nodata`` (-32768) become NaN in their band only, and pixels flagged by the quality
+masks become NaN in every band. DLR fills an L2A product's bad bands (6 in EnMAP-Box's example scene) with nodata
+in every pixel, so nodata is judged per band, and a pixel counts as missing only where a band the caller reads is
+nodata. The band table always comes from the item's ``eo:bands``, never from assumptions about file order.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ class EnMAPScene:
 
     IMAGE_ASSET = "image"
     QUALITY_MASKS = tuple(QUALITY_ASSETS)
+    #: item property listing the bands that the product fills with nodata (names as in eo:bands; `deepsalt ingest` writes it)
+    BAD_BANDS = "deepsalt:bad_bands"
     DEFAULT_NODATA = -32768
 
     item: pystac.Item
@@ -88,14 +92,15 @@ class EnMAPScene:
             return {"crs": ds.crs, "transform": ds.transform, "height": ds.height, "width": ds.width}
 
     def read_dn(self, window: Window | None = None, quality: tuple[str, ...] = QUALITY_MASKS, window_for=None):
-        """The image's raw DN ``(band, y, x)`` (int16 for EnMAP L2A), the quality-mask flags ``(y, x)`` (True:
-        masked), and the window's transform and CRS; DN is None when the masks flag the whole window.
+        """The image's raw DN ``(band, y, x)`` (int16 for EnMAP L2A), the quality flags ``(y, x)`` as uint8 codes (0:
+        clear; ``i + 1``: masked by ``quality[i]``, the first layer that flags it), and the window's transform and
+        CRS; DN is None when the masks flag the whole window.
 
         Opens the image once and each quality mask once. ``window`` is in the scene's pixel grid (None: the
         whole scene); ``window_for(header)``, if given, picks it from the open image's ``crs``, ``transform``,
         ``height`` and ``width`` (returning None: nothing to read, and None is returned). The masks are read
         first, so a window they flag entirely costs no image decode. Nodata is not applied here (see
-        ``nodata_rows`` and ``read_array``): callers that keep a few pixels test only those.
+        ``nodata_rows`` and ``read_array``): callers that keep a few pixels test only those, in their own bands.
         """
         image = self.href(self.IMAGE_ASSET)
         with self.open_image() as ds:
@@ -104,36 +109,44 @@ class EnMAPScene:
                 if window is None:
                     return None
             win = window or Window(0, 0, ds.width, ds.height)
-            bad = np.zeros((int(win.height), int(win.width)), bool)
+            flags = np.zeros((int(win.height), int(win.width)), np.uint8)
             try:
-                for key in quality:
+                for i, key in enumerate(quality):
                     with open_raster(self.href(key), f"quality mask '{key}' of {self.id}") as q:
                         if (q.height, q.width) != (ds.height, ds.width):
                             raise DeepSaltInputError(self.href(key), f"quality mask shape {(q.height, q.width)} differs from the image "
                                                      f"{(ds.height, ds.width)}")
-                        bad |= q.read(1, window=win) == 1
-                dn = None if bad.all() else ds.read(window=win)
+                        hit = np.isin(q.read(1, window=win), QUALITY_ASSETS[key].masked)
+                        flags[hit & (flags == 0)] = i + 1
+                dn = None if flags.all() else ds.read(window=win)
             except (RasterioIOError, OSError) as e:
                 raise DeepSaltInputError(image, f"EnMAP image or quality mask of {self.id} is corrupt or truncated: reading "
                                          f"pixels failed ({str(e)[:160]})", "re-download or re-write the file") from None
-            return dn, bad, ds.window_transform(win), ds.crs
+            return dn, flags, ds.window_transform(win), ds.crs
 
     def nodata_rows(self, dn_rows: np.ndarray) -> np.ndarray:
-        """True for rows of DN ``(n, band)`` that hold the nodata value in any band."""
+        """True for rows of DN ``(n, band)`` that hold the nodata value in any of their bands (pass only the bands
+        that will be used: a product's bad bands are nodata everywhere)."""
         return (dn_rows == self.nodata).any(axis=1)
 
+    @property
+    def bad_bands(self) -> list[str]:
+        """Bands the product fills with nodata everywhere, as its item records them (``deepsalt ingest`` takes them
+        from METADATA.XML's band statistics); empty when the item does not say."""
+        return [str(b) for b in self.item.properties.get(self.BAD_BANDS) or []]
+
     def read_array(self, window: Window | None = None, quality: tuple[str, ...] = QUALITY_MASKS, window_for=None):
-        """Reflectance ``(band, y, x)`` float32 with NaN at nodata and masked pixels, its transform and CRS
-        (see ``read_dn`` for ``window`` and ``window_for``)."""
+        """Reflectance ``(band, y, x)`` float32, NaN where a band is nodata and in every band of masked pixels, its
+        transform and CRS (see ``read_dn`` for ``window`` and ``window_for``)."""
         got = self.read_dn(window, quality, window_for)
         if got is None:
             return None
-        dn, bad, tr, crs = got
+        dn, flags, tr, crs = got
         if dn is None:
-            return np.full((len(self.bands), *bad.shape), np.nan, np.float32), tr, crs
-        bad |= (dn == self.nodata).any(axis=0)
+            return np.full((len(self.bands), *flags.shape), np.nan, np.float32), tr, crs
         refl = dn.astype(np.float32) * self.gain[:, None, None] + self.offset[:, None, None]
-        refl[:, bad] = np.nan
+        refl[dn == self.nodata] = np.nan
+        refl[:, flags > 0] = np.nan
         return refl, tr, crs
 
     def read(self, window: Window | None = None, quality: tuple[str, ...] = QUALITY_MASKS,
@@ -152,12 +165,17 @@ class EnMAPScene:
                            attrs={"scene_id": self.id, "units": "1"})
         return out.rio.write_crs(crs).rio.write_transform(tr)
 
-    def sample_points(self, lon: np.ndarray, lat: np.ndarray, quality: tuple[str, ...] = QUALITY_MASKS) -> np.ndarray:
-        """Reflectance ``(n, n_bands)`` of the pixels holding WGS84 points; NaN outside the scene and where
-        masked. Reads one window: the points' bounding box."""
+    def pixels(self, lon: np.ndarray, lat: np.ndarray, quality: tuple[str, ...] = QUALITY_MASKS) -> dict:
+        """The pixels holding WGS84 points, read as the mapping reads a tile (one window, the points' bounding box;
+        the pixel that holds the point, by index): ``inside (n,)``, ``row``/``col (n,)`` (-1 outside), ``flags (n,)``
+        (0 clear, else 1 + the index in ``quality`` of the first layer that masks it) and ``dn (n, n_bands)``
+        (raw, the nodata value where the scene has none; outside or fully masked: nodata)."""
         from pyproj import Transformer
 
         lon, lat = np.asarray(lon, float), np.asarray(lat, float)
+        n = len(lon)
+        out = {"inside": np.zeros(n, bool), "row": np.full(n, -1, np.int64), "col": np.full(n, -1, np.int64),
+               "flags": np.zeros(n, np.uint8), "dn": np.full((n, len(self.bands)), self.nodata)}
         at: dict = {}
 
         def window_for(h):
@@ -168,14 +186,35 @@ class EnMAPScene:
             if not inside.any():
                 return None
             r0, c0 = rows[inside].min(), cols[inside].min()
-            at.update(inside=inside, rows=rows[inside] - r0, cols=cols[inside] - c0)
+            at.update(inside=inside, rows=rows, cols=cols, r0=r0, c0=c0)
             return Window(c0, r0, cols[inside].max() - c0 + 1, rows[inside].max() - r0 + 1)
 
-        out = np.full((len(lon), len(self.bands)), np.nan, np.float32)
-        got = self.read_array(quality=quality, window_for=window_for)
-        if got is not None:
-            out[at["inside"]] = got[0][:, at["rows"], at["cols"]].T
+        got = self.read_dn(quality=quality, window_for=window_for)
+        if got is None:
+            return out
+        dn, flags, _, _ = got
+        ins = at["inside"]
+        r, c = at["rows"][ins] - at["r0"], at["cols"][ins] - at["c0"]
+        out["inside"], out["row"][ins], out["col"][ins] = ins, at["rows"][ins], at["cols"][ins]
+        out["flags"][ins] = flags[r, c]
+        if dn is not None:
+            out["dn"] = out["dn"].astype(dn.dtype)
+            out["dn"][ins] = dn[:, r, c].T
         return out
+
+    def reflectance(self, dn: np.ndarray) -> np.ndarray:
+        """Reflectance of raw DN rows ``(n, n_bands)``: DN x gain + offset, NaN where a band is nodata."""
+        refl = dn.astype(np.float32) * self.gain + self.offset
+        refl[dn == self.nodata] = np.nan
+        return refl
+
+    def sample_points(self, lon: np.ndarray, lat: np.ndarray, quality: tuple[str, ...] = QUALITY_MASKS) -> np.ndarray:
+        """Reflectance ``(n, n_bands)`` of the pixels holding WGS84 points; NaN outside the scene, where masked and
+        in the bands that are nodata."""
+        px = self.pixels(lon, lat, quality)
+        refl = self.reflectance(px["dn"])
+        refl[~px["inside"] | (px["flags"] > 0)] = np.nan
+        return refl
 
 
 def pixels_at(items: list[pystac.Item], lon: np.ndarray, lat: np.ndarray, band_names: list[str],

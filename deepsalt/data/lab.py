@@ -1,8 +1,10 @@
 """Lab MIR (FTIR) soil-spectra tables: OSSL-style wide tables, read onto the model's wavenumber grid.
 
 A table is Parquet or CSV with one row per sample: ``sample_id``, ``latitude``, ``longitude``,
-``depth_top_cm``, ``depth_bottom_cm``, ``ece_dsm`` and one absorbance column per channel, named
-``scan_mir.<wavenumber>_abs`` (OSSL) or by the bare wavenumber in cm-1 (e.g. the authors' 1765-channel table).
+``depth_top_cm``, ``depth_bottom_cm``, the target column (``ece_dsm`` for ECe, ``soc_pct`` for SOC: see
+``deepsalt.targets``) and one absorbance column per channel, named ``scan_mir.<wavenumber>_abs`` (OSSL) or by the
+bare wavenumber in cm-1 (e.g. the authors' 1765-channel table). An OSSL download is converted to this table by
+``deepsalt lab import`` (``data.ossl``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pyarrow.parquet as pq
 from deepsalt.errors import DeepSaltInputError
 from deepsalt.spectra.mir import mir_grid, resample
 
-META_COLUMNS = ("sample_id", "latitude", "longitude", "depth_top_cm", "depth_bottom_cm", "ece_dsm")
+META_COLUMNS = ("sample_id", "latitude", "longitude", "depth_top_cm", "depth_bottom_cm")
 _OSSL = re.compile(r"^scan_mir\.(\d+(?:\.\d+)?)_abs$")
 _BARE = re.compile(r"^\d+(?:\.\d+)?$")
 MIN_CHANNELS = 200  # fewer is not a full MIR scan
@@ -27,11 +29,13 @@ MIN_CHANNELS = 200  # fewer is not a full MIR scan
 
 @dataclass
 class LabTable:
-    """Lab samples: ``meta`` (n rows of META_COLUMNS + extras) and ``spectra (n, channels)`` on ``wavenumbers``."""
+    """Lab samples: ``meta`` (n rows of META_COLUMNS, the target column and extras) and ``spectra (n, channels)`` on
+    ``wavenumbers``; ``dropped``: rows left out for a missing target value."""
 
     meta: pd.DataFrame
     wavenumbers: np.ndarray
     spectra: np.ndarray
+    dropped: int = 0
 
 
 def write_lab_table(path: str | Path, meta: pd.DataFrame, wavenumbers: np.ndarray, spectra: np.ndarray) -> None:
@@ -52,8 +56,10 @@ def check_lat_lon(lat, lon, where: str) -> None:
                                  "latitude must be in [-90, 90] and longitude in [-180, 180] decimal degrees")
 
 
-def read_lab_table(path: str | Path, target_grid: np.ndarray | None = None, storage_options: dict | None = None) -> LabTable:
-    """Read a lab table and resample its spectra onto ``target_grid`` (default: the model's 1765-channel grid)."""
+def read_lab_table(path: str | Path, target_grid: np.ndarray | None = None, storage_options: dict | None = None,
+                   target: str = "ece_dsm") -> LabTable:
+    """Read a lab table and resample its spectra onto ``target_grid`` (default: the model's 1765-channel grid). Rows
+    without a value of the ``target`` column are left out (counted in ``dropped``)."""
     where = str(path)
     try:
         if where.endswith(".csv"):
@@ -64,9 +70,13 @@ def read_lab_table(path: str | Path, target_grid: np.ndarray | None = None, stor
         raise DeepSaltInputError(where, "lab table does not exist", "check the path") from None
     except Exception as e:  # noqa: BLE001 - any parser failure means the file is unusable
         raise DeepSaltInputError(where, f"not a readable Parquet/CSV table ({type(e).__name__}: {e})") from None
-    missing = [c for c in META_COLUMNS if c not in df.columns]
+    missing = [c for c in (*META_COLUMNS, target) if c not in df.columns]
     if missing:
-        raise DeepSaltInputError(where, f"missing columns: {', '.join(missing)}", f"a lab table needs {', '.join(META_COLUMNS)}")
+        hint = " (an OSSL download? convert it with `deepsalt lab import --ossl`)" if any(str(c).startswith("id.layer") for c in df.columns) else ""
+        raise DeepSaltInputError(where, f"missing columns: {', '.join(missing)}{hint}", f"a lab table needs {', '.join((*META_COLUMNS, target))}")
+    keep = pd.to_numeric(df[target], errors="coerce").notna().to_numpy()
+    dropped = int((~keep).sum())
+    df = df.loc[keep].reset_index(drop=True)
     spec_cols, wns = [], []
     for c in df.columns:
         m = _OSSL.match(str(c)) or _BARE.match(str(c))
@@ -82,7 +92,7 @@ def read_lab_table(path: str | Path, target_grid: np.ndarray | None = None, stor
     if not np.isfinite(spectra).all():
         bad = int((~np.isfinite(spectra).all(axis=1)).sum())
         raise DeepSaltInputError(where, f"{bad} samples have missing absorbance values", "drop or re-scan them")
-    target = mir_grid() if target_grid is None else np.asarray(target_grid)
-    spectra = resample(wn, spectra, target, where)
+    grid = mir_grid() if target_grid is None else np.asarray(target_grid)
+    spectra = resample(wn, spectra, grid, where)
     meta = df.drop(columns=spec_cols).reset_index(drop=True)
-    return LabTable(meta=meta, wavenumbers=target, spectra=spectra)
+    return LabTable(meta=meta, wavenumbers=grid, spectra=spectra, dropped=dropped)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -20,29 +20,37 @@ EXTENSIONS = ["https://stac-extensions.github.io/eo/v1.1.0/schema.json",
               "https://stac-extensions.github.io/projection/v1.1.0/schema.json"]
 
 
-def enmap_item(scene: dict, files: dict, r: dict, bands, n: int) -> pystac.Item:
-    """A STAC Item laid out like DLR's: item-level proj:epsg null, projection and bands on the image asset."""
-    to_ll = Transformer.from_crs(f"EPSG:{scene['epsg']}", "EPSG:4326", always_xy=True)
-    t = r["transform"]
-    xs = [t.c, t.c + n * t.a, t.c + n * t.a, t.c, t.c]
-    ys = [t.f, t.f, t.f + n * t.e, t.f + n * t.e, t.f]
+def enmap_item(item_id: str, when: datetime, epsg: int, transform, shape: tuple[int, int], bands, files: dict,
+               properties: dict, gain=None, offset=None) -> pystac.Item:
+    """A STAC Item laid out like DLR's ``ENMAP_HSI_L2A`` items: item-level proj:epsg null, projection and bands (with
+    each band's gain and offset) on the image asset, the quality layers as ``quality`` assets with DLR's roles.
+    ``files``: asset key -> local path (``image``, ``metadata``, quality asset keys); ``properties`` add to and
+    override the defaults (``eo:cloud_cover``, ``enmap:*`` covers, ``deepsalt:bad_bands``...)."""
+    from deepsalt.data.l2a_product import EXTRA_LAYERS
+
+    h, w = shape
+    to_ll = Transformer.from_crs(f"EPSG:{epsg}", "EPSG:4326", always_xy=True)
+    t = transform
+    xs = [t.c, t.c + w * t.a, t.c + w * t.a, t.c, t.c]
+    ys = [t.f, t.f, t.f + h * t.e, t.f + h * t.e, t.f]
     lon, lat = to_ll.transform(xs, ys)
     ring = [[float(a), float(b)] for a, b in zip(lon, lat)]
     item = pystac.Item(
-        id=scene["id"], geometry={"type": "Polygon", "coordinates": [ring]},
-        bbox=[min(lon), min(lat), max(lon), max(lat)], datetime=scene["datetime"], collection=COLLECTION,
-        stac_extensions=EXTENSIONS,
+        id=item_id, geometry={"type": "Polygon", "coordinates": [ring]},
+        bbox=[min(lon), min(lat), max(lon), max(lat)], datetime=when, collection=COLLECTION, stac_extensions=EXTENSIONS,
         properties={"platform": "EnMAP", "instruments": ["hsi"], "proj:epsg": None, "enmap:nodata": -32768,
-                    "eo:cloud_cover": round(100 * r["cloud_cover"], 2), "enmap:cirrus_cover": 0.0,
-                    "enmap:haze_cover": round(100 * r["haze_cover"], 2), "enmap:overallQuality": 0})
-    proj = {"proj:epsg": scene["epsg"], "proj:shape": [n, n], "proj:transform": list(t)[:6]}
+                    "eo:cloud_cover": 0.0, "enmap:cirrus_cover": 0.0, "enmap:haze_cover": 0.0, "enmap:overallQuality": 0,
+                    **properties})
+    proj = {"proj:epsg": epsg, "proj:shape": [h, w], "proj:transform": list(t)[:6]}
     item.add_asset("image", pystac.Asset(str(Path(files["image"]).resolve()), title="Spectral Image", media_type=COG,
-                                         roles=["data"], extra_fields={"eo:bands": bands.to_eo_bands(), **proj}))
+                                         roles=["data"], extra_fields={"eo:bands": bands.to_eo_bands(gain, offset), **proj}))
     item.add_asset("metadata", pystac.Asset(str(Path(files["metadata"]).resolve()), title="Metadata",
                                             media_type="application/xml", roles=["metadata"]))
-    for key, role in QUALITY_ASSETS.items():
-        item.add_asset(key, pystac.Asset(str(Path(files[key]).resolve()), media_type=COG, roles=["quality", role],
-                                         extra_fields=proj))
+    layers = {**{k: q.role for k, q in QUALITY_ASSETS.items()}, **{k: role for k, (_, role) in EXTRA_LAYERS.items()}}
+    for key, role in layers.items():
+        if key in files:
+            item.add_asset(key, pystac.Asset(str(Path(files[key]).resolve()), media_type=COG, roles=["quality", role],
+                                             extra_fields=proj))
     return item
 
 
@@ -124,18 +132,38 @@ def priority(item: pystac.Item):
     return (cloud_cover(item), -item_time(item).timestamp(), item.id)
 
 
-def _parse_interval(dt: str | None):
+def parse_interval(dt: str | None):
+    """(start, end) of a STAC datetime or interval (``2024``, ``2024-05-01``, ``2024-05-01/2024-09-30``, ``../2024-09-30``,
+    RFC 3339 times); None for an open end. Anything else is a ValueError naming the part at fault."""
     if not dt:
         return None, None
     parts = dt.split("/") if "/" in dt else [dt, dt]
+    if len(parts) != 2:
+        raise ValueError(f"'{dt}' is not a date or an interval START/END (e.g. 2024-05-01/2024-09-30)")
 
     def p(s, end):
+        s = s.strip()
         if s in ("", ".."):
             return None
-        if len(s) == 10:
-            s += "T23:59:59Z" if end else "T00:00:00Z"
-        return datetime.fromisoformat(s.replace("Z", "+00:00")).astimezone(timezone.utc)
-    return p(parts[0], False), p(parts[1], True)
+        try:
+            if len(s) in (4, 7):  # a year or a month: its first or last moment
+                first = datetime.fromisoformat(s + ("-01-01" if len(s) == 4 else "-01")).replace(tzinfo=timezone.utc)
+                if not end:
+                    return first
+                nxt = first.replace(year=first.year + 1) if len(s) == 4 else (
+                    first.replace(month=first.month + 1) if first.month < 12 else first.replace(year=first.year + 1, month=1))
+                return nxt - timedelta(seconds=1)
+            if len(s) == 10:
+                s += "T23:59:59Z" if end else "T00:00:00Z"
+            t = datetime.fromisoformat(s.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"'{s}' in '{dt}' is not a date or time (YYYY, YYYY-MM, YYYY-MM-DD or RFC 3339, "
+                             "e.g. 2024-05-01/2024-09-30)") from None
+        return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+    lo, hi = p(parts[0], False), p(parts[1], True)
+    if lo and hi and lo > hi:
+        raise ValueError(f"'{dt}' ends before it starts")
+    return lo, hi
 
 
 def _resolve_assets(item: pystac.Item, base: str) -> pystac.Item:
@@ -156,11 +184,11 @@ def _resolve_assets(item: pystac.Item, base: str) -> pystac.Item:
 
 def _static_items(src: str) -> list[pystac.Item]:
     """Items of a static STAC source: an ItemCollection (FeatureCollection) file, an Item, or a Catalog or
-    Collection whose item links are followed (recursively); a folder means the first of items.json,
-    catalog.json, collection.json in it."""
+    Collection whose item links are followed (recursively); a folder means the first of collection.json,
+    catalog.json, items.json in it (relocatable catalogs first: a folder that was moved still reads)."""
     path = Path(src)
     if path.is_dir():
-        found = [path / n for n in ("items.json", "catalog.json", "collection.json") if (path / n).exists()]
+        found = [path / n for n in ("collection.json", "catalog.json", "items.json") if (path / n).exists()]
         if not found:
             raise DeepSaltInputError(src, "no STAC items found (no items.json, catalog.json or collection.json)",
                                      "pass a STAC API URL, an ItemCollection file, or a static catalog or collection")
@@ -212,7 +240,7 @@ def search_items(stac: str, collection: str = COLLECTION, bbox=None, datetime_ra
         if bbox is not None:
             x0, y0, x1, y1 = bbox
             items = [i for i in items if not (i.bbox[0] > x1 or i.bbox[2] < x0 or i.bbox[1] > y1 or i.bbox[3] < y0)]
-        lo, hi = _parse_interval(datetime_range)
+        lo, hi = parse_interval(datetime_range)
         items = [i for i in items if (lo is None or item_time(i) >= lo) and (hi is None or item_time(i) <= hi)]
     if max_cloud is not None:
         items = [i for i in items if cloud_cover(i) <= max_cloud]

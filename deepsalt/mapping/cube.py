@@ -3,12 +3,13 @@
 Layout of the ``main`` branch (dims ``time, y, x``; CF attributes; CRS in ``spatial_ref``, readable by
 rioxarray):
 
-- ``ece``, ``ece_sd``, ``di``, ``aoa``, ``valid``, ``scene``, ``acq_date``: one chunk per tile and epoch, stored
+- ``ece`` (or the cube's target's variable, ``soc``...), ``ece_sd``, ``di``, ``aoa``, ``valid``, ``scene``,
+  ``acq_date``: one chunk per tile and epoch, stored
   ``grid.shard`` x ``grid.shard`` chunks to an object (Zarr v3 sharding); tiles with no mapped pixel hold no
   chunk;
 - ``time``, ``x``, ``y``, ``spatial_ref``: coordinates;
-- root attributes: ``grid``, ``scene_ids`` (what ``scene`` indexes), ``models`` (the bundle per epoch),
-  ``deepsalt_cube`` (the output contract's version);
+- root attributes: ``grid``, ``target`` (the soil property, ``deepsalt.targets``), ``scene_ids`` (what ``scene``
+  indexes), ``models`` (the bundle per epoch), ``deepsalt_cube`` (the output contract's version);
 - ``_deepsalt/fingerprint`` ``(time, tile_y, tile_x)`` uint64: per tile, a hash of everything that made its
   pixels (see ``mapping.fingerprint``); 0 = no tile. One chunk per tile, so runs on other tiles never touch it.
 
@@ -32,31 +33,49 @@ import zarr
 from pyproj import CRS
 
 from deepsalt import __version__
-from deepsalt.config import OUT_RANGE
 from deepsalt.errors import DeepSaltInputError
 from deepsalt.mapping.grid import Grid
 from deepsalt.redact import redact_url
+from deepsalt.targets import get_target
 
 #: The output contract: bump when the meaning of a stored value changes (a fingerprint input too).
-CUBE_FORMAT = "deepsalt-cube/4"  # 3: acq_date per pixel; 4: di and aoa per pixel
+CUBE_FORMAT = "deepsalt-cube/5"  # 3: acq_date per pixel; 4: di and aoa per pixel; 5: any target (the variables are named by it)
 BRANCH = "main"
-VARS = {
-    "ece": dict(dtype="float32", fill=np.nan, attrs={"units": "dS m-1", "long_name": "soil salinity, electrical conductivity of the saturated-paste extract, 0-12 cm",
-                                                       "valid_min": OUT_RANGE[0], "valid_max": OUT_RANGE[1]}),
-    "ece_sd": dict(dtype="float32", fill=np.nan, attrs={"units": "dS m-1", "long_name": "ECe uncertainty: standard deviation over MC-dropout passes of the student"}),
-    "di": dict(dtype="float32", fill=np.nan, attrs={"units": "1", "long_name": "dissimilarity index (Meyer & Pebesma 2021): "
-                                                     "distance of the pixel's model inputs to the nearest training site over the mean distance between training sites"}),
-    "aoa": dict(dtype="uint8", fill=255, attrs={"long_name": "area of applicability: 1 where di is at most the threshold from the "
-                                                "training cross-validation (the `models` attribute records it per epoch)",
-                                                "flag_values": [0, 1], "flag_meanings": "outside_aoa inside_aoa", "_FillValue": 255}),
-    "valid": dict(dtype="uint8", fill=0, attrs={"long_name": "1 where ECe was mapped (clear, valid EnMAP pixel with covariates)", "flag_values": [0, 1],
-                                               "flag_meanings": "not_mapped mapped"}),
-    "scene": dict(dtype="int32", fill=-1, attrs={"long_name": "index of the EnMAP scene the pixel came from (see the scene_ids "
-                                                 "attribute); -1 (the fill value) where not mapped", "_FillValue": -1}),
-    "acq_date": dict(dtype="int32", fill=-1, attrs={"long_name": "acquisition date of the EnMAP scene the pixel came from",
-                                                    "standard_name": "time", "units": "days since 1970-01-01",
-                                                    "calendar": "proleptic_gregorian", "_FillValue": -1}),
-}
+
+
+def cube_vars(target="ece") -> dict:
+    """The variables of a cube of ``target`` (a name or ``Target``): the value (``ece`` for ECe), its MC sd, the DI and
+    AOA flag, the valid mask, the source scene and its date."""
+    t = get_target(target)
+    return {
+        t.var: dict(dtype="float32", fill=np.nan, attrs={"units": t.units, "long_name": t.long_name,
+                                                         "valid_min": t.valid_range[0], "valid_max": t.valid_range[1]}),
+        f"{t.var}_sd": dict(dtype="float32", fill=np.nan, attrs={"units": t.units, "long_name": f"{t.short} uncertainty: standard "
+                                                                 "deviation over MC-dropout passes of the student"}),
+        "di": dict(dtype="float32", fill=np.nan, attrs={"units": "1", "long_name": "dissimilarity index (Meyer & Pebesma 2021): "
+                                                         "distance of the pixel's model inputs to the nearest training site over the mean distance between training sites"}),
+        "aoa": dict(dtype="uint8", fill=255, attrs={"long_name": "area of applicability: 1 where di is at most the threshold from the "
+                                                    "training cross-validation (the `models` attribute records it per epoch)",
+                                                    "flag_values": [0, 1], "flag_meanings": "outside_aoa inside_aoa", "_FillValue": 255}),
+        "valid": dict(dtype="uint8", fill=0, attrs={"long_name": f"1 where {t.short} was mapped (clear, valid EnMAP pixel with covariates)",
+                                                   "flag_values": [0, 1], "flag_meanings": "not_mapped mapped"}),
+        "scene": dict(dtype="int32", fill=-1, attrs={"long_name": "index of the EnMAP scene the pixel came from (see the scene_ids "
+                                                     "attribute); -1 (the fill value) where not mapped", "_FillValue": -1}),
+        "acq_date": dict(dtype="int32", fill=-1, attrs={"long_name": "acquisition date of the EnMAP scene the pixel came from",
+                                                        "standard_name": "time", "units": "days since 1970-01-01",
+                                                        "calendar": "proleptic_gregorian", "_FillValue": -1}),
+    }
+
+
+#: the variables of an ECe cube, the default
+VARS = cube_vars("ece")
+
+
+def cube_target(root: zarr.Group):
+    """The target a cube holds (cubes record it in their ``target`` attribute)."""
+    return get_target(root.attrs.get("target") or "ece")
+
+
 FINGERPRINT = "_deepsalt/fingerprint"
 #: botocore-style attempts per S3 request (exponential backoff on 5xx, throttling and dropped connections)
 S3_RETRIES = 10
@@ -105,6 +124,9 @@ def open_repo(url: str, storage_options: dict | None = None, create: bool = Fals
     local = "://" not in url or url.startswith("file://")
     if local and not create and not Path(url.removeprefix("file://")).exists():  # opening must not create the folder
         raise DeepSaltInputError(redact_url(url), "no DeepSalt cube here", "pass the --out of `deepsalt map`")
+    if local and Path(url.removeprefix("file://")).exists() and not Path(url.removeprefix("file://")).is_dir():
+        raise DeepSaltInputError(redact_url(url), "is a file, not a cube folder", "pass a new folder name (e.g. out/cube.zarr) "
+                                 "or the folder of an existing cube")
     st = storage(url, storage_options)
     for attempt in range(3):
         try:
@@ -140,8 +162,9 @@ def _commit_lock(url: str):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def ensure_template(repo, url: str, grid: Grid) -> None:
-    """Create the empty cube (no epoch) in its own commit if the branch has none; refuse another grid.
+def ensure_template(repo, url: str, grid: Grid, target="ece") -> None:
+    """Create the empty cube (no epoch) for ``target`` in its own commit if the branch has none; refuse another grid
+    or another target.
 
     A run killed before this commit leaves an empty repository, which the next run completes.
     """
@@ -153,16 +176,17 @@ def ensure_template(repo, url: str, grid: Grid) -> None:
         attrs = {}
     if "deepsalt_cube" not in attrs:
         session = repo.writable_session(BRANCH)
-        _create(session.store, grid)
+        _create(session.store, grid, target)
         with _commit_lock(url):
             try:
                 session.commit("create the empty cube", metadata={"deepsalt": __version__, "kind": "template"})
             except icechunk.ConflictError:  # another run created it first; its template is checked below
                 pass
-    check_grid(zarr.open_group(repo.readonly_session(BRANCH).store, mode="r"), grid, url)
+    check_grid(zarr.open_group(repo.readonly_session(BRANCH).store, mode="r"), grid, url, target)
 
 
-def check_grid(root: zarr.Group, grid: Grid, url: str) -> None:
+def check_grid(root: zarr.Group, grid: Grid, url: str, target=None) -> None:
+    """Refuse a cube of another output contract, grid or (with ``target``) soil property."""
     have = root.attrs.get("grid")
     if root.attrs.get("deepsalt_cube") != CUBE_FORMAT:
         raise DeepSaltInputError(redact_url(url), f"cube format {root.attrs.get('deepsalt_cube')!r} is not {CUBE_FORMAT!r}",
@@ -171,18 +195,22 @@ def check_grid(root: zarr.Group, grid: Grid, url: str) -> None:
         diff = ", ".join(f"{k} {have.get(k)!r} (not {v!r})" for k, v in grid.to_dict().items() if have.get(k) != v)
         raise DeepSaltInputError(redact_url(url), f"the cube was made with another grid: {diff}",
                                  "use the cube's --grid, --chunk and --shard, or write to a new cube URL")
+    if target is not None and cube_target(root).name != get_target(target).name:
+        raise DeepSaltInputError(redact_url(url), f"the cube holds {cube_target(root).name}, the model predicts "
+                                 f"{get_target(target).name}", "write this target to a new cube URL")
 
 
-def _create(store, grid: Grid) -> None:
+def _create(store, grid: Grid, target="ece") -> None:
+    t = get_target(target)
     root = zarr.open_group(store, mode="w", attributes={
-        "Conventions": "CF-1.8, ACDD-1.3", "title": "DeepSalt soil salinity (ECe) cube", "source": f"deepsalt {__version__}",
-        "summary": "Soil salinity (ECe of the saturated-paste extract, dS/m, 0-12 cm) at 30 m, predicted from EnMAP L2A "
-                   "reflectance and 8 soil and climate covariates by a student transformer distilled from laboratory "
-                   "mid-infrared spectra; one time step per map epoch, with MC-dropout uncertainty and the source scene.",
+        "Conventions": "CF-1.8, ACDD-1.3", "title": f"DeepSalt {t.short} cube", "source": f"deepsalt {__version__}",
+        "summary": f"{t.long_name} ({t.units}) at 30 m, predicted from EnMAP L2A reflectance and 8 soil and climate "
+                   "covariates by a student transformer distilled from laboratory mid-infrared spectra; one time step "
+                   "per map epoch, with MC-dropout uncertainty and the source scene.",
         "license": "CC-BY-4.0", "references": "DeepSalt, arXiv:2510.23124",
         "history": "each mapping run is one Icechunk commit: list them with `deepsalt history --cube URL`",
-        "keywords": "soil salinity, ECe, EnMAP, hyperspectral, knowledge distillation",
-        "deepsalt_cube": CUBE_FORMAT, "grid": grid.to_dict(), "scene_ids": [], "models": {}})
+        "keywords": f"{t.short}, {t.long_name.split(',')[0]}, EnMAP, hyperspectral, knowledge distillation",
+        "deepsalt_cube": CUBE_FORMAT, "target": t.to_dict(), "grid": grid.to_dict(), "scene_ids": [], "models": {}})
     crs = CRS.from_user_input(grid.crs)
     sr = root.create_array("spatial_ref", shape=(), dtype="int32", fill_value=0)
     sr.attrs.update({**crs.to_cf(), "crs_wkt": crs.to_wkt(), "spatial_ref": crs.to_wkt(),
@@ -193,11 +221,11 @@ def _create(store, grid: Grid) -> None:
     y = root.create_array("y", shape=(grid.height,), dtype="float64", chunks=(min(grid.height, 1 << 16),), dimension_names=("y",))
     y[:] = grid.y0 - (np.arange(grid.height) + 0.5) * grid.res
     y.attrs.update({"standard_name": "projection_y_coordinate", "units": "m", "axis": "Y"})
-    t = root.create_array("time", shape=(0,), dtype="int64", chunks=(64,), dimension_names=("time",), fill_value=0)
-    t.attrs.update({"standard_name": "time", "units": "days since 1970-01-01", "calendar": "proleptic_gregorian",
+    tarr = root.create_array("time", shape=(0,), dtype="int64", chunks=(64,), dimension_names=("time",), fill_value=0)
+    tarr.attrs.update({"standard_name": "time", "units": "days since 1970-01-01", "calendar": "proleptic_gregorian",
                     "long_name": "map epoch (start)"})
     side = grid.chunk * grid.shard
-    for name, spec in VARS.items():
+    for name, spec in cube_vars(t).items():
         a = root.create_array(name, shape=(0, grid.height, grid.width), chunks=(1, grid.chunk, grid.chunk),
                               shards=(1, side, side) if grid.shard > 1 else None,
                               dtype=spec["dtype"], fill_value=spec["fill"], dimension_names=("time", "y", "x"))
@@ -265,12 +293,13 @@ def write_tiles(fork: bytes, where: str, grid: Grid, t: int, tiles: list) -> byt
         raise ValueError(f"tiles of several shards in one write: {[(a, b) for a, b, _, _ in tiles]}")
     try:
         root = zarr.open_group(session.store, mode="r+")
-        for name in (*VARS, FINGERPRINT):  # a new epoch: every fork grows the arrays the same way; merge keeps one
+        variables = cube_vars(cube_target(root))
+        for name in (*variables, FINGERPRINT):  # a new epoch: every fork grows the arrays the same way; merge keeps one
             a = root[name]
             if a.shape[0] < t + 1:
                 a.resize((t + 1, *a.shape[1:]))
         sy, sx = grid.shard_slices(*grid.shard_of(ty, tx)) if grid.shard > 1 else grid.tile_slices(ty, tx)
-        for name, spec in VARS.items():
+        for name, spec in variables.items():
             block = root[name][t, sy, sx] if grid.shard > 1 else np.empty((sy.stop - sy.start, sx.stop - sx.start), spec["dtype"])
             for ty, tx, arrays, _ in tiles:
                 ys, xs = grid.tile_slices(ty, tx)
@@ -365,12 +394,26 @@ def readonly_session(url: str, storage_options: dict | None = None, version: str
         raise DeepSaltInputError(f"--version {version}", "the cube has no commit at or before that time", "see `deepsalt history`") from None
 
 
-def open_cube(url: str, storage_options: dict | None = None, version: str | datetime | None = None):
-    """The cube as an ``xarray.Dataset`` (lazy, dask-backed), at ``version`` (see ``readonly_session``)."""
+#: dask chunks per epoch above which ``open_cube`` groups 16 x 16 stored chunks into one dask chunk: the global grid
+#: has ~10 million chunks per epoch and variable, and a dask graph over them would take minutes and gigabytes
+MAX_DASK_CHUNKS = 2**20
+
+
+def open_cube(url: str, storage_options: dict | None = None, version: str | datetime | None = None, chunks="auto"):
+    """The cube as a lazy ``xarray.Dataset``, at ``version`` (see ``readonly_session``).
+
+    ``chunks="auto"``: dask-backed (xarray's "auto" from the stored chunks), or for grids of more than
+    ``MAX_DASK_CHUNKS`` chunks (the global grid) one dask chunk per 16 x 16 stored chunks; ``None``: no dask, lazily indexed (a selection reads just
+    the chunks it touches: what DeepSalt's own point, export and score use); or a dict, as for ``xarray.open_zarr``."""
     import xarray as xr
 
     session = readonly_session(url, storage_options, version)
-    return xr.open_zarr(session.store, consolidated=False, zarr_format=3)
+    if chunks == "auto":
+        g = zarr.open_group(session.store, mode="r").attrs.get("grid") or {}
+        if g and (g["height"] // g["chunk"] + 1) * (g["width"] // g["chunk"] + 1) > MAX_DASK_CHUNKS:
+            chunks = {"time": 1, "y": 16 * g["chunk"], "x": 16 * g["chunk"]}
+        # else xarray's own "auto": dask chunks from the stored ones
+    return xr.open_zarr(session.store, consolidated=False, zarr_format=3, chunks=chunks)
 
 
 def mapped_extent(url: str, storage_options: dict | None = None, version=None) -> tuple[slice, slice]:
@@ -401,11 +444,11 @@ def history(url: str, storage_options: dict | None = None) -> list[dict]:
 
 def point(url: str, lon: float, lat: float, epoch: str | None = None, storage_options: dict | None = None,
           version=None) -> dict:
-    """ECe, its uncertainty and provenance at one WGS84 point, for every epoch (or one): reads one chunk per
-    variable and epoch."""
+    """The cube's value (ECe, or its target), its uncertainty, interval and provenance at one WGS84 point, for every
+    epoch (or one): reads one chunk per variable and epoch."""
     from pyproj import Transformer
 
-    ds = open_cube(url, storage_options, version)
+    ds = open_cube(url, storage_options, version, chunks=None)
     g = Grid(**ds.attrs["grid"])
     x, y = Transformer.from_crs("EPSG:4326", g.crs, always_xy=True).transform(lon, lat)
     row, col = g.cell_of(x, y)
@@ -420,6 +463,8 @@ def point(url: str, lon: float, lat: float, epoch: str | None = None, storage_op
         times = [day]
     cell = ds.isel(y=row, x=col).sel(time=times).compute()
     ids = list(ds.attrs.get("scene_ids", []))
+    target = get_target(ds.attrs.get("target") or "ece")
+    var = target.var
     out = []
     for i, t in enumerate(times):
         v = cell.isel(time=i)
@@ -429,15 +474,16 @@ def point(url: str, lon: float, lat: float, epoch: str | None = None, storage_op
         acq = v["acq_date"].values if "acq_date" in v else None
         model = epoch_model(ds, t)
         q, scaled = model.get("interval90_q"), model.get("interval90_scaled", True)
-        rec = {"epoch": t, "ece_dsm": float(v["ece"]) if mapped else None, "ece_sd_dsm": float(v["ece_sd"]) if mapped else None}
+        rec = {"epoch": t, var: float(v[var]) if mapped else None, f"{var}_sd": float(v[f"{var}_sd"]) if mapped else None,
+               "units": target.units}
         if mapped and "di" in v:
             rec.update(di=float(v["di"]), inside_aoa=bool(int(v["aoa"]) == 1))
         if mapped and q and (not scaled or model.get("mc_samples", 0) > 1):  # a scaled interval needs the MC sd
             from deepsalt.models.applicability import interval
 
-            lo, hi = interval([rec["ece_dsm"]], [rec["ece_sd_dsm"]], float(q), bool(scaled), [rec.get("di", 0.0)],
-                              float(model.get("interval90_di_slope", 0.0)))
-            rec["interval90_dsm"] = [round(float(lo[0]), 4), round(float(hi[0]), 4)]
+            lo, hi = interval([rec[var]], [rec[f"{var}_sd"]], float(q), bool(scaled), [rec.get("di", 0.0)],
+                              float(model.get("interval90_di_slope", 0.0)), target.log)
+            rec["interval90"] = [round(float(lo[0]), 4), round(float(hi[0]), 4)]
         out.append({**rec, "mapped": mapped, "scene": ids[s] if 0 <= s < len(ids) else None,
                     "acquired": str(acq)[:10] if mapped and acq is not None and not np.isnat(acq) else None})
     return {"lon": lon, "lat": lat, "crs": g.crs, "x": float(g.x0 + (col + 0.5) * g.res), "y": float(g.y0 - (row + 0.5) * g.res),

@@ -1,5 +1,5 @@
 """The cube described in STAC, rewritten after every publication: ``<cube>/stac/collection.json`` and
-``<cube>/stac/deepsalt-ece/deepsalt-ece.json`` (a Collection and one Item with the datacube extension: dimensions,
+``<cube>/stac/deepsalt-<var>/deepsalt-<var>.json`` (``deepsalt-ece`` for ECe; a Collection and one Item with the datacube extension: dimensions,
 variables, the mapped extent and epochs, and an asset that says how to open the cube at the commit it
 describes). Derived from the cube itself, so a lost or stale copy is restored by the next run."""
 
@@ -16,11 +16,13 @@ from pystac.extensions.datacube import DatacubeExtension, Dimension, Variable
 from rasterio.warp import transform_bounds
 
 from deepsalt import __version__
-from deepsalt.mapping.cube import VARS, readonly_session, recorded_tiles
+from deepsalt.mapping.cube import cube_target, cube_vars, readonly_session, recorded_tiles
 from deepsalt.mapping.grid import Grid
 from deepsalt.redact import redact_url
 
-ITEM_ID = "deepsalt-ece"
+def item_id(target) -> str:
+    """The cube's Item id: ``deepsalt-<variable>``."""
+    return f"deepsalt-{target.var}"
 
 
 def cube_stac(url: str, storage_options: dict | None = None) -> pystac.Collection:
@@ -28,6 +30,7 @@ def cube_stac(url: str, storage_options: dict | None = None) -> pystac.Collectio
     session = readonly_session(url, storage_options)
     root = zarr.open_group(session.store, mode="r")
     g = Grid(**root.attrs["grid"])
+    target = cube_target(root)
     tiles = recorded_tiles(session)
     c = g.chunk * g.res
     if tiles:
@@ -41,9 +44,10 @@ def cube_stac(url: str, storage_options: dict | None = None) -> pystac.Collectio
     start, end = (min(epochs), max(epochs)) if epochs else (None, None)
     geom = {"type": "Polygon", "coordinates": [[[bbox[0], bbox[1]], [bbox[2], bbox[1]], [bbox[2], bbox[3]], [bbox[0], bbox[3]], [bbox[0], bbox[1]]]]}
     when = start or datetime.now(timezone.utc)
-    item = pystac.Item(ITEM_ID, geom, bbox, None if start else when, properties={
+    item = pystac.Item(item_id(target), geom, bbox, None if start else when, properties={
         "start_datetime": when.isoformat(), "end_datetime": (end or when).isoformat(),
-        "title": root.attrs.get("title") or "DeepSalt ECe cube", "description": root.attrs.get("summary") or "DeepSalt ECe cube",
+        "title": root.attrs.get("title") or f"DeepSalt {target.short} cube",
+        "description": root.attrs.get("summary") or f"DeepSalt {target.short} cube",
         "deepsalt:commit": session.snapshot_id, "deepsalt:epochs": [e.date().isoformat() for e in epochs],
         "deepsalt:scenes": len(root.attrs.get("scene_ids", [])), "deepsalt:version": __version__})
     epsg = int(g.crs.split(":")[1])
@@ -56,14 +60,14 @@ def cube_stac(url: str, storage_options: dict | None = None) -> pystac.Collectio
     }
     cube.variables = {name: Variable.from_dict({"dimensions": ["time", "y", "x"], "type": "data", "description": spec["attrs"]["long_name"],
                                                 **({"unit": spec["attrs"]["units"]} if "units" in spec["attrs"] else {})})
-                      for name, spec in VARS.items()}
+                      for name, spec in cube_vars(target).items()}
     href = redact_url(url)
-    item.add_asset("cube", pystac.Asset(href, title="DeepSalt ECe cube (Icechunk repository, Zarr v3)", roles=["data"],
+    item.add_asset("cube", pystac.Asset(href, title=f"DeepSalt {target.short} cube (Icechunk repository, Zarr v3)", roles=["data"],
                                         media_type="application/vnd.zarr; version=3",
                                         description=f"deepsalt.open_cube({href!r}, version={session.snapshot_id!r}); or "
                                                     f"xarray.open_zarr(icechunk.Repository.open(STORAGE).readonly_session("
                                                     f"snapshot_id={session.snapshot_id!r}).store, consolidated=False)"))
-    col = pystac.Collection(ITEM_ID, root.attrs.get("summary") or "DeepSalt ECe cube",
+    col = pystac.Collection(item_id(target), root.attrs.get("summary") or f"DeepSalt {target.short} cube",
                             pystac.Extent(pystac.SpatialExtent([bbox]), pystac.TemporalExtent([[start, end]])),
                             title=root.attrs.get("title"), license=root.attrs.get("license", "other"),
                             catalog_type=pystac.CatalogType.SELF_CONTAINED,
@@ -78,11 +82,12 @@ def write_cube_stac(url: str, storage_options: dict | None = None) -> str:
     base = url.rstrip("/") + "/stac"
     col.normalize_hrefs(base)
     fs, path = fsspec.core.url_to_fs(base, **(storage_options or {}))
-    for obj, rel in ((col, "collection.json"), (next(iter(col.get_items())), f"{ITEM_ID}/{ITEM_ID}.json")):
+    item = next(iter(col.get_items()))
+    for obj, rel in ((col, "collection.json"), (item, f"{item.id}/{item.id}.json")):
         d = obj.to_dict(include_self_link=False, transform_hrefs=True)
-        target = f"{path}/{rel}"
-        fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
-        with fs.open(target + ".partial", "w") as f:
+        dst = f"{path}/{rel}"
+        fs.makedirs(dst.rsplit("/", 1)[0], exist_ok=True)
+        with fs.open(dst + ".partial", "w") as f:
             f.write(json.dumps(d, indent=1))
-        fs.mv(target + ".partial", target)
+        fs.mv(dst + ".partial", dst)
     return f"{base}/collection.json"

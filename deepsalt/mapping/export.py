@@ -1,4 +1,4 @@
-"""Portable copies of one epoch of the cube for GIS users: a COG (ECe and its uncertainty, CRS, nodata,
+"""Portable copies of one epoch of the cube for GIS users: a COG (ECe, or the cube's target, its uncertainty and DI, CRS, nodata,
 overviews) or a CF NetCDF that xarray and GDAL open. Written to a temporary name and renamed, so a failed
 export leaves nothing half-written."""
 
@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from deepsalt.errors import DeepSaltInputError
-from deepsalt.mapping.cube import epoch_model, mapped_extent, open_cube
+from deepsalt.mapping.cube import cube_vars, epoch_model, mapped_extent, open_cube
 from deepsalt.mapping.grid import Grid
+from deepsalt.targets import get_target
 
 FORMATS = ("cog", "netcdf")
 
@@ -36,7 +37,7 @@ def export(url: str, out: str | Path, fmt: str, epoch: str | None = None, bbox=N
     """Write one epoch (default: the latest) over ``bbox`` (lon/lat; default: the mapped extent) to ``out``."""
     if fmt not in FORMATS:
         raise DeepSaltInputError("--format", f"unknown format '{fmt}'", f"use one of {', '.join(FORMATS)}")
-    ds = open_cube(url, storage_options, version)
+    ds = open_cube(url, storage_options, version, chunks=None)
     if ds.sizes["time"] == 0:
         raise DeepSaltInputError(url, "has no published epoch yet", "run `deepsalt map` first")
     times = [str(t)[:10] for t in ds["time"].values]
@@ -48,6 +49,8 @@ def export(url: str, out: str | Path, fmt: str, epoch: str | None = None, bbox=N
             raise DeepSaltInputError(f"--epoch {epoch}", "the cube has no such epoch", f"epochs: {', '.join(times)}")
         t = times.index(day)
     g = Grid(**ds.attrs["grid"])
+    target = get_target(ds.attrs.get("target") or "ece")
+    var = target.var
     ys, xs = _window(ds, g, url, bbox, storage_options, version)
     sub = ds.isel(time=t, y=ys, x=xs)
     out = Path(out)
@@ -57,15 +60,18 @@ def export(url: str, out: str | Path, fmt: str, epoch: str | None = None, bbox=N
 
         from deepsalt.data.cog import write_cog
 
-        data = np.stack([sub["ece"].values, sub["ece_sd"].values, sub["di"].values]).astype(np.float32)
+        data = np.stack([sub[var].values, sub[f"{var}_sd"].values, sub["di"].values]).astype(np.float32)
         tr = Affine(g.res, 0, g.x0 + xs.start * g.res, 0, -g.res, g.y0 - ys.start * g.res)
-        write_cog(out, data, g.crs, tr, nodata=float("nan"), descriptions=["ECe (dS/m)", "ECe uncertainty, sd (dS/m)", "dissimilarity index (AOA: di <= the threshold in tag aoa_threshold)"],
-                  tags={"epoch": times[t], "units": "dS m-1", "source": f"DeepSalt cube {url}", "scene_ids": json.dumps(ds.attrs["scene_ids"]),
+        write_cog(out, data, g.crs, tr, nodata=float("nan"),
+                  descriptions=[f"{target.short} ({target.units})", f"{target.short} uncertainty, sd ({target.units})",
+                                "dissimilarity index (AOA: di <= the threshold in tag aoa_threshold)"],
+                  tags={"epoch": times[t], "units": target.units, "variable": var, "source": f"DeepSalt cube {url}",
+                        "scene_ids": json.dumps(ds.attrs["scene_ids"]),
                         "aoa_threshold": str(epoch_model(ds, times[t]).get("aoa_threshold")),
                         "interval90": _interval_tag(epoch_model(ds, times[t]))},
                   overviews="AUTO")
     else:
-        keep = sub[["ece", "ece_sd", "di", "aoa", "valid", "scene", "acq_date"]].expand_dims(time=[sub["time"].values])
+        keep = sub[list(cube_vars(target))].expand_dims(time=[sub["time"].values])
         keep["valid"] = keep["valid"].astype("int8")  # NetCDF-3 has no unsigned byte
         keep.attrs = {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in ds.attrs.items()}
         keep.attrs["epoch"] = times[t]
@@ -80,5 +86,7 @@ def _interval_tag(model: dict) -> str:
     """The calibrated 90 % interval's constants and formula, for readers of the COG's bands 1 to 3."""
     return json.dumps({"q": model.get("interval90_q"), "scaled": model.get("interval90_scaled"),
                        "di_slope": model.get("interval90_di_slope", 0.0),
-                       "formula": "lo = ece / f, hi = ece * f, f = exp(q * s * (1 + di_slope * di)), "
-                                  "s = ece_sd / ece if scaled else 1"})
+                       "log": model.get("interval90_log", True),
+                       "formula": "log target: lo = v / f, hi = v * f, f = exp(q * s * (1 + di_slope * di)), s = sd / v if "
+                                  "scaled else 1; linear: lo, hi = v -+ q * s * (1 + di_slope * di), s = sd if scaled else 1 "
+                                  "(v, sd, di: bands 1, 2 and 3)"})

@@ -17,29 +17,19 @@ import json
 import fsspec
 import pystac
 
+from deepsalt.data.cog import file_stamp
 from deepsalt.data.covariates import covariate_hrefs
 from deepsalt.data.enmap import EnMAPScene
 from deepsalt.data.stac import item_time
 from deepsalt.errors import DeepSaltInputError
 
 #: how overlapping scenes are combined (``mapping.tiles``); bump when the rule changes
-COMPOSITE_RULE = "first-valid: least eo:cloud_cover, newest, id / exact nearest pixel by index / v2"
-_STAT_KEYS = ("size", "mtime", "ETag", "etag", "LastModified", "last_modified", "checksum", "md5", "VersionId")
+COMPOSITE_RULE = ("first-valid: least eo:cloud_cover, newest, id / exact nearest pixel by index / nodata judged on the "
+                  "model's bands only / v3")
 
 
 def _sha(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def file_stamp(href: str, what: str) -> dict:
-    """Size and modification time, or ETag, of a file at a local path or fsspec URL (s3://, https://)."""
-    try:
-        fs, path = fsspec.core.url_to_fs(href)
-        info = fs.info(path)
-    except Exception:  # noqa: BLE001 - one wording for missing and unreadable (no existence oracle)
-        raise DeepSaltInputError(href, f"{what} does not exist or is not readable",
-                                 "check the path/URL and the credentials") from None
-    return {k: info[k] for k in _STAT_KEYS if k in info}
 
 
 def bundle_identity(model: str) -> str:

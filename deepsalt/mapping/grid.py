@@ -59,17 +59,35 @@ class Grid:
         """(row, col) of the cell containing grid-CRS point (x, y)."""
         return math.floor((self.y0 - y) / self.res), math.floor((x - self.x0) / self.res)
 
-    def tiles_for_bounds(self, bounds, crs) -> list[tuple[int, int]]:
-        """Tiles intersecting ``bounds`` (minx, miny, maxx, maxy) given in ``crs``."""
+    def tile_box(self, bounds, crs) -> "TileBox":
+        """The tiles intersecting ``bounds`` (minx, miny, maxx, maxy) given in ``crs``, as a box of tile indices (a
+        region of a continental grid can hold millions of tiles: test membership, do not list them)."""
         x0, y0, x1, y1 = transform_bounds(crs, self.crs, *bounds, densify_pts=21)
         c = self.res * self.chunk
-        ty0, ty1 = max(0, math.floor((self.y0 - y1) / c)), min(self.n_tiles[0] - 1, math.floor((self.y0 - y0) / c))
-        tx0, tx1 = max(0, math.floor((x0 - self.x0) / c)), min(self.n_tiles[1] - 1, math.floor((x1 - self.x0) / c))
-        return [(ty, tx) for ty in range(ty0, ty1 + 1) for tx in range(tx0, tx1 + 1)]
+        return TileBox(max(0, math.floor((self.y0 - y1) / c)), min(self.n_tiles[0] - 1, math.floor((self.y0 - y0) / c)),
+                       max(0, math.floor((x0 - self.x0) / c)), min(self.n_tiles[1] - 1, math.floor((x1 - self.x0) / c)))
+
+    def tiles_for_bounds(self, bounds, crs) -> list[tuple[int, int]]:
+        """Tiles intersecting ``bounds`` (minx, miny, maxx, maxy) given in ``crs``: a scene's, a few dozen."""
+        b = self.tile_box(bounds, crs)
+        return [(ty, tx) for ty in range(b.ty0, b.ty1 + 1) for tx in range(b.tx0, b.tx1 + 1)]
 
     def to_dict(self) -> dict:
         return dict(crs=self.crs, res=self.res, x0=self.x0, y0=self.y0, width=self.width, height=self.height, chunk=self.chunk,
                     shard=self.shard)
+
+
+@dataclass(frozen=True)
+class TileBox:
+    """Tiles ``ty0..ty1`` x ``tx0..tx1`` (inclusive); ``(ty, tx) in box``."""
+
+    ty0: int
+    ty1: int
+    tx0: int
+    tx1: int
+
+    def __contains__(self, key) -> bool:
+        return self.ty0 <= key[0] <= self.ty1 and self.tx0 <= key[1] <= self.tx1
 
 
 GRIDS = {
@@ -77,4 +95,8 @@ GRIDS = {
     "conus": Grid("EPSG:5070", 30.0, -2_361_585.0, 3_177_435.0, 154_335, 104_419),
     # Europe: ETRS89-LAEA (EPSG:3035) at 30 m over the EEA reference extent
     "europe": Grid("EPSG:3035", 30.0, 2_500_000.0, 5_500_000.0, 150_000, 140_000),
+    # Every land surface: Equal Earth (EPSG:8857, equal-area, pseudocylindrical, so shapes stay usable far from the
+    # equator, unlike a cylindrical equal-area grid), the whole projected globe (x +-17,243,959 m, y +-8,392,928 m)
+    # snapped outwards to a 30 m lattice. Chunks are sparse: only mapped tiles are ever stored.
+    "global": Grid("EPSG:8857", 30.0, -17_243_970.0, 8_392_950.0, 1_149_598, 559_530),
 }

@@ -25,10 +25,11 @@ from deepsalt.config import MapConfig
 from deepsalt.errors import DeepSaltInputError, find_input_error
 from deepsalt.mapping import cube as cube_mod
 from deepsalt.mapping.fingerprint import bundle_identity, run_identity, scene_identity, tile_fingerprint
-from deepsalt.mapping.grid import GRIDS, Grid
-from deepsalt.mapping.tiles import plan, prepare_tiles
+from deepsalt.mapping.grid import GRIDS, Grid, TileBox
+from deepsalt.mapping.tiles import drop_reasons, plan, prepare_tiles
 from deepsalt.raycluster import init_ray
 from deepsalt.redact import redact, redact_url
+from deepsalt.targets import get_target
 
 
 def grid_for(cfg: MapConfig) -> Grid:
@@ -39,7 +40,7 @@ def grid_for(cfg: MapConfig) -> Grid:
 
 
 class Predictor:
-    """Ray Data actor: loads the bundle once, predicts ECe (+ MC-dropout sd) for a tile's valid pixels."""
+    """Ray Data actor: loads the bundle once, predicts its target (+ MC-dropout sd) for a tile's valid pixels."""
 
     def __init__(self, model: str, mc_samples: int, gpu: bool = False, batch: int = 16384):
         from deepsalt.models.bundle import DeepSaltBundle
@@ -62,13 +63,17 @@ class Predictor:
                     row["dn"][sl], row["cov"][sl], self.mc, seed=int(ty) * 100003 + int(tx) + i,
                     scale=(row["gain"], row["offset"], row["slot"][sl]), di=True)
             start += int(cnt)
-        return {**{k: row[k] for k in ("tiles", "fps", "counts", "pix", "scene")}, "ece": mean, "ece_sd": sd, "di": di,
+        return {**{k: row[k] for k in ("tiles", "fps", "counts", "pix", "scene", "drops", "band_nodata", "swath_rows")},
+                "value": mean, "sd": sd, "di": di,
                 "aoa": (di <= self.bundle.aoa_threshold).astype(np.uint8)}
 
 
-def _write(row: dict, fork: bytes, where: str, grid: Grid, t: int, scene_days: np.ndarray) -> dict:
+def _write(row: dict, fork: bytes, where: str, grid: Grid, t: int, scene_days: np.ndarray, target: dict) -> dict:
     """Tile arrays from the predicted pixels of one shard's tiles (a tile with none is cleared), written into a
-    fork of the session. ``scene_days[i]``: acquisition date of scene ``i`` of ``scene_ids``, days since 1970."""
+    fork of the session. ``scene_days[i]``: acquisition date of scene ``i`` of ``scene_ids``, days since 1970;
+    ``target``: the bundle's (its variable names the cube's arrays)."""
+    variables = cube_mod.cube_vars(target)
+    var = get_target(target).var
     tiles, start = [], 0
     for (ty, tx), fp, cnt in zip(row["tiles"], row["fps"], row["counts"]):
         sl = slice(start, start + int(cnt))
@@ -77,15 +82,16 @@ def _write(row: dict, fork: bytes, where: str, grid: Grid, t: int, scene_days: n
         arrays = None
         if len(pix):
             h, w = grid.tile_shape(int(ty), int(tx))
-            arrays = {name: np.full(h * w, spec["fill"], spec["dtype"]) for name, spec in cube_mod.VARS.items()}
-            for name in ("ece", "ece_sd", "di", "aoa"):
-                arrays[name][pix] = row[name][sl]
+            arrays = {name: np.full(h * w, spec["fill"], spec["dtype"]) for name, spec in variables.items()}
+            for name, key in ((var, "value"), (f"{var}_sd", "sd"), ("di", "di"), ("aoa", "aoa")):
+                arrays[name][pix] = row[key][sl]
             arrays["valid"][pix], arrays["scene"][pix] = 1, row["scene"][sl]
             arrays["acq_date"][pix] = scene_days[np.asarray(row["scene"][sl], np.int64)]
             arrays = {k: v.reshape(h, w) for k, v in arrays.items()}
         tiles.append((int(ty), int(tx), arrays, int(fp)))
     fork = cube_mod.write_tiles(fork, where, grid, t, tiles)
-    return {"tiles": len(tiles), "n": start, "fork": fork}
+    return {"tiles": len(tiles), "n": start, "fork": fork, "drops": row["drops"], "band_nodata": row["band_nodata"],
+            "swath_rows": row["swath_rows"]}
 
 
 @dataclass
@@ -99,7 +105,7 @@ class RunInputs:
     run_id: str  # identity of model, covariates, options
     tiles: dict  # (ty, tx) -> items in compositing order
     scene_fp: dict  # item id -> scene identity
-    scope: set  # tiles this run owns: recorded tiles here without a scene any more are cleared
+    scope: TileBox  # tiles this run owns: recorded tiles here without a scene any more are cleared
 
 
 @dataclass
@@ -138,6 +144,7 @@ def prepare_inputs(cfg: MapConfig, log=print) -> RunInputs:
             scene = EnMAPScene.from_item(item, cfg.allow_http)  # missing image asset or eo:bands, bad numbers
             for key in (scene.IMAGE_ASSET, *quality):
                 scene.href(key)  # missing asset, hostile href: before GDAL ever sees it
+            check_bad_bands(scene, meta["band_names"], cfg.model)
         return items
 
     items = search(cfg.bbox)
@@ -146,7 +153,7 @@ def prepare_inputs(cfg: MapConfig, log=print) -> RunInputs:
         raise DeepSaltInputError(redact_url(cfg.stac), f"no scene in {cfg.collection} matches the search",
                                  "check --collection, --datetime and --max-cloud (with --bbox, a region without scenes is cleared)")
     region = cfg.bbox or tuple(np.r_[np.min([i.bbox[:2] for i in items], 0), np.max([i.bbox[2:] for i in items], 0)])
-    scope = set(grid.tiles_for_bounds(region, "EPSG:4326"))
+    scope = grid.tile_box(region, "EPSG:4326")
     tiles = {k: v for k, v in plan(items, grid, cfg.allow_http).items() if cfg.bbox is None or k in scope}  # the bbox's tiles only
     if cfg.bbox is not None and tiles:  # every scene touching a planned tile, also outside the bbox: edge tiles stay whole
         wider = {i.id: i for i in search(_lonlat_bounds(grid, tiles))}
@@ -166,6 +173,27 @@ def prepare_inputs(cfg: MapConfig, log=print) -> RunInputs:
     return RunInputs(cfg, grid, meta, bundle_sha, run_id, tiles, scene_fp, scope)
 
 
+def check_bad_bands(scene, model_bands: list[str], model: str) -> None:
+    """Refuse a product whose recorded bad bands (nodata in every pixel) include a band the model reads: it would map
+    no pixel. Bad bands the model does not read are harmless."""
+    hit = [b for b in scene.bad_bands if b in set(model_bands)]
+    if hit:
+        raise DeepSaltInputError(f"STAC item {scene.id}", f"bad band(s) {', '.join(hit)} (nodata in every pixel, per the "
+                                 f"product's band statistics) are bands the model {redact_url(model)} reads",
+                                 f"train a model without them (deepsalt train --exclude-bands {','.join(hit)}), or drop this scene")
+
+
+def explain_empty(drops: np.ndarray, band_nodata: np.ndarray, swath_rows: int, quality, band_names) -> str:
+    """Why tiles mapped no pixel: the tile pixels each rule dropped, largest first, and the bands that were nodata
+    in every in-swath pixel read."""
+    parts = [f"{int(n):,} px {why}" for n, why in sorted(zip(drops, drop_reasons(tuple(quality))), key=lambda t: -t[0]) if n]
+    bad = [b for b, n in zip(band_names, band_nodata) if swath_rows and n == swath_rows]
+    text = "; ".join(parts) or "no pixel"
+    if bad:
+        text += f"; the model's band(s) {', '.join(bad[:8])}{' ...' if len(bad) > 8 else ''} are nodata in every pixel"
+    return text
+
+
 def tile_fingerprints(inp: RunInputs) -> dict[tuple[int, int], int]:
     return {k: tile_fingerprint(inp.run_id, [inp.scene_fp[i.id] for i in its]) for k, its in inp.tiles.items()}
 
@@ -178,7 +206,7 @@ def plan_run(inp: RunInputs, session) -> Plan:
     have = cube_mod.read_fingerprints(root, t, list(fps))
     todo = [k for k in fps if have[k] != fps[k]]
     recorded = set() if new else cube_mod.recorded_tiles(session, t)
-    clear = sorted((recorded & inp.scope) - set(fps))
+    clear = sorted(k for k in recorded if k in inp.scope and k not in fps)
     scene_ids = list(root.attrs.get("scene_ids", []))
     for k in todo:
         for item in inp.tiles[k]:
@@ -237,16 +265,19 @@ def _execute(inp: RunInputs, p: Plan, session, log) -> int:
                compute=ray.data.ActorPoolStrategy(min_size=min(cfg.min_actors, actors), max_size=actors),
                num_gpus=1 if cfg.gpu else 0, num_cpus=0 if cfg.gpu else 1)
           .map(_write, fn_kwargs=dict(fork=cube_mod.fork_bytes(session), where=redact_url(cfg.out), grid=grid, t=p.t,
-                                      scene_days=_scene_days(inp, p.scene_ids)),
+                                      scene_days=_scene_days(inp, p.scene_ids), target=inp.meta["target"]),
                num_cpus=0.25))  # I/O-bound: never starve the read and inference stages of a CPU
     log(f"[3/4] Ray Data: read + composite + covariates -> student (up to {actors} actor(s){', one GPU each' if cfg.gpu else ''}) "
         f"-> {len(tasks)} tiles into one transaction")
     n_pix = done = 0
     t0 = time.time()
+    stats = {"drops": 0, "band_nodata": 0, "swath_rows": 0}
     try:
         for row in ds.iter_rows():
             session.merge(pickle.loads(row["fork"]))
             n_pix += int(row["n"])
+            for k in stats:
+                stats[k] = stats[k] + np.asarray(row[k])
             before, done = done, done + int(row["tiles"])  # a row is one shard: one or more tiles
             step = max(1, len(tasks) // 10)
             if done == len(tasks) or done // step > before // step:  # at most ~10 lines, whatever the size
@@ -258,7 +289,7 @@ def _execute(inp: RunInputs, p: Plan, session, log) -> int:
         if cause is not None:
             raise DeepSaltInputError(cause.where, cause.fault + " (nothing was committed)", cause.fix) from None
         raise
-    return n_pix
+    return n_pix, stats
 
 
 #: end-to-end mapping rate per CPU core, 5 MC passes, for dry-run estimates: bench/map_cpu.py measured 6,854 px/s
@@ -273,10 +304,10 @@ def dry_run(cfg: MapConfig, log=print) -> dict:
     inp = prepare_inputs(cfg, log)
     try:
         session = cube_mod.open_repo(cfg.out, cfg.storage_options).readonly_session(cube_mod.BRANCH)
-        cube_mod.check_grid(zarr.open_group(session.store, mode="r"), inp.grid, cfg.out)
+        cube_mod.check_grid(zarr.open_group(session.store, mode="r"), inp.grid, cfg.out, inp.meta["target"])
         p = plan_run(inp, session)
     except (DeepSaltInputError, FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
-        if isinstance(e, DeepSaltInputError) and "another grid" in str(e):
+        if isinstance(e, DeepSaltInputError) and ("another grid" in str(e) or "the model predicts" in str(e)):
             raise
         p = Plan(0, True, [], list(inp.tiles), [], tile_fingerprints(inp))
     px = sum(int(np.prod(inp.grid.tile_shape(*k))) for k in p.todo)
@@ -299,7 +330,7 @@ def map_region(cfg: MapConfig, log=print) -> dict:
     run = uuid.uuid4().hex[:12]
     inp = prepare_inputs(cfg, log)
     repo = cube_mod.open_repo(cfg.out, cfg.storage_options, create=True)
-    cube_mod.ensure_template(repo, cfg.out, inp.grid)
+    cube_mod.ensure_template(repo, cfg.out, inp.grid, inp.meta["target"])
     summary = {"epoch": cfg.epoch, "run": run, "scenes": len(inp.scene_fp), "tiles": len(inp.tiles)}
     for attempt in range(1, cfg.commit_attempts + 1):
         session = repo.writable_session(cube_mod.BRANCH)
@@ -313,13 +344,26 @@ def map_region(cfg: MapConfig, log=print) -> dict:
             log("[4/4] nothing to do: the cube is up to date for this epoch")
             return {**summary, "seconds": round(time.time() - t0, 1), "published": False}
         init_ray()
-        n_pix = _execute(inp, p, session, log)
+        n_pix, stats = _execute(inp, p, session, log)
+        why = explain_empty(np.asarray(stats["drops"]).ravel(), np.asarray(stats["band_nodata"]).ravel(),
+                            int(stats["swath_rows"]), cfg.quality_masks, inp.meta["band_names"]) if p.todo else ""
+        if p.todo:
+            summary["pixels_dropped"] = dict(zip(drop_reasons(tuple(cfg.quality_masks)), np.asarray(stats["drops"]).ravel().tolist()))
+        nodata_drops = int(np.asarray(stats["drops"]).ravel()[-1]) if p.todo else 0  # drop_reasons' last: model-band nodata
+        if p.todo and n_pix == 0 and nodata_drops:
+            # the quality layers call pixels clear, yet a band the model reads is nodata in all of them: never a success
+            raise DeepSaltInputError(f"epoch {cfg.epoch}", f"{len(p.todo)} planned tile(s) of {len(inp.scene_fp)} scene(s) mapped "
+                                     f"0 pixels: {why}; nothing was committed",
+                                     "train without the products' bad bands (--exclude-bands), or fix the scenes' nodata bands")
+        if p.todo and n_pix == 0:  # every planned pixel masked or outside: the tiles are rewritten empty, and it says so
+            log(f"      0 pixels mapped from {len(p.todo)} tile(s): {why}")
         models = dict(zarr.open_group(session.store, mode="r").attrs.get("models", {}))
         models[cfg.epoch] = {"bundle": redact_url(cfg.model), "sha256": inp.bundle_sha, "data_hash": inp.meta.get("data_hash"),
                              "aoa_threshold": inp.meta["aoa"]["threshold"], "interval90_q": inp.meta["interval90"]["q"],
                              "interval90_scaled": bool(inp.meta["interval90"].get("scaled", True)),
                              "interval90_di_slope": float(inp.meta["interval90"]["di_slope"]),
-                             "interval90_mc_samples": inp.meta["interval90"]["mc_samples"], "mc_samples": cfg.mc_samples}
+                             "interval90_mc_samples": inp.meta["interval90"]["mc_samples"], "mc_samples": cfg.mc_samples,
+                             "interval90_log": get_target(inp.meta["target"]).log}
         cube_mod.finish_epoch(session, p.t, cfg.epoch, p.scene_ids, models)
         summary.update(pixels_mapped=n_pix)
         used = sorted({i.id for k in p.todo for i in inp.tiles[k]})

@@ -1,4 +1,5 @@
-"""Score a cube against the synthetic world's ground-truth ECe rasters, and open cubes for reading."""
+"""Score a cube against the synthetic world's ground-truth rasters (``truth/<scene>_<TARGET>.TIF``: ECE, SOC), and
+draw its quicklook."""
 
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ from deepsalt.errors import DeepSaltInputError
 from deepsalt.mapping.cube import open_cube
 from deepsalt.mapping.grid import Grid
 from deepsalt.evaluation import metrics
+from deepsalt.targets import get_target
 
 
 def open_cube_dataset(url: str, storage_options: dict | None = None, version=None) -> xr.Dataset:
     try:
-        return open_cube(url, storage_options, version)
+        return open_cube(url, storage_options, version, chunks=None)
     except (FileNotFoundError, KeyError) as e:
         raise DeepSaltInputError(url, f"not a DeepSalt cube ({type(e).__name__}: {str(e)[:120]})", "pass the --out of `deepsalt map`") from None
 
@@ -39,9 +41,11 @@ def score(cube_url: str, world: str | Path, epoch: str | None = None, storage_op
     g = Grid(**ds.attrs["grid"])
     t = _epoch_index(ds, epoch)
     scene_ids = list(ds.attrs.get("scene_ids", []))
+    target = get_target(ds.attrs.get("target") or "ece")
+    suffix = f"_{target.name.upper()}.TIF"
     out, ys, ps = {"scenes": {}}, [], []
-    for truth in sorted((Path(world) / "truth").glob("*_ECE.TIF")):
-        sid = truth.name.removesuffix("_ECE.TIF")
+    for truth in sorted((Path(world) / "truth").glob(f"*{suffix}")):
+        sid = truth.name.removesuffix(suffix)
         if sid not in scene_ids:
             continue
         with rasterio.open(truth) as src:
@@ -54,7 +58,7 @@ def score(cube_url: str, world: str | Path, epoch: str | None = None, storage_op
             tr = rasterio.Affine(g.res, 0, g.x0 + c0 * g.res, 0, -g.res, g.y0 - r0 * g.res)
             reproject(src.read(1), dst, src_transform=src.transform, src_crs=src.crs, src_nodata=np.nan,
                       dst_transform=tr, dst_crs=g.crs, dst_nodata=np.nan, resampling=Resampling.nearest)
-        pred, scene = sub["ece"].values, sub["scene"].values
+        pred, scene = sub[target.var].values, sub["scene"].values
         ok = np.isfinite(pred) & np.isfinite(dst) & (scene == scene_ids.index(sid))
         m = metrics(dst[ok], pred[ok])
         out["scenes"][sid] = {**{k: m[k] for k in ("mae", "rmse", "r2")}, "n_pixels": m["n"]}
@@ -65,11 +69,6 @@ def score(cube_url: str, world: str | Path, epoch: str | None = None, storage_op
     m = metrics(np.concatenate(ys), np.concatenate(ps))
     out["overall"] = {**{k: m[k] for k in ("mae", "rmse", "r2")}, "n_pixels": m["n"]}
     return {"overall": out["overall"], "scenes": out["scenes"]}
-
-
-#: FAO salinity classes of ECe (dS/m): upper bounds and names
-FAO_CLASSES = ((2, "non-saline < 2"), (4, "slightly 2-4"), (8, "moderately 4-8"), (16, "strongly 8-16"),
-               (float("inf"), "very strongly > 16"))
 
 
 def _regions(tiles: set[tuple[int, int]]) -> list[list[tuple[int, int]]]:
@@ -88,12 +87,12 @@ def _regions(tiles: set[tuple[int, int]]) -> list[list[tuple[int, int]]]:
     return sorted(out)
 
 
-def _truth_on(world: Path, g: Grid, ys: slice, xs: slice) -> np.ndarray:
-    """The world's truth ECe rasters warped onto a window of the grid (NaN where none)."""
+def _truth_on(world: Path, g: Grid, ys: slice, xs: slice, target) -> np.ndarray:
+    """The world's truth rasters of ``target`` warped onto a window of the grid (NaN where none)."""
     h, w = ys.stop - ys.start, xs.stop - xs.start
     out = np.full((h, w), np.nan, np.float32)
     tr = rasterio.Affine(g.res, 0, g.x0 + xs.start * g.res, 0, -g.res, g.y0 - ys.start * g.res)
-    for truth in sorted((Path(world) / "truth").glob("*_ECE.TIF")):
+    for truth in sorted((Path(world) / "truth").glob(f"*_{target.name.upper()}.TIF")):
         with rasterio.open(truth) as src:
             dst = np.full((h, w), np.nan, np.float32)
             reproject(src.read(1), dst, src_transform=src.transform, src_crs=src.crs, src_nodata=np.nan,
@@ -104,7 +103,7 @@ def _truth_on(world: Path, g: Grid, ys: slice, xs: slice) -> np.ndarray:
 
 def quicklook(cube_url: str, png: str | Path, epoch: str | None = None, storage_options: dict | None = None,
               world: str | Path | None = None, max_px: int = 600) -> Path:
-    """One row per mapped region: ECe in FAO salinity classes, its MC-dropout sd, the area of applicability
+    """One row per mapped region: the value in its target's classes (ECe: FAO salinity classes), its MC-dropout sd, the area of applicability
     (outside it, the model extrapolates), and the residual against the world's truth rasters (``world``), else
     the source scene; plus an overview locating the regions."""
     import matplotlib
@@ -122,8 +121,12 @@ def quicklook(cube_url: str, png: str | Path, epoch: str | None = None, storage_
     if not regions:
         raise DeepSaltInputError(cube_url, "the epoch has no mapped tile", "run `deepsalt map` first")
     to_ll = Transformer.from_crs(g.crs, "EPSG:4326", always_xy=True)
-    cmap = ListedColormap(["#2c7bb6", "#abd9e9", "#fee090", "#fc8d59", "#d7191c"])
-    norm = BoundaryNorm([0, 2, 4, 8, 16, 32], cmap.N, clip=True)  # > 32 shows as the top class
+    target = get_target(ds.attrs.get("target") or "ece")
+    uppers = [hi for hi, _ in target.classes if np.isfinite(hi)]
+    bounds = [min(0.0, target.valid_range[0]), *uppers, 2 * uppers[-1]]  # above 2 x the last bound: the top class
+    cmap = ListedColormap(["#2c7bb6", "#abd9e9", "#fee090", "#fc8d59", "#d7191c", "#67001f"][:len(bounds) - 1])
+    norm = BoundaryNorm(bounds, cmap.N, clip=True)
+    ticks = [(a + b) / 2 for a, b in zip(bounds[:-1], bounds[1:])]
     fig, axes = plt.subplots(len(regions) + 1, 4, figsize=(20, 4.6 * (len(regions) + 1)), squeeze=False)
     centres = []
     for k, group in enumerate(regions, start=1):
@@ -132,18 +135,18 @@ def quicklook(cube_url: str, png: str | Path, epoch: str | None = None, storage_
         xs = slice(min(txs) * g.chunk, min((max(txs) + 1) * g.chunk, g.width))
         step = max(1, int(np.ceil(max(ys.stop - ys.start, xs.stop - xs.start) / max_px)))
         sub = ds.isel(time=t, y=ys, x=xs)
-        ece, sd = sub["ece"].values[::step, ::step], sub["ece_sd"].values[::step, ::step]
+        ece, sd = sub[target.var].values[::step, ::step], sub[f"{target.var}_sd"].values[::step, ::step]
         ext = (g.x0 + xs.start * g.res, g.x0 + xs.stop * g.res, g.y0 - ys.stop * g.res, g.y0 - ys.start * g.res)
         lon, lat = to_ll.transform((ext[0] + ext[1]) / 2, (ext[2] + ext[3]) / 2)
         centres.append((lon, lat))
         ax = axes[k]
         im = ax[0].imshow(ece, cmap=cmap, norm=norm, extent=ext, interpolation="nearest")
-        cb = fig.colorbar(im, ax=ax[0], ticks=[1, 3, 6, 12, 24], shrink=0.8)
-        cb.ax.set_yticklabels([n for _, n in FAO_CLASSES], fontsize=8)
-        ax[0].set_title(f"region {k} ({lon:.2f}, {lat:.2f}): ECe, FAO classes", fontsize=10)
+        cb = fig.colorbar(im, ax=ax[0], ticks=ticks, shrink=0.8)
+        cb.ax.set_yticklabels([n for _, n in target.classes], fontsize=8)
+        ax[0].set_title(f"region {k} ({lon:.2f}, {lat:.2f}): {target.short}, classes", fontsize=10)
         im = ax[1].imshow(sd, cmap="viridis", extent=ext, interpolation="nearest",
                           vmax=float(np.nanpercentile(sd, 98)) if np.isfinite(sd).any() else 1)
-        fig.colorbar(im, ax=ax[1], label="ECe sd (dS/m), MC dropout", shrink=0.8)
+        fig.colorbar(im, ax=ax[1], label=f"{target.short} sd ({target.units}), MC dropout", shrink=0.8)
         ax[1].set_title("uncertainty", fontsize=10)
         if "aoa" in sub:
             aoa = sub["aoa"].values[::step, ::step].astype(float)
@@ -152,11 +155,11 @@ def quicklook(cube_url: str, png: str | Path, epoch: str | None = None, storage_
             inside = float(np.nanmean(aoa)) if np.isfinite(aoa).any() else float("nan")
             ax[2].set_title(f"area of applicability: {100 * inside:.0f} % inside (green); grey: extrapolation", fontsize=10)
         if world is not None:
-            res = ece - _truth_on(Path(world), g, ys, xs)[::step, ::step]
+            res = ece - _truth_on(Path(world), g, ys, xs, target)[::step, ::step]
             lim = float(np.nanpercentile(np.abs(res), 98)) if np.isfinite(res).any() else 1.0
             im = ax[3].imshow(res, cmap="RdBu_r", vmin=-lim, vmax=lim, extent=ext, interpolation="nearest")
-            fig.colorbar(im, ax=ax[3], label="predicted - true ECe (dS/m)", shrink=0.8)
-            ax[3].set_title(f"residual vs truth (MAE {np.nanmean(np.abs(res)):.2f} dS/m)", fontsize=10)
+            fig.colorbar(im, ax=ax[3], label=f"predicted - true {target.short} ({target.units})", shrink=0.8)
+            ax[3].set_title(f"residual vs truth (MAE {np.nanmean(np.abs(res)):.2f} {target.units})", fontsize=10)
         else:
             im = ax[3].imshow(sub["scene"].values[::step, ::step], cmap="tab10", extent=ext, interpolation="nearest")
             ax[3].set_title("source scene (index into scene_ids)", fontsize=10)
@@ -175,7 +178,7 @@ def quicklook(cube_url: str, png: str | Path, epoch: str | None = None, storage_
     ov[0].set_ylim(min(lats) - pad, max(lats) + pad)
     ov[0].set_xlabel("longitude")
     ov[0].set_ylabel("latitude")
-    ov[0].set_title(f"DeepSalt ECe, epoch {str(ds['time'].values[t])[:10]}: {len(regions)} mapped region(s)", fontsize=11)
+    ov[0].set_title(f"DeepSalt {target.short}, epoch {str(ds['time'].values[t])[:10]}: {len(regions)} mapped region(s)", fontsize=11)
     fig.tight_layout()
     fig.savefig(png, dpi=90)
     plt.close(fig)

@@ -1,7 +1,8 @@
 """Tile plan (which scenes touch which chunk-tile) and per-tile preparation (read, nearest-pixel lookup, composite, join).
 
 Compositing rule, per pixel: the first scene, in order of lowest ``eo:cloud_cover`` then newest datetime
-then id, whose pixel is valid (not nodata, not flagged by the quality masks) at the tile pixel's centre.
+then id, whose pixel is valid (no band the model reads is nodata, no quality mask flags it) at the tile pixel's
+centre.
 """
 
 from __future__ import annotations
@@ -65,6 +66,14 @@ def _empty(out: dict, nb: int) -> dict:
             "cov": np.zeros((0, 8), np.float32), "scene": np.zeros(0, np.int32)}
 
 
+def drop_reasons(quality: tuple[str, ...]) -> list[str]:
+    """What each slot of a prepared tile's ``drops`` counts: tile pixels no scene maps, and why."""
+    from deepsalt.config import QUALITY_ASSETS
+
+    return (["outside every scene"] + [f"masked by {k} ({QUALITY_ASSETS[k].what})" for k in quality]
+            + ["nodata in every band read (outside the swath)", "nodata in some of the model's bands"])
+
+
 def prepare_tile(task: dict, grid: Grid, covariates: str, band_names: list[str], band_centers: list[float],
                  quality: tuple[str, ...], allow_http: bool = False) -> dict:
     """Raw DN of the valid pixels of one tile, composited over its scenes, with covariates joined.
@@ -73,51 +82,71 @@ def prepare_tile(task: dict, grid: Grid, covariates: str, band_names: list[str],
     tile's pixel centres are projected into each scene's CRS and looked up by index), so only the chosen
     pixels are gathered from the decoded window, and the DN stay integers: reflectance is
     ``dn * gain[slot] + offset[slot]``, computed where the model runs (on the GPU when there is one).
-    Scenes are visited in compositing order and reading stops once every pixel is filled.
+    Scenes are visited in compositing order and reading stops once every pixel is filled. A pixel is valid
+    where no quality mask flags it and none of the bundle's bands is nodata: a product's bad bands, which DLR
+    fills with nodata everywhere, remove no pixel unless the model reads them.
 
     Returns ``pix`` (flat indices into the tile, ascending), ``dn (n, n_bands)`` in the bundle's band order,
     ``slot (n,)`` (row of ``gain``/``offset (k, n_bands)`` for each pixel's scene), ``scene (n,)`` (global
-    scene index), ``cov (n, 8)`` and the tile position; arrays are empty when no pixel is valid.
+    scene index), ``cov (n, 8)`` and the tile position; arrays are empty when no pixel is valid. ``drops``
+    counts the tile's unmapped pixels by the rule that dropped them (``drop_reasons``; for a pixel that
+    several scenes cover, the last scene's reason), and ``band_nodata (n_bands,)`` counts, per bundle band, the
+    in-swath pixels where it was nodata, out of ``swath_rows``: a band nodata in all of them is a bad band.
     """
     ty, tx = task["ty"], task["tx"]
     h, w = grid.tile_shape(ty, tx)
     tr = grid.tile_transform(ty, tx)
     tile_bounds = (tr.c, tr.f - h * grid.res, tr.c + w * grid.res, tr.f)
     nb = len(band_names)
-    out = {"ty": ty, "tx": tx, "fp": task.get("fp", 0)}
+    nq = len(quality)
     rows, cols = np.divmod(np.arange(h * w), w)
     xs, ys = tr.c + (cols + 0.5) * grid.res, tr.f - (rows + 0.5) * grid.res
     filled = np.zeros(h * w, bool)
+    reason = np.zeros(h * w, np.int64)  # why an unfilled pixel is unfilled: index into drop_reasons(quality)
+    band_nodata, swath_rows = np.zeros(nb, np.int64), 0
     parts, gains, offsets, in_scene = [], [], [], {}
     for item_dict, gidx in zip(task["items"], task["scene_index"]):
         scene = EnMAPScene.from_item(pystac.Item.from_dict(json.loads(item_dict), preserve_dict=False), allow_http)
         sel = select_bands(band_names, band_centers, scene.bands.names, scene.bands.centers_nm, f"STAC item {scene.id}")
         with rasterio.Env(GDAL_CACHEMAX=READ_GDAL_CACHE_MB):
             got = scene.read_dn(quality=quality, window_for=lambda hdr: _window(hdr, tile_bounds, grid.crs))
-        if got is None or got[0] is None:  # no overlap, or every pixel of the window masked
+        if got is None:  # no overlap
             continue
-        dn, bad, win_tr, crs = got
+        dn, flags, win_tr, crs = got
         todo = np.flatnonzero(~filled)
         key = str(crs)
         if key not in in_scene:  # the tile's pixel centres in this CRS (scenes of one UTM zone share them)
             in_scene[key] = transformer(grid.crs, key).transform(xs, ys)
         c, r = ~win_tr * (in_scene[key][0][todo], in_scene[key][1][todo])
         c, r = np.floor(c).astype(np.int64), np.floor(r).astype(np.int64)
-        ok = (r >= 0) & (r < bad.shape[0]) & (c >= 0) & (c < bad.shape[1])
+        ok = (r >= 0) & (r < flags.shape[0]) & (c >= 0) & (c < flags.shape[1])
         todo, r, c = todo[ok], r[ok], c[ok]
-        ok = ~bad[r, c]
+        code = flags[r, c]
+        reason[todo] = code  # 0 here only until the nodata test below
+        ok = code == 0
         todo, r, c = todo[ok], r[ok], c[ok]
-        rows_dn = dn[:, r, c].T
-        ok = ~scene.nodata_rows(rows_dn)
+        if dn is None or not len(todo):  # every pixel of the window masked
+            continue
+        rows_dn = dn[:, r, c].T[:, sel]
+        missing = rows_dn == scene.nodata
+        all_missing = missing.all(axis=1)
+        reason[todo[all_missing]] = nq + 1
+        some = missing.any(axis=1) & ~all_missing
+        reason[todo[some]] = nq + 2
+        band_nodata += missing[~all_missing].sum(axis=0)
+        swath_rows += int((~all_missing).sum())
+        ok = ~missing.any(axis=1)
         if not ok.any():
             continue
-        parts.append((todo[ok], rows_dn[ok][:, sel], np.full(int(ok.sum()), len(gains), np.int16), np.full(int(ok.sum()), gidx, np.int32)))
+        parts.append((todo[ok], rows_dn[ok], np.full(int(ok.sum()), len(gains), np.int16), np.full(int(ok.sum()), gidx, np.int32)))
         gains.append(scene.gain[sel])
         offsets.append(scene.offset[sel])
         filled[todo[ok]] = True
         if filled.all():
             break
-    out["n_valid"] = int(filled.sum())
+    out = {"ty": ty, "tx": tx, "fp": task.get("fp", 0), "n_valid": int(filled.sum()),
+           "drops": np.bincount(reason[~filled], minlength=nq + 3).astype(np.int64), "band_nodata": band_nodata,
+           "swath_rows": swath_rows}
     if not parts:
         return _empty(out, nb)
     pix, dn, slot, scene_idx = (np.concatenate(a) for a in zip(*parts))
@@ -145,6 +174,8 @@ def combine(parts: list[dict]) -> dict:
     return {"tiles": np.array([[p["ty"], p["tx"]] for p in parts], np.int64),
             "fps": np.array([p["fp"] for p in parts], np.uint64), "counts": np.array([len(p["pix"]) for p in parts], np.int64),
             "n_valid": int(sum(p["n_valid"] for p in parts)), "slot": np.concatenate(slots),
+            "drops": np.sum([p["drops"] for p in parts], axis=0), "band_nodata": np.sum([p["band_nodata"] for p in parts], axis=0),
+            "swath_rows": int(sum(p["swath_rows"] for p in parts)),
             **{k: np.concatenate([p[k] for p in parts]) for k in ("pix", "dn", "scene", "cov", "gain", "offset")}}
 
 

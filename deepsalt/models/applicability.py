@@ -3,7 +3,8 @@
 - ``mc_dropout``: the deterministic prediction and the spread of ``passes`` seeded passes with dropout on.
 - The 90 % interval is split-conformal in log space: on held-out (validation) sites
   ``score = |ln y - ln pred| / s``, ``q`` = its ceil((n+1) 0.9)-th smallest value, and the interval is
-  ``pred * exp(+-q s)``. ECe is right-skewed, so the interval is multiplicative. With ``scaled`` the scale
+  ``pred * exp(+-q s)``. ECe is right-skewed, so the interval is multiplicative. A target learnt in linear space
+  (``log=False``) gets the additive form: ``|y - pred| / s`` and ``pred +- q s``, with ``s`` the MC sd itself. With ``scaled`` the scale
   ``s`` is the MC spread in log units (``sd / pred``), so it widens where the passes disagree; without it
   ``s = 1`` (one width everywhere). Training keeps whichever gives the narrower median interval on the
   validation sites (``choose_interval``). Either is multiplied by ``1 + di_slope * DI``: the interval widens
@@ -41,10 +42,11 @@ def mc_dropout(student, x: torch.Tensor, passes: int, seed: int) -> tuple[torch.
     return pred, runs.std(0, unbiased=False)
 
 
-def _scale(pred, sd, scaled: bool, di=None, di_slope: float = 0.0):
-    """The MC spread as a log-space sd (delta method), floored so that a zero spread gives a finite score; or 1;
-    times ``1 + di_slope * di`` where the width grows with the dissimilarity index."""
-    s = (np.maximum(np.asarray(sd, float) / np.maximum(np.asarray(pred, float), 1e-6), 1e-4) if scaled
+def _scale(pred, sd, scaled: bool, di=None, di_slope: float = 0.0, log: bool = True):
+    """The MC spread as a log-space sd (delta method; with ``log=False`` the sd itself), floored so that a zero
+    spread gives a finite score; or 1; times ``1 + di_slope * di`` where the width grows with the dissimilarity index."""
+    sd = np.asarray(sd, float)
+    s = (np.maximum(sd / np.maximum(np.asarray(pred, float), 1e-6) if log else sd, 1e-4) if scaled
          else np.ones(np.shape(pred)))
     if di_slope:
         if di is None:
@@ -53,24 +55,28 @@ def _scale(pred, sd, scaled: bool, di=None, di_slope: float = 0.0):
     return s
 
 
-def _log_error(y, pred) -> np.ndarray:
-    return np.abs(np.log(np.maximum(np.asarray(y, float), 1e-6)) - np.log(np.maximum(np.asarray(pred, float), 1e-6)))
+def _log_error(y, pred, log: bool = True) -> np.ndarray:
+    y, pred = np.asarray(y, float), np.asarray(pred, float)
+    if not log:
+        return np.abs(y - pred)
+    return np.abs(np.log(np.maximum(y, 1e-6)) - np.log(np.maximum(pred, 1e-6)))
 
 
-def conformal_scale(y, pred, sd, scaled: bool = True, level: float = LEVEL, di=None, di_slope: float = 0.0) -> float:
+def conformal_scale(y, pred, sd, scaled: bool = True, level: float = LEVEL, di=None, di_slope: float = 0.0,
+                    log: bool = True) -> float:
     """The split-conformal multiplier ``q`` from held-out sites (their labels, predictions, MC sds and DIs)."""
     if len(y) == 0:
         return float("nan")
-    score = np.sort(_log_error(y, pred) / _scale(pred, sd, scaled, di, di_slope))
+    score = np.sort(_log_error(y, pred, log) / _scale(pred, sd, scaled, di, di_slope, log))
     k = min(len(score), math.ceil((len(score) + 1) * level)) - 1
     return float(score[k])
 
 
-def fit_di_slope(y, pred, di) -> float:
+def fit_di_slope(y, pred, di, log: bool = True) -> float:
     """How fast the log error grows with the DI on held-out sites: ``|ln y - ln pred| ~ a + b DI`` by least
     squares, and the slope ``b / a`` (the relative growth per unit DI); 0 where the error does not grow with the
     DI or the sites do not tell (fewer than 10, or all at one DI)."""
-    di, err = np.asarray(di, float), _log_error(y, pred)
+    di, err = np.asarray(di, float), _log_error(y, pred, log)
     if len(di) < 10 or np.ptp(di) <= 0:
         return 0.0
     b, a = np.polyfit(di, err, 1)
@@ -78,29 +84,31 @@ def fit_di_slope(y, pred, di) -> float:
     return max(float(b), 0.0) / a
 
 
-def interval(pred, sd, q: float, scaled: bool = True, di=None, di_slope: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """The calibrated interval ``(lo, hi)`` in dS/m for predictions, their MC sds and (where the width grows
-    with it) their dissimilarity index."""
-    f = np.exp(q * _scale(pred, sd, scaled, di, di_slope))
-    return np.asarray(pred, float) / f, np.asarray(pred, float) * f
+def interval(pred, sd, q: float, scaled: bool = True, di=None, di_slope: float = 0.0,
+             log: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The calibrated interval ``(lo, hi)``, in the target's units, for predictions, their MC sds and (where the
+    width grows with it) their dissimilarity index."""
+    pred = np.asarray(pred, float)
+    w = q * _scale(pred, sd, scaled, di, di_slope, log)
+    return (pred / np.exp(w), pred * np.exp(w)) if log else (pred - w, pred + w)
 
 
-def coverage(y, pred, sd, q: float, scaled: bool = True, di=None, di_slope: float = 0.0) -> float:
-    lo, hi = interval(pred, sd, q, scaled, di, di_slope)
+def coverage(y, pred, sd, q: float, scaled: bool = True, di=None, di_slope: float = 0.0, log: bool = True) -> float:
+    lo, hi = interval(pred, sd, q, scaled, di, di_slope, log)
     y = np.asarray(y, float)
     return float(np.mean((y >= lo) & (y <= hi))) if len(y) else float("nan")
 
 
-def choose_interval(y, pred, sd, di=None) -> dict:
+def choose_interval(y, pred, sd, di=None, log: bool = True) -> dict:
     """``{"q", "scaled", "di_slope"}``: the MC-scaled or the constant-width interval, whichever is narrower
-    (median hi/lo) on these (validation) sites at the same nominal coverage; both widen with the DI at the
-    rate these sites show (``fit_di_slope``; 0 without ``di``)."""
-    slope = 0.0 if di is None else fit_di_slope(y, pred, di)
+    (median hi/lo; hi - lo for a linear target) on these (validation) sites at the same nominal coverage; both widen
+    with the DI at the rate these sites show (``fit_di_slope``; 0 without ``di``)."""
+    slope = 0.0 if di is None else fit_di_slope(y, pred, di, log)
     best = None
     for scaled in (True, False):
-        q = conformal_scale(y, pred, sd, scaled, di=di, di_slope=slope)
-        lo, hi = interval(pred, sd, q, scaled, di, slope)
-        width = float(np.median(hi / lo)) if len(lo) else float("nan")
+        q = conformal_scale(y, pred, sd, scaled, di=di, di_slope=slope, log=log)
+        lo, hi = interval(pred, sd, q, scaled, di, slope, log)
+        width = (float(np.median(hi / lo)) if log else float(np.median(hi - lo))) if len(lo) else float("nan")
         if best is None or width < best["val_width_ratio_median"]:
             best = {"q": q, "scaled": scaled, "di_slope": slope, "val_width_ratio_median": width}
     return best

@@ -25,8 +25,9 @@ from deepsalt.models.autoencoder import SparseAutoEncoder
 from deepsalt.models.scalers import Scaler
 from deepsalt.models.transformer import SpectralTransformer, build_student
 from deepsalt.spectra.bands import select_bands
+from deepsalt.targets import get_target
 
-FORMAT = "deepsalt-bundle/3"  # 2: interval90 and aoa; 3: the interval widens with the DI (interval90.di_slope)
+FORMAT = "deepsalt-bundle/4"  # 2: interval90 and aoa; 3: the interval widens with the DI; 4: the target it predicts
 
 
 class DeepSaltBundle:
@@ -67,6 +68,7 @@ class DeepSaltBundle:
                 "python": platform.python_version(), "band_names": list(band_names),
                 "band_centers_nm": [float(c) for c in band_centers],
                 "covariates": [{"name": k, "units": u} for k, u in covariates.items()],
+                "target": get_target(cfg.target).to_dict(),
                 "out_range": list(cfg.out_range), "scalers": {k: s.to_dict() for k, s in scalers.items()},
                 "data_hash": data_hash, "seed": seed, "variant": "deepsalt", "config": cfg.model_dump(mode="json"),
                 "interval90": dict(interval90), "aoa": dict(aoa)}
@@ -111,6 +113,14 @@ class DeepSaltBundle:
                 model.load_state_dict(sd, strict=True)
             except RuntimeError as e:
                 raise DeepSaltInputError(url, f"weights do not fit the recorded architecture ({str(e)[:200]})") from None
+        try:
+            target = get_target(meta["target"])
+        except (KeyError, TypeError, ValueError):
+            raise DeepSaltInputError(f"{url}/bundle.json", "the bundle does not say which soil property it predicts",
+                                     "do not edit bundle.json; retrain") from None
+        if target.name != meta["config"].get("target", "ece"):
+            raise DeepSaltInputError(f"{url}/bundle.json", f"the bundle's target {target.name!r} is not the one it was "
+                                     f"trained for ({meta['config'].get('target')!r})", "do not edit bundle.json; retrain")
         weights_range = stu.head.out_range.tolist()
         if not np.allclose(weights_range, meta["out_range"]) or not np.allclose(stu.out_range, meta["out_range"]):
             # DESIGN defect 7: a head trained for one range silently loaded into another
@@ -166,16 +176,22 @@ class DeepSaltBundle:
         return pred, sd, dissimilarity(xs, self.reference.to(dev), self.meta["aoa"]["mean_distance"]).cpu().numpy()
 
     @property
+    def target(self):
+        """The soil property the bundle predicts (``deepsalt.targets.Target``)."""
+        return get_target(self.meta["target"])
+
+    @property
     def aoa_threshold(self) -> float:
         return float(self.meta["aoa"]["threshold"])
 
     def interval(self, ece, sd, di=None) -> tuple[np.ndarray, np.ndarray]:
-        """The calibrated 90 % interval (dS/m) for predictions, MC sds made with the bundle's ``mc_samples`` and
+        """The calibrated 90 % interval (in the target's units) for predictions, MC sds made with the bundle's ``mc_samples`` and
         dissimilarity indices (``predict(..., di=True)``; needed where ``interval90.di_slope`` > 0)."""
         from deepsalt.models.applicability import interval
 
         iv = self.meta["interval90"]
-        return interval(ece, sd, float(iv["q"]), bool(iv.get("scaled", True)), di, float(iv.get("di_slope", 0.0)))
+        return interval(ece, sd, float(iv["q"]), bool(iv.get("scaled", True)), di, float(iv.get("di_slope", 0.0)),
+                        self.target.log)
 
     @property
     def device(self) -> torch.device:

@@ -16,20 +16,22 @@ def check_layer_map(n_student: int, n_teacher: int, layer_map: tuple[int, ...], 
         raise ValueError(f"layer_map names teacher layers {bad}, but the teacher has layers 0..{n_teacher - 1}")
 
 
-def response_kl(pred_s: torch.Tensor, pred_t: torch.Tensor, sigma: float = 0.25, mask: torch.Tensor | None = None) -> torch.Tensor:
+def response_kl(pred_s: torch.Tensor, pred_t: torch.Tensor, sigma: float = 0.25, mask: torch.Tensor | None = None,
+                log: bool = True) -> torch.Tensor:
     """KL between Gaussians N(log pred_t, sigma^2) and N(log pred_s, sigma^2): (log s - log t)^2 / (2 sigma^2),
-    averaged over the samples (those with ``mask`` 1, if given).
+    averaged over the samples (those with ``mask`` 1, if given); without ``log`` (a target learnt in linear space)
+    the Gaussians are on the values themselves.
 
     A response term that is defined for a scalar regression output (a softmax over one value would be 1).
     """
-    kl = (torch.log(pred_s) - torch.log(pred_t)) ** 2 / (2 * sigma**2)
+    kl = ((torch.log(pred_s) - torch.log(pred_t)) if log else (pred_s - pred_t)) ** 2 / (2 * sigma**2)
     if mask is None:
         return kl.mean()
     return (kl * mask).sum() / mask.sum().clamp_min(1.0)
 
 
 def distillation_loss(pred_s, feats_s, y, pred_t=None, feats_t=None, *, mask=None, task_mask=None, alpha=0.07, beta=0.90, gamma=0.10,
-                      layer_map=(0, 1, 2, 2), weights=(1.35, 1.05, 0.65, 0.65), feat_dim=64, sigma=0.25):
+                      layer_map=(0, 1, 2, 2), weights=(1.35, 1.05, 0.65, 0.65), feat_dim=64, sigma=0.25, log=True):
     """alpha * Huber(pred, y; delta=1) + beta * sum_l w_l SmoothL1(student_l[:, :feat_dim], teacher_map[l])
     + gamma * response_kl(pred, teacher_pred). Without a teacher (``pred_t is None``) only the task term.
     ``mask`` (B,) of 0/1 limits the feature and response terms to the samples that have teacher targets,
@@ -43,6 +45,6 @@ def distillation_loss(pred_s, feats_s, y, pred_t=None, feats_t=None, *, mask=Non
     denom = m.sum().clamp_min(1.0)
     feat = sum(w * (F.smooth_l1_loss(feats_s[l][:, :feat_dim], feats_t[t].detach(), reduction="none").mean(1) * m).sum() / denom
                for l, (t, w) in enumerate(zip(layer_map, weights)))
-    resp = response_kl(pred_s, pred_t.detach(), sigma, m)
+    resp = response_kl(pred_s, pred_t.detach(), sigma, m, log)
     loss = alpha * task + beta * feat + gamma * resp
     return loss, {"task": task.item(), "feature": float(feat.detach()), "response": resp.item()}

@@ -28,17 +28,21 @@ class BandTable:
     def __len__(self) -> int:
         return len(self.names)
 
-    def to_eo_bands(self) -> list[dict]:
-        """The STAC ``eo:bands`` list, as DLR writes it for the spectral-image asset."""
+    def to_eo_bands(self, gain=None, offset=None) -> list[dict]:
+        """The STAC ``eo:bands`` list, as DLR writes it for the spectral-image asset (gain 0.0001 and offset 0 per
+        band, DLR's L2A scaling, unless given)."""
+        n = len(self.names)
+        gain = [0.0001] * n if gain is None else [float(g) for g in gain]
+        offset = [0] * n if offset is None else [float(o) if o else 0 for o in offset]
         return [
             {
-                "name": n,
+                "name": name,
                 "center_wavelength": float(c),
                 "full_width_half_max": float(w),
-                "enmap:gain_of_band": 0.0001,
-                "enmap:offset_of_band": 0,
+                "enmap:gain_of_band": g,
+                "enmap:offset_of_band": o,
             }
-            for n, c, w in zip(self.names, self.centers_nm, self.fwhm_nm)
+            for name, c, w, g, o in zip(self.names, self.centers_nm, self.fwhm_nm, gain, offset)
         ]
 
     @classmethod
@@ -50,9 +54,10 @@ class BandTable:
             fwhm_nm=np.array([float(b["full_width_half_max"]) for b in eo_bands]),
         )
 
-    def model_band_mask(self) -> np.ndarray:
-        """Boolean mask of the bands the model uses (all but :data:`EXCLUDED_BANDS`)."""
-        excluded = {str(b) for b in EXCLUDED_BANDS}
+    def model_band_mask(self, exclude=EXCLUDED_BANDS) -> np.ndarray:
+        """Boolean mask of the bands the model uses: all but ``exclude`` (band names or numbers; default
+        :data:`EXCLUDED_BANDS`, the method's)."""
+        excluded = {str(b) for b in exclude}
         return np.array([n not in excluded for n in self.names])
 
     def srf(self, wavelengths_nm: np.ndarray) -> np.ndarray:

@@ -31,7 +31,8 @@ def resample(wavenumbers: np.ndarray, spectra: np.ndarray, target: np.ndarray, w
             where,
             f"wavenumber grid covers {wn[0]:.0f}-{wn[-1]:.0f} cm-1 but the model grid needs "
             f"{target.min():.0f}-{target.max():.0f} cm-1",
-            "use a table that covers the model grid, or train with a narrower mir grid (--mir-min/--mir-max)",
+            f"use a table that covers the model grid, or train on a grid inside the table's: --mir-grid "
+            f"{max(wn[0], 0):.0f},{wn[-1]:.0f},N (e.g. --mir-grid 600,4000,1701 for OSSL)",
         )
     t = np.clip(target, wn[0], wn[-1])
     out = np.empty((spectra.shape[0], t.size), dtype=np.float32)

@@ -101,8 +101,9 @@ class Split:
     info: dict
 
 
-def spatial_split(lat, lon, y, block_km: float, fractions, seed: int, also=None, min_blocks: int = 10) -> Split:
-    """Square blocks of ``block_km`` (0: the variogram range of ln ``y``), assigned whole to train/val/test.
+def spatial_split(lat, lon, y, block_km: float, fractions, seed: int, also=None, min_blocks: int = 10, log: bool = True) -> Split:
+    """Square blocks of ``block_km`` (0: the variogram range of ``y``, of ln ``y`` with ``log``), assigned whole to
+    train/val/test.
 
     Whole blocks, not samples: test sites then lie about a correlation range from the nearest training site, so
     the test measures mapping, not interpolation between neighbours. The block size is halved until at least
@@ -116,7 +117,8 @@ def spatial_split(lat, lon, y, block_km: float, fractions, seed: int, also=None,
     xy = _km_xy(lat, lon, lat0)
     info: dict = {"block_km_requested": float(block_km)}
     if not block_km:
-        vg = variogram_range_km(xy, np.log(np.clip(np.asarray(y, float), 1e-3, None)), seed)
+        yy = np.asarray(y, float)
+        vg = variogram_range_km(xy, np.log(np.clip(yy, 1e-3, None)) if log else yy, seed)
         info["variogram"] = vg
         block_km = vg["range_km"]
     rng = np.random.default_rng(seed)
@@ -171,29 +173,63 @@ def _hash(*arrays) -> str:
     return h.hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class TrainInputs:
+    """What a training run reads: the lab library, the site table (one row per labelled site: ``refl_<band>``
+    reflectances, the 8 covariates, the target column, ``latitude``/``longitude``; optional ``region`` (``seen`` or
+    ``unseen``: held out for the unseen test), ``koppen`` and ``texture_class``), and for the distillation transfer
+    set and the adaptation pixels the EnMAP catalogue and the covariates. ``deepsalt sites`` writes such a table."""
+
+    lab: str
+    sites: str
+    stac: str | None = None
+    covariates: str | None = None
+
+    @classmethod
+    def world(cls, folder: str | Path) -> "TrainInputs":
+        """A world folder (``deepsalt world``): its lab library, sites, catalogue and covariates."""
+        w = Path(folder)
+        return cls(str(w / "lab" / "mir_library.parquet"), str(w / "samples" / "satellite_samples.parquet"),
+                   str(w / "stac"), str(w / "covariates"))
+
+
+def read_table(path: str, what: str) -> pd.DataFrame:
+    """A Parquet or CSV table (local or fsspec URL), positional index."""
+    try:
+        df = pd.read_csv(path) if str(path).lower().endswith((".csv", ".csv.gz")) else pd.read_parquet(path)
+    except FileNotFoundError:
+        raise DeepSaltInputError(path, f"{what} does not exist", "check the path") from None
+    except Exception as e:  # noqa: BLE001 - any parser failure means the file is unusable
+        raise DeepSaltInputError(path, f"{what} is not a readable Parquet/CSV table ({type(e).__name__}: {str(e)[:120]})") from None
+    return df.reset_index(drop=True)
+
+
 _LAB_PIXELS: dict = {}
 
 
-def lab_pixels(world: Path, lon: np.ndarray, lat: np.ndarray, band_names: list[str], band_centers: list[float]):
-    """EnMAP reflectance ``(n, n_bands)`` and covariates ``(n, 8)`` at lab sample locations, NaN where no scene of
-    ``world/stac`` has a clear pixel. Cached per world and points: every seed reads the same pixels."""
-    key = (str(world), _hash(lon, lat), tuple(band_names))
+def _need_stac(inputs: TrainInputs, what: str) -> str:
+    if not inputs.stac or ("://" not in inputs.stac and not Path(inputs.stac).exists()):
+        raise DeepSaltInputError(inputs.stac or "--stac", f"no EnMAP catalogue for {what}",
+                                 "pass --stac (a catalogue or STAC API), or train with --no-kd-transfer (kd.transfer=False)")
+    return inputs.stac
+
+
+def lab_pixels(inputs: TrainInputs, lon: np.ndarray, lat: np.ndarray, band_names: list[str], band_centers: list[float]):
+    """EnMAP reflectance ``(n, n_bands)`` and covariates ``(n, 8)`` at lab sample locations, NaN where no scene of the
+    catalogue has a clear pixel. Cached per inputs and points: every seed reads the same pixels."""
+    key = (inputs, _hash(lon, lat), tuple(band_names))
     if key not in _LAB_PIXELS:
-        stac = world / "stac"
-        if not stac.exists():
-            raise DeepSaltInputError(stac, "no STAC items for the distillation transfer set (EnMAP pixels at the lab samples)",
-                                     "put the EnMAP items (items.json) in the world's stac/ folder, or train with "
-                                     "--no-kd-transfer (kd.transfer=False)")
-        refl = pixels_at(search_items(str(stac)), lon, lat, band_names, band_centers)
+        stac = _need_stac(inputs, "the distillation transfer set (EnMAP pixels at the lab samples)")
+        refl = pixels_at(search_items(stac), lon, lat, band_names, band_centers)
         _LAB_PIXELS.clear()
-        _LAB_PIXELS[key] = refl, sample_covariates(world / "covariates", lon, lat).astype(np.float32)
+        _LAB_PIXELS[key] = refl, sample_covariates(inputs.covariates, lon, lat).astype(np.float32)
     return _LAB_PIXELS[key]
 
 
-def target_pixels(world: Path, region_sites: pd.DataFrame, n: int, seed: int, band_names, band_centers) -> np.ndarray:
+def target_pixels(stac: str, region_sites: pd.DataFrame, n: int, seed: int, band_names, band_centers) -> np.ndarray:
     """Raw reflectance of up to ``n`` clear pixels at random points (seeded) in the scenes that hold the sites of a
     region: unlabelled data of that region (no label is read)."""
-    items = [it for it in search_items(str(world / "stac"))
+    items = [it for it in search_items(stac)
              if ((region_sites["longitude"] >= it.bbox[0]) & (region_sites["longitude"] <= it.bbox[2])
                  & (region_sites["latitude"] >= it.bbox[1]) & (region_sites["latitude"] <= it.bbox[3])).any()]
     if not items:
@@ -205,19 +241,34 @@ def target_pixels(world: Path, region_sites: pd.DataFrame, n: int, seed: int, ba
     return refl[np.isfinite(refl).all(1)][:n]
 
 
-def load_training_data(world: str | Path, cfg: TrainConfig, seed: int = 0) -> TrainingData:
-    world = Path(world)
-    lab = read_lab_table(world / "lab" / "mir_library.parquet", target_grid=mir_grid(*cfg.mir_grid))
-    sat = pd.read_parquet(world / "samples" / "satellite_samples.parquet").reset_index(drop=True)
+def load_training_data(inputs: TrainInputs | str | Path, cfg: TrainConfig, seed: int = 0) -> TrainingData:
+    """The arrays of one training run from its inputs (a ``TrainInputs``, or a world folder), for ``cfg.target``."""
+    from deepsalt.data.covariates import check_covariate_ranges
+    from deepsalt.targets import get_target
+
+    inputs = inputs if isinstance(inputs, TrainInputs) else TrainInputs.world(inputs)
+    target = get_target(cfg.target)
+    lab = read_lab_table(inputs.lab, target_grid=mir_grid(*cfg.mir_grid), target=target.column)
+    sat = read_table(inputs.sites, "site table")
     bands = enmap_bands()
-    keep = bands.model_band_mask()
+    keep = bands.model_band_mask(cfg.exclude_bands)
     refl_cols = [f"refl_{n}" for n in np.array(bands.names)[keep]]
-    missing = [c for c in [*refl_cols, *COVARIATE_NAMES, "ece_dsm", "latitude", "longitude", "region"] if c not in sat.columns]
+    missing = [c for c in [*refl_cols, *COVARIATE_NAMES, target.column, "latitude", "longitude"] if c not in sat.columns]
     if missing:
-        raise DeepSaltInputError(world / "samples" / "satellite_samples.parquet", f"missing columns: {', '.join(missing[:5])}")
+        raise DeepSaltInputError(inputs.sites, f"missing columns: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}",
+                                 f"a site table needs refl_<band> for the model's bands, {', '.join(COVARIATE_NAMES)}, "
+                                 f"{target.column}, latitude and longitude (`deepsalt sites` writes one)")
+    if "region" not in sat.columns:
+        sat["region"] = "seen"  # no held-out region: the unseen test is empty
     check_lat_lon(sat["latitude"], sat["longitude"], "satellite samples")
-    ok = np.isfinite(sat[refl_cols].to_numpy()).all(1) & np.isfinite(sat[list(COVARIATE_NAMES)].to_numpy()).all(1)
+    n_in = len(sat)
+    ok = np.isfinite(sat[refl_cols].to_numpy()).all(1) & np.isfinite(sat[list(COVARIATE_NAMES)].to_numpy()).all(1) \
+        & np.isfinite(sat[target.column].to_numpy(float))
     sat = sat.loc[ok].reset_index(drop=True)  # reset: positions and labels agree from here on (defect 8)
+    check_covariate_ranges(sat[list(COVARIATE_NAMES)].to_numpy().T, inputs.sites)  # the units mapping will check too
+    if (sat["region"] == "seen").sum() < 10:
+        raise DeepSaltInputError(inputs.sites, f"{int((sat['region'] == 'seen').sum())} usable training sites (of {n_in})",
+                                 f"a model needs sites with the model's reflectances, the covariates and {target.column}")
 
     sat_split = np.full(len(sat), "unseen", dtype=object)
     sat_block = np.full(len(sat), -1, np.int64)
@@ -225,9 +276,10 @@ def load_training_data(world: str | Path, cfg: TrainConfig, seed: int = 0) -> Tr
     lab_meta = lab.meta
     lab_seen_region = lab_meta["region"].to_numpy() == "seen" if "region" in lab_meta else np.ones(len(lab_meta), bool)
     # lab samples are split by the same blocks as the sites: none in a validation or test block trains the teacher
-    split = spatial_split(sat["latitude"].to_numpy()[seen], sat["longitude"].to_numpy()[seen], sat["ece_dsm"].to_numpy()[seen],
+    split = spatial_split(sat["latitude"].to_numpy()[seen], sat["longitude"].to_numpy()[seen], sat[target.column].to_numpy()[seen],
                           cfg.split_block_km, cfg.split_fractions, seed,
-                          also=(lab_meta["latitude"].to_numpy()[lab_seen_region], lab_meta["longitude"].to_numpy()[lab_seen_region]))
+                          also=(lab_meta["latitude"].to_numpy()[lab_seen_region], lab_meta["longitude"].to_numpy()[lab_seen_region]),
+                          log=target.log)
     sat_split[seen], sat_block[seen] = split.names, split.blocks
     lab_block = split.other_names
     lab_split = np.full(len(lab.meta), "unseen", dtype=object)
@@ -249,24 +301,24 @@ def load_training_data(world: str | Path, cfg: TrainConfig, seed: int = 0) -> Tr
     refl_all = tr_refl
     if cfg.kd.transfer:
         cand = np.flatnonzero(lab_seen_region)[lab_block == "train"]
-        refl_all, cov_all = lab_pixels(world, lab_meta["longitude"].to_numpy(), lab_meta["latitude"].to_numpy(),
+        refl_all, cov_all = lab_pixels(inputs, lab_meta["longitude"].to_numpy(), lab_meta["latitude"].to_numpy(),
                                        np.array(bands.names)[keep].tolist(), bands.centers_nm[keep].tolist())
         ok = np.isfinite(refl_all[cand]).all(1) & np.isfinite(cov_all[cand]).all(1)
         tr_lab = cand[ok]
         tr_refl, tr_cov = refl_all[tr_lab], cov_all[tr_lab]
     target_x = np.zeros((0, len(refl_cols)), np.float32)
-    if cfg.adapt_pixels and (world / "stac").exists() and (sat_split == "unseen").any():
-        target_x = target_pixels(world, sat.loc[sat_split == "unseen"], cfg.adapt_pixels, seed,
+    if cfg.adapt_pixels and inputs.stac and (sat_split == "unseen").any():
+        target_x = target_pixels(_need_stac(inputs, "the adaptation pixels"), sat.loc[sat_split == "unseen"], cfg.adapt_pixels, seed,
                                  np.array(bands.names)[keep].tolist(), bands.centers_nm[keep].tolist())
     return TrainingData(
-        lab_x=scalers["ftir"].transform(lab.spectra), lab_y=lab.meta["ece_dsm"].to_numpy(np.float32),
+        lab_x=scalers["ftir"].transform(lab.spectra), lab_y=lab.meta[target.column].to_numpy(np.float32),
         lab_split=lab_split.astype(str), sat_x=scalers["enmap"].transform(sat_raw),
-        sat_cov=scalers["covariates"].transform(cov_raw), sat_y=sat["ece_dsm"].to_numpy(np.float32),
+        sat_cov=scalers["covariates"].transform(cov_raw), sat_y=sat[target.column].to_numpy(np.float32),
         sat_split=sat_split.astype(str), sat_block=sat_block, sat_meta=sat.drop(columns=[c for c in sat.columns if c.startswith("refl_")]),
         pairs=pairs, transfer_lab=tr_lab, transfer_x=scalers["enmap"].transform(tr_refl),
         transfer_cov=scalers["covariates"].transform(tr_cov), target_x=scalers["enmap"].transform(target_x), scalers=scalers, band_names=list(np.array(bands.names)[keep]),
         band_centers=bands.centers_nm[keep].tolist(), wavenumbers=lab.wavenumbers.tolist(),
-        data_hash=_hash(lab.spectra, lab.meta["ece_dsm"].to_numpy(), sat_raw, cov_raw, sat["ece_dsm"].to_numpy(), refl_all),
-        info={"n_lab": len(lab.meta), "n_sat": len(sat), "n_pairs": int(len(li)), "n_transfer": int(len(tr_lab)), "n_target": int(len(target_x)), "split": split.info,
+        data_hash=_hash(lab.spectra, lab.meta[target.column].to_numpy(), sat_raw, cov_raw, sat[target.column].to_numpy(), refl_all),
+        info={"n_lab": len(lab.meta), "n_sat": len(sat), "n_sat_dropped": n_in - len(sat), "n_pairs": int(len(li)), "n_transfer": int(len(tr_lab)), "n_target": int(len(target_x)), "split": split.info,
               "covariate_units": {c.name: c.units for c in COVARIATES}},
     )

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from deepsalt import evaluation as ev
+from deepsalt.targets import get_target
 
 
 def _table(metrics: dict) -> str:
@@ -47,13 +48,15 @@ def write_report(folder: Path, metrics: dict, data, res: dict, history: list) ->
     for idx, name, c in ((test, "seen test", "tab:blue"), (unseen, "unseen region", "tab:orange")):
         ax[0].scatter(data.sat_y[idx], res["predictions"]["deepsalt"][idx], s=10, alpha=0.6, c=c, label=f"{name} (n={len(idx)})")
     ax[0].plot([lo, hi], [lo, hi], "k--", lw=1)
-    ax[0].set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi), xlabel="observed ECe (dS/m)",
-              ylabel="predicted ECe (dS/m)", title=f"DeepSalt, seed {metrics['seeds'][0]} (log axes)")
+    t = get_target(metrics.get("target", "ece"))
+    scale = "log" if t.log else "linear"
+    ax[0].set(xscale=scale, yscale=scale, xlim=(lo, hi), ylim=(lo, hi), xlabel=f"observed {t.short} ({t.units})",
+              ylabel=f"predicted {t.short} ({t.units})", title=f"DeepSalt, seed {metrics['seeds'][0]} ({scale} axes)")
     ax[0].legend()
-    ranges = ev.salinity_range(y)
-    names = [n for n in ["0-2", "2-4", "4-8", "8-16", ">16"] if n in ranges]
+    ranges = t.range_class(y)
+    names = [n for _, n in t.classes if n in ranges]
     ax[1].boxplot([np.abs(p - y)[ranges == n] for n in names], tick_labels=names)
-    ax[1].set(xlabel="observed salinity range (dS/m)", ylabel="absolute error (dS/m)", title="Error by salinity range, seen test")
+    ax[1].set(xlabel=f"observed {t.short} class", ylabel=f"absolute error ({t.units})", title=f"Error by {t.short} class, seen test")
     variants = list(metrics["results"])
     mae = [metrics["results"][v]["seen"]["mae"] for v in variants]
     sd = [metrics["results"][v]["seen"]["mae_sd"] for v in variants]
@@ -62,7 +65,7 @@ def write_report(folder: Path, metrics: dict, data, res: dict, history: list) ->
     ax[2].bar(x - 0.2, mae, 0.4, yerr=sd, label="seen test")
     ax[2].bar(x + 0.2, umae, 0.4, label="unseen region")
     ax[2].set_xticks(x, variants, rotation=30, ha="right")
-    ax[2].set(ylabel=f"MAE (dS/m), mean ± sd over {len(metrics['seeds'])} seeds", title="Ablations and baselines")
+    ax[2].set(ylabel=f"MAE ({t.units}), mean ± sd over {len(metrics['seeds'])} seeds", title="Ablations and baselines")
     ax[2].legend()
     cal, aoa = metrics.get("calibration", {}), metrics.get("aoa", {})
     if cal:
@@ -87,8 +90,8 @@ def write_report(folder: Path, metrics: dict, data, res: dict, history: list) ->
     transfer = (f" and on a transfer set of {n_tr:.0f} EnMAP pixels at training-block lab sample locations" if n_tr else "")
     (folder / "summary.md").write_text(
         f"# DeepSalt training report\n\nSeeds: {metrics['seeds']}; training data hash {metrics['data_hash']}; "
-        f"{metrics['seconds']} s.\n\n## Students and baselines (ECe, dS/m; mean ± sd over seeds)\n\n{_table(metrics)}\n\n"
-        f"## DeepSalt minus each variant, paired by seed (MAE, dS/m; < 0: DeepSalt better)\n\n{_paired(metrics)}\n\n"
+        f"{metrics['seconds']} s.\n\n## Students and baselines ({get_target(metrics.get('target', 'ece')).short}, {get_target(metrics.get('target', 'ece')).units}; mean ± sd over seeds)\n\n{_table(metrics)}\n\n"
+        f"## DeepSalt minus each variant, paired by seed (MAE, {get_target(metrics.get('target', 'ece')).units}; < 0: DeepSalt better)\n\n{_paired(metrics)}\n\n"
         f"## Teacher on held-out lab samples\n\nseen MAE {t['seen']['mae']:.3f}, R2 {t['seen']['r2']:.3f}; "
         f"unseen-region MAE {t['unseen']['mae']:.3f}, R2 {t['unseen']['r2']:.3f}\n\n"
         f"The teacher fed the aligned EnMAP latent of the seen test sites (the authors' distillation targets): "

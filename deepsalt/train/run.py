@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -14,6 +15,9 @@ import fsspec
 import numpy as np
 
 from deepsalt.config import BASELINES, LOCATION_BASELINES, TrainConfig
+from deepsalt.errors import DeepSaltInputError, DeepSaltRunError, find_input_error
+from deepsalt.redact import redact, redact_url
+from deepsalt.targets import get_target
 from deepsalt.raycluster import init_ray
 from deepsalt import evaluation as ev
 from deepsalt.train.data import TrainingData, load_training_data
@@ -137,9 +141,10 @@ def _fit_with_progress(trainer, queue, cfg: TrainConfig, seed: int, log):
     return box["result"]
 
 
-def fit_seed(data: TrainingData, cfg: TrainConfig, seed: int, storage: str, max_failures: int = 0, log=None) -> dict:
+def fit_seed(data: TrainingData, cfg: TrainConfig, seed: int, storage: str, log=None) -> dict:
     """Train all stages for one seed with Ray Train; resumes from the latest checkpoint under ``storage``
-    (a local folder or an fsspec URL such as s3://bucket/run/ray)."""
+    (a local folder or an fsspec URL such as s3://bucket/run/ray). A lost worker or node restarts the worker group
+    from the last checkpoint, up to ``cfg.max_failures`` times; past that a DeepSaltRunError says how to resume."""
     latest = _latest_checkpoint(f"{storage}/seed{seed}")
     if latest is not None:
         check_resume(load_state(latest), cfg, latest)  # before any worker starts: one clear line, not a worker crash
@@ -154,20 +159,37 @@ def fit_seed(data: TrainingData, cfg: TrainConfig, seed: int, storage: str, max_
     if log is not None:  # rank 0 sends its epoch reports here; the driver prints them per stage
         from ray.util.queue import Queue
 
-        queue = Queue(maxsize=10_000, actor_options={"num_cpus": 0})
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        # on the driver's node, as Ray Train's controller: a lost worker node must not take the progress with it
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        queue = Queue(maxsize=10_000, actor_options={"num_cpus": 0, "scheduling_strategy": here})
     trainer = TorchTrainer(
         _train_loop,
         train_loop_config={"data": ray.put(data), "cfg": cfg.model_dump(mode="json"), "seed": seed,
-                           "fail_marker": os.path.join(tempfile.gettempdir(), "deepsalt-" + hashlib.sha256(
-                               f"{storage}/{name}".encode()).hexdigest()[:12] + ".failed-once"),
+                           "fail_marker": os.environ.get("DEEPSALT_FAIL_MARKER") or os.path.join(
+                               tempfile.gettempdir(), "deepsalt-" + hashlib.sha256(f"{storage}/{name}".encode()).hexdigest()[:12]
+                               + ".failed-once"),
                            "fail_at": os.environ.get("DEEPSALT_FAIL_AT"), "progress": queue},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu),
         run_config=ray.train.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs,
-                                       failure_config=ray.train.FailureConfig(max_failures=max_failures),
+                                       failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
     )  # same name + storage as an interrupted run: Ray Train restores its latest checkpoint (get_checkpoint)
     try:
         result = _fit_with_progress(trainer, queue, cfg, seed, log) if queue is not None else trainer.fit()
+    except Exception as e:  # noqa: BLE001 - Ray Train's errors wrap the workers'; say what failed in one line
+        cause = find_input_error(e)
+        if cause is not None:
+            raise DeepSaltInputError(cause.where, cause.fault, cause.fix) from None
+        root = e
+        while getattr(root, "__cause__", None) is not None:
+            root = root.__cause__
+        why = " ".join(str(root).split())[:200] or type(root).__name__
+        raise DeepSaltRunError(f"training of seed {seed}", f"stopped after {cfg.max_failures} restart(s) of lost workers "
+                               f"({type(root).__name__}: {why})", f"run the same command again: it resumes from the last "
+                               f"checkpoint under {redact_url(storage)}/seed{seed}; raise --max-failures on preemptible "
+                               "nodes") from None
     finally:
         if queue is not None:
             queue.shutdown()
@@ -210,18 +232,19 @@ def evaluate_seed(data: TrainingData, cfg: TrainConfig, state: dict, seed: int) 
     lat, lon = meta["latitude"].to_numpy(), meta["longitude"].to_numpy()
     out.update(_applicability(data, cfg, models, seed, ctx))
     for b in LOCATION_BASELINES:  # location alone: how much of the test is interpolation
-        keep(b, ev.fit_location_baseline(b, lat[tr], lon[tr], data.sat_y[tr], seed, cfg.out_range)(lat, lon))
+        keep(b, ev.fit_location_baseline(b, lat[tr], lon[tr], data.sat_y[tr], seed, cfg.out_range,
+                                         log=get_target(cfg.target).log)(lat, lon))
     p = out["predictions"]["deepsalt"]
     y = data.sat_y
     # DeepSalt minus each other model on the same sites, with a bootstrap interval over the sites
     out["paired"] = {v: {region: ev.paired_mae_difference(y[idx], p[idx], out["predictions"][v][idx], seed)
                          for region, idx in (("seen", seen_test), ("unseen", unseen))}
                      for v in out["predictions"] if v != "deepsalt"}
-    out["categories"] = {
-        "salinity_range": ev.by_category(y[seen_test], p[seen_test], ev.salinity_range(y[seen_test])),
-        "texture_class": ev.by_category(y[seen_test], p[seen_test], meta["texture_class"].to_numpy()[seen_test]),
-        "koppen": ev.by_category(y[seen_test], p[seen_test], meta["koppen"].to_numpy()[seen_test]),
-    }
+    target = get_target(cfg.target)
+    out["categories"] = {"value_range": ev.by_category(y[seen_test], p[seen_test], target.range_class(y[seen_test]))}
+    for col in ("texture_class", "koppen"):  # where the site table carries them
+        if col in meta:
+            out["categories"][col] = ev.by_category(y[seen_test], p[seen_test], meta[col].astype(str).to_numpy()[seen_test])
     z_lab = encode(models["sau_ftir"], data.lab_x, ctx)
     tp, _ = predict(models["teacher"], z_lab, ctx)
     lt, lu = data.idx("lab", "test"), data.idx("lab", "unseen")
@@ -261,24 +284,32 @@ def _applicability(data: TrainingData, cfg: TrainConfig, models: dict, seed: int
     di = ap.dissimilarity(torch.as_tensor(xs), torch.as_tensor(xs[tr]), consts["mean_distance"]).numpy()
     aoa = {"threshold": consts["threshold"], **{region: ap.aoa_metrics(y[idx], pred[idx], di[idx], consts["threshold"])
                                                   for region, idx in regions.items()}}
-    iv = ap.choose_interval(y[val], pred[val], sd[val], di[val])
-    form = {"q": iv["q"], "scaled": iv["scaled"], "di_slope": iv["di_slope"]}
+    log_space = get_target(cfg.target).log
+    iv = ap.choose_interval(y[val], pred[val], sd[val], di[val], log=log_space)
+    form = {"q": iv["q"], "scaled": iv["scaled"], "di_slope": iv["di_slope"], "log": log_space}
     calibration = {"q": iv["q"], "mc_scaled": float(iv["scaled"]), "di_slope": iv["di_slope"], "n_val": int(len(val)),
                    "coverage90_val": ap.coverage(y[val], pred[val], sd[val], di=di[val], **form)}
     for region, idx in regions.items():
         lo, hi = ap.interval(pred[idx], sd[idx], di=di[idx], **form)
         calibration[region] = {"coverage90": ap.coverage(y[idx], pred[idx], sd[idx], di=di[idx], **form),
-                               "width_ratio_median": float(np.median(hi / lo)) if len(idx) else float("nan")}
+                               "width_ratio_median": float(np.median(hi / lo)) if len(idx) and log_space else float("nan"),
+                               "width_median": float(np.median(hi - lo)) if len(idx) else float("nan")}
     extras = {"interval90": {"q": iv["q"], "scaled": bool(iv["scaled"]), "di_slope": iv["di_slope"], "level": ap.LEVEL,
                              "mc_samples": cfg.mc_samples, "n_val": int(len(val)),
-                             "method": "split conformal on the validation blocks, ln ECe; scaled: by the MC-dropout sd in "
-                             "log units, else one width (the narrower on validation); either times 1 + di_slope * DI"},
+                             "log": log_space,
+                             "method": f"split conformal on the validation blocks, {'ln ' if log_space else ''}{cfg.target}; "
+                             "scaled: by the MC-dropout sd (in log units for a log target), else one width (the narrower "
+                             "on validation); either times 1 + di_slope * DI"},
               "aoa": consts, "reference": xs[tr]}
     return {"calibration": calibration, "aoa": aoa, "bundle_extras": extras}
 
 
-def train(world: str | Path, out: str | Path, cfg: TrainConfig, log=print) -> dict:
-    """Train every seed, evaluate, write RUN/{config.json, metrics.json, report/, bundle/}."""
+def train(inputs, out: str | Path, cfg: TrainConfig, log=print) -> dict:
+    """Train every seed on ``inputs`` (a ``train.data.TrainInputs``, or a world folder), evaluate, write
+    RUN/{config.json, inputs.json, metrics.json, report/, bundle/}."""
+    from deepsalt.train.data import TrainInputs
+
+    inputs = inputs if isinstance(inputs, TrainInputs) else TrainInputs.world(inputs)
     from deepsalt.data.covariates import COVARIATES
     from deepsalt.models.bundle import DeepSaltBundle
     from deepsalt.train.report import write_report
@@ -291,12 +322,14 @@ def train(world: str | Path, out: str | Path, cfg: TrainConfig, log=print) -> di
     storage = f"{out_url.rstrip('/')}/ray" if remote else str(out / "ray")
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / "config.json")
+    (out / "inputs.json").write_text(json.dumps(redact(dataclasses.asdict(inputs)), indent=2) + "\n")
     if remote:
         _upload(out / "config.json", f"{out_url.rstrip('/')}/config.json")
-    init_ray()
+        _upload(out / "inputs.json", f"{out_url.rstrip('/')}/inputs.json")
     per_seed, t0 = [], time.time()
     for seed in cfg.seeds:
-        data = load_training_data(world, cfg, seed)
+        data = load_training_data(inputs, cfg, seed)
+        init_ray()  # after the inputs are read and checked: a bad input stops before Ray starts
         log(f"seed {seed}: {data.info['n_lab']} lab samples, {data.info['n_sat']} sites, {data.info['n_pairs']} pairs, "
             f"{data.info['n_transfer']} transfer pixels; training on "
             f"{cfg.workers} worker(s){' with GPU' if cfg.gpu else ''}")
@@ -314,7 +347,8 @@ def train(world: str | Path, out: str | Path, cfg: TrainConfig, log=print) -> di
                                   seed=seed, **res["bundle_extras"]).save(str(out / "bundle"))
             first = (data, res, state["history"])
         res.pop("bundle_extras")  # the training sites' inputs: needed for the bundle only
-    metrics = {"seeds": list(cfg.seeds), "data_hash": first[0].data_hash, "kd_targets": cfg.kd.targets,
+    metrics = {"seeds": list(cfg.seeds), "target": get_target(cfg.target).to_dict(), "data_hash": first[0].data_hash,
+               "kd_targets": cfg.kd.targets,
                "teacher_lab": ev.aggregate([r["teacher_lab"] for r in per_seed]),
                "teacher_enmap": ev.aggregate([r["teacher_enmap"] for r in per_seed]),
                "alignment": ev.aggregate([r["alignment"] for r in per_seed]),

@@ -68,10 +68,13 @@ def _t(a, ctx):
     return torch.as_tensor(np.asarray(a), dtype=torch.float32, device=ctx.device)
 
 
-def _std_log(y: np.ndarray, train_idx: np.ndarray) -> np.ndarray:
-    """ln y standardised with the training samples' mean and sd (the auto-encoders' read-out target)."""
-    ln = np.log(np.clip(y, 1e-3, None))
-    return (ln - ln[train_idx].mean()) / max(ln[train_idx].std(), 1e-6)
+def _std_target(y: np.ndarray, train_idx: np.ndarray, cfg: TrainConfig) -> np.ndarray:
+    """The target in its learning space (ln y for ECe), standardised with the training samples' mean and sd (the
+    auto-encoders' read-out target)."""
+    from deepsalt.targets import get_target
+
+    z = get_target(cfg.target).transform(y)
+    return (z - z[train_idx].mean()) / max(z[train_idx].std(), 1e-6)
 
 
 def _unwrap(m):
@@ -186,7 +189,7 @@ def _auto_encoder_stage(name: str, data, cfg: TrainConfig, models: dict, ctx: Ct
     trained = {k: ctx.prepare(models[k]) for k in (f"{pre}_ftir", f"{pre}_enmap")}
     opt = torch.optim.Adam([p for m in trained.values() for p in m.parameters()], lr=cfg.ae.lr, weight_decay=cfg.ae.wd)
     lab_idx, sat_idx = data.idx("lab", "train"), data.idx("sat", "train")
-    ly, sy = _std_log(data.lab_y, lab_idx), _std_log(data.sat_y, sat_idx)
+    ly, sy = _std_target(data.lab_y, lab_idx, cfg), _std_target(data.sat_y, sat_idx, cfg)
 
     def epoch(rng, _epoch) -> dict:
         lab_b = _shard_batches(lab_idx, cfg.ae.batch, rng, ctx)
@@ -253,6 +256,9 @@ def _regression_stage(name: str, data, cfg: TrainConfig, models: dict, ctx: Ctx,
                     data, models, variant, ctx, x_all, y_all, t_pred, t_feats, t_mask)
                 tr_all = np.concatenate([tr_all, np.arange(n_site, len(y_all))])
     model = trained[name]
+    from deepsalt.targets import get_target
+
+    log_space = get_target(cfg.target).log
 
     def epoch(rng, epoch_: int) -> dict:
         tr_idx = undersample_zero_ec(y_all, tr_all, cfg.zero_ec_dsm, cfg.zero_ec_keep, seed * 100 + epoch_)
@@ -264,7 +270,8 @@ def _regression_stage(name: str, data, cfg: TrainConfig, models: dict, ctx: Ctx,
                                             [_t(f[bidx], ctx) for f in t_feats], mask=_t(t_mask[bidx], ctx),
                                             task_mask=_t(task_w[bidx], ctx), alpha=cfg.kd.alpha, beta=cfg.kd.beta,
                                             gamma=cfg.kd.gamma, layer_map=cfg.kd.layer_map,
-                                            weights=cfg.kd.layer_weights, feat_dim=cfg.latent, sigma=cfg.kd.sigma)
+                                            weights=cfg.kd.layer_weights, feat_dim=cfg.latent, sigma=cfg.kd.sigma,
+                                            log=log_space)
             else:
                 loss, _ = distillation_loss(pred, feats, _t(y_all[bidx], ctx))
             _step(opt, loss, trained, cfg)
@@ -293,7 +300,10 @@ def _epoch_loop(name: str, si: int, epochs: int, start: int, stage: Stage, stage
         sched.load_state_dict(stage_state["sched"])
     best, best_state, bad = stage_state.get("best", float("inf")), stage_state.get("best_state"), stage_state.get("bad", 0)
     for epoch in range(start, epochs):
+        # data order and dropout depend on (seed, stage, epoch) only: a run restarted from any checkpoint (a lost
+        # worker, a preempted node) trains on exactly what an uninterrupted run would have
         rng = np.random.default_rng([seed, si, epoch])
+        torch.manual_seed(int(np.random.default_rng([seed, si, epoch, 7]).integers(2**62)))
         for m in stage.trained.values():
             m.train()
         metric = stage.epoch(rng, epoch)

@@ -9,9 +9,13 @@ Layout of ``OUT``::
                                    scenes/<id>/<id>.json, whose asset hrefs are relative (./<file>)
     stac/items.json                FeatureCollection of the same Items with absolute hrefs (serve with `rustac serve`)
     scenes/<id>/<id>-*.TIF|XML     spectral image COG (224 x int16), quality COGs, metadata XML
-    truth/<id>_ECE.TIF             ground-truth ECe per scene (float32, same grid)
+    truth/<id>_{ECE,SOC}.TIF       ground-truth ECe and SOC per scene (float32, same grid)
     covariates/<name>.tif          8 covariate COGs, EPSG:4326 at 0.01 deg
-    samples/satellite_samples.parquet   labelled sites: 224 reflectances, 8 covariates, ECe, region, Köppen, texture
+    samples/satellite_samples.parquet   labelled sites: 224 reflectances (NaN in the bad bands), 8 covariates, ECe, SOC,
+                                   sampling date, region, Köppen, texture
+    native/                        the same inputs as users have them (data.synthetic.native): sites.csv, ossl/,
+                                   soilgrids/, worldclim/
+    deliveries/<id>.ZIP            with ``deliveries``: each scene as DLR ships it (data.synthetic.deliveries)
 """
 
 from __future__ import annotations
@@ -27,16 +31,20 @@ import numpy as np
 import pandas as pd
 from pyproj import Transformer
 from rasterio.transform import from_origin
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import binary_dilation, gaussian_filter
 from tqdm import tqdm
 
 from deepsalt import __version__
-from deepsalt.config import WorldConfig
+from deepsalt.config import QUALITY_ASSETS, WorldConfig
 from deepsalt.data.cog import write_cog
 from deepsalt.data.covariates import COVARIATES, COVARIATE_NAMES, sample_covariates
+from deepsalt.data.l2a_product import layer_file, metadata_xml
 from deepsalt.data.lab import write_lab_table
 from deepsalt.data.stac import enmap_item, write_item_collection, write_static_collection
 from deepsalt.data.synthetic import enmap_spectra, lab_spectra
+from deepsalt.data.synthetic.deliveries import (BAD_BANDS, FORMATS, NOTE, layer_arrays, scene_metadata,
+                                                write_delivery)
+from deepsalt.data.synthetic.native import native_bbox, write_native
 from deepsalt.data.synthetic.fields import (RandomFields, SoilPhysics, climate_product, koppen, soil_at, texture_product,
                                           usda_texture)
 from deepsalt.errors import DeepSaltInputError
@@ -45,6 +53,12 @@ from deepsalt.spectra.mir import mir_grid
 
 NODATA = -32768
 PIXEL = 30.0
+#: organic matter / organic carbon (van Bemmelen's factor, as soil surveys convert them)
+OM_PER_SOC = 1.724
+#: a core's SOC differs from its 30 m pixel's by this sd of ln SOC (point versus pixel)
+SOC_POINT_SD = 0.15
+#: sites were sampled within this many days of their scene's overpass
+SITE_DAYS = 3
 CHUNK_ROWS = 32  # rows rendered at once: bounds memory at scene_px x 32 x 224 floats
 
 
@@ -120,10 +134,53 @@ def _render_scene(scene: dict, cfg: WorldConfig, fields: RandomFields, phys: Soi
     refl[:, masks["haze"]] += 0.04 * blue[:, None]
     dn = np.clip(np.round(refl * 10000), -32000, 32000).astype(np.int16)
     dn[:, ~footprint] = NODATA
+    dn[np.isin(np.arange(1, len(bands) + 1), BAD_BANDS)] = NODATA  # as DLR fills an L2A product's bad bands
     ece[~footprint] = np.nan
-    return dict(dn=dn, ece=ece, masks={k: (v & footprint).astype(np.uint8) for k, v in masks.items()},
+    soc = (soil["om"] / OM_PER_SOC).astype(np.float32)
+    soc[~footprint] = np.nan
+    return dict(dn=dn, ece=ece, soc=soc, masks={k: (v & footprint).astype(np.uint8) for k, v in masks.items()},
                 footprint=footprint, transform=transform, lon=lon, lat=lat, cloud_cover=cover,
                 haze_cover=float(masks["haze"][footprint].mean()))
+
+
+def _water_and_cirrus(r: dict, bands, site_rows, site_cols, rng: np.random.Generator) -> None:
+    """Add a lake and thin-to-thick cirrus to a rendered scene, away from its field sites (a survey samples no lake,
+    and the sites' spectra stay what their labels were measured under). Water is dark and falls to near zero
+    in the NIR; cirrus adds a flat brightening that grows with its level. Fills ``r["classes"]`` (1 land, 2 water,
+    3 background) and ``r["masks"]["cirrus"]`` (0 none, 1 thin, 2 medium, 3 thick), and sets the truth to NaN on
+    water. Drawn from its own generator, so the rest of the world is the same as without them."""
+    n = r["dn"].shape[1]
+    fp = r["footprint"]
+    near_site = np.zeros((n, n), bool)
+    near_site[site_rows, site_cols] = True
+    near_site = binary_dilation(near_site, iterations=3)
+
+    def blob(frac, sigma):
+        f = gaussian_filter(rng.standard_normal((n, n)), sigma)
+        return f, f > np.quantile(f, 1 - frac)
+
+    _, water = blob(rng.uniform(0.01, 0.04), n / 20)
+    water &= fp & ~near_site & ~r["masks"]["cloud"].astype(bool)
+    f, cirrus = blob(rng.uniform(0.02, 0.08), n / 12)
+    cirrus &= fp & ~near_site & ~water & ~r["masks"]["cloud"].astype(bool)
+    level = np.zeros((n, n), np.uint8)
+    if cirrus.any():
+        q1, q2 = np.quantile(f[cirrus], [1 / 3, 2 / 3])
+        level[cirrus] = 1 + (f[cirrus] > q1) + (f[cirrus] > q2)
+    wl = bands.centers_nm.astype(np.float32)
+    water_refl = 0.045 * np.exp(-(wl - 450) / 120) + 0.003 + 0.02 * np.exp(-0.5 * ((wl - 570) / 40) ** 2)
+    good = np.flatnonzero(r["dn"][:, fp].max(axis=1) != NODATA)[:, None]  # bands with data (not the bad ones)
+    wr, wc = np.nonzero(water)
+    noise = 0.002 * rng.standard_normal((len(wl), len(wr)))
+    r["dn"][good, wr, wc] = np.round((water_refl[:, None] + noise)[good[:, 0]] * 10000).astype(np.int16)
+    cr, cc = np.nonzero(cirrus)
+    lift = np.round(120 * level[cr, cc]).astype(np.int16)  # cirrus lifts reflectance by ~1.2 % per level, flat
+    r["dn"][good, cr, cc] += lift[None, :]
+    r["ece"][water] = np.nan
+    r["soc"][water] = np.nan
+    r["classes"] = np.where(fp, np.where(water, 2, 1), 3).astype(np.uint8)
+    r["masks"]["cirrus"] = level
+    r["cirrus_cover"] = float(cirrus[fp].mean())
 
 
 def _write_scene(out: Path, scene: dict, r: dict, bands) -> dict:
@@ -132,19 +189,17 @@ def _write_scene(out: Path, scene: dict, r: dict, bands) -> dict:
     d.mkdir(parents=True)
     files = {"image": d / f"{sid}-SPECTRAL_IMAGE_COG.TIF"}
     write_cog(files["image"], r["dn"], crs, r["transform"], NODATA, descriptions=list(bands.names))
-    for key, suffix in [("quality_cloud", "CLOUD"), ("quality_cloud_shadow", "CLOUDSHADOW"),
-                        ("quality_haze", "HAZE"), ("quality_snow", "SNOW")]:
-        files[key] = d / f"{sid}-QL_QUALITY_{suffix}_COG.TIF"
-        write_cog(files[key], r["masks"][key.removeprefix("quality_")], crs, r["transform"])
+    for key, arr in layer_arrays(r).items():
+        if key in QUALITY_ASSETS:  # the layers DeepSalt applies; TESTFLAGS and PIXELMASK come with the deliveries only
+            files[key] = d / f"{sid}-{layer_file(key)}_COG.TIF"
+            write_cog(files[key], arr, crs, r["transform"])
     files["metadata"] = d / f"{sid}-METADATA.XML"
-    files["metadata"].write_text(
-        f'<?xml version="1.0" encoding="UTF-8"?>\n<level_X>\n  <metadata><name>{sid}</name>'
-        f"<note>DeepSalt synthetic scene, not a DLR product</note></metadata>\n"
-        f"  <specific><bandCharacterisation>{len(bands)} bands, gain 0.0001, offset 0</bandCharacterisation></specific>\n"
-        "</level_X>\n")
-    truth = out / "truth" / f"{sid}_ECE.TIF"
-    truth.parent.mkdir(exist_ok=True)
-    write_cog(truth, r["ece"], crs, r["transform"], np.nan)
+    n = r["dn"].shape[1]
+    files["metadata"].write_bytes(metadata_xml(scene_metadata(scene, r, bands, "GeoTIFF+Metadata"), files["image"].name,
+                                               n, n, NOTE))
+    (out / "truth").mkdir(exist_ok=True)
+    for name in ("ece", "soc"):  # deepsalt.targets names them: truth/<id>_ECE.TIF, _SOC.TIF
+        write_cog(out / "truth" / f"{sid}_{name.upper()}.TIF", r[name], crs, r["transform"], np.nan)
     return files
 
 
@@ -185,11 +240,13 @@ def _lab_library(cfg, scenes_sites: pd.DataFrame, fields, phys, rng) -> pd.DataF
     lon, lat = np.concatenate([lon_near, lon_far]), np.concatenate([lat_near, lat_far])
     soil = soil_at(fields, lon, lat, phys, ln_ece_offset=phys.point_sd * rng.standard_normal(n))  # a core, not a pixel
     ece = soil["ece"] * np.exp(phys.lab_ece_cv * rng.standard_normal(n))
+    extra = np.random.default_rng([cfg.seed, 31])  # SOC: its own draws, the rest of the world unchanged
+    soc = soil["om"] / OM_PER_SOC * np.exp(phys.lab_ece_cv * extra.standard_normal(n))
     wn = mir_grid()
     spectra = lab_spectra.lab_spectra(soil, wn, rng)
     meta = pd.DataFrame({
         "sample_id": [f"LAB{i:06d}" for i in range(n)], "latitude": lat, "longitude": lon,
-        "depth_top_cm": 0.0, "depth_bottom_cm": 12.0, "ece_dsm": ece.astype(np.float32),
+        "depth_top_cm": 0.0, "depth_bottom_cm": 12.0, "ece_dsm": ece.astype(np.float32), "soc": soc.astype(np.float32),
         "region": np.where(soil["unseen_weight"] > 0.5, "unseen", "seen"),
     })
     return meta, wn, spectra
@@ -229,8 +286,10 @@ def _figure(path: Path, scene: dict, r: dict, bands, lab_meta, wn, lab_spec, sit
     plt.close(fig)
 
 
-def build_world(cfg: WorldConfig, out: str | Path, overwrite: bool = False, progress: bool = True) -> dict:
-    """Generate the world into ``out`` atomically (a temporary sibling folder renamed at the end)."""
+def build_world(cfg: WorldConfig, out: str | Path, overwrite: bool = False, progress: bool = True,
+                deliveries: bool = False) -> dict:
+    """Generate the world into ``out`` atomically (a temporary sibling folder renamed at the end); with ``deliveries``
+    also ``out/deliveries/<id>.ZIP``, each scene as DLR ships it."""
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise DeepSaltInputError(out, "output folder exists and is not empty", "choose another --out or pass --overwrite")
@@ -239,7 +298,7 @@ def build_world(cfg: WorldConfig, out: str | Path, overwrite: bool = False, prog
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        summary = _build(cfg, tmp, progress)
+        summary = _build(cfg, tmp, progress, deliveries)
         summary["seconds"] = round(time.time() - t0, 1)
         (tmp / "world.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
         # Item hrefs point into the final folder, so write them after we know it.
@@ -259,7 +318,7 @@ def _rewrite_hrefs(tmp: Path, final: Path) -> None:
         p.write_text(p.read_text().replace(str(tmp.resolve()), str(final)))
 
 
-def _build(cfg: WorldConfig, out: Path, progress: bool) -> dict:
+def _build(cfg: WorldConfig, out: Path, progress: bool, deliveries: bool = False) -> dict:
     rng = np.random.default_rng(cfg.seed)
     fields, phys, bands = RandomFields(cfg.seed), SoilPhysics(), enmap_bands()
     basis, snr_b = enmap_spectra.band_basis(bands), enmap_spectra.snr(bands)
@@ -267,14 +326,21 @@ def _build(cfg: WorldConfig, out: Path, progress: bool) -> dict:
     _write_covariates(out, cfg, fields, phys)
     items, site_tables, scene_stats, fig_args = [], [], [], None
     refl_cols = [f"refl_{b}" for b in bands.names]
-    for scene in tqdm(scenes, desc="scenes", disable=not progress):
+    for i, scene in enumerate(tqdm(scenes, desc="scenes", disable=not progress)):
         r = _render_scene(scene, cfg, fields, phys, basis, snr_b, rng, bands)
-        files = _write_scene(out, scene, r, bands)
-        items.append(enmap_item(scene, files, r, bands, cfg.scene_px))
         clear = r["footprint"] & ~(r["masks"]["cloud"] | r["masks"]["cloud_shadow"] | r["masks"]["haze"]).astype(bool)
         idx = np.flatnonzero(clear.ravel())
         pick = np.sort(rng.choice(idx, size=min(cfg.sites_per_scene, idx.size), replace=False))
         rows, cols = np.unravel_index(pick, clear.shape)
+        _water_and_cirrus(r, bands, rows, cols, np.random.default_rng([cfg.seed, 23, i]))
+        extra = np.random.default_rng([cfg.seed, 29, i])  # SOC and dates: their own draws, the rest of the world unchanged
+        files = _write_scene(out, scene, r, bands)
+        if deliveries:
+            (out / "deliveries").mkdir(exist_ok=True)
+            write_delivery(out / "deliveries", scene, r, bands, FORMATS[i % len(FORMATS)])
+        items.append(enmap_item(scene["id"], scene["datetime"], scene["epsg"], r["transform"], r["dn"].shape[1:], bands, files,
+                                {"eo:cloud_cover": round(100 * r["cloud_cover"], 2), "enmap:haze_cover": round(100 * r["haze_cover"], 2),
+                                 "enmap:cirrus_cover": round(100 * r["cirrus_cover"], 2)}))
         soil = soil_at(fields, r["lon"][rows, cols], r["lat"][rows, cols], phys)
         sites = pd.DataFrame({"scene_id": scene["id"], "row": rows, "col": cols,
                               "longitude": r["lon"][rows, cols], "latitude": r["lat"][rows, cols],
@@ -284,21 +350,30 @@ def _build(cfg: WorldConfig, out: Path, progress: bool) -> dict:
                               "ece_dsm": (r["ece"][rows, cols] * np.exp(np.hypot(phys.point_sd, phys.lab_ece_cv)
                                                                        * rng.standard_normal(len(rows)))).astype(np.float32),
                               "ece_pixel_dsm": r["ece"][rows, cols],
+                              # a core's organic carbon: the pixel's, a point-vs-pixel deviation and the lab's error
+                              "soc": (r["soc"][rows, cols] * np.exp(np.hypot(SOC_POINT_SD, phys.lab_ece_cv)
+                                                                    * extra.standard_normal(len(rows)))).astype(np.float32),
+                              # sampled in the field a few days from the scene's overpass
+                              "date": [(scene["datetime"] + timedelta(days=int(dd))).date().isoformat()
+                                       for dd in extra.integers(-SITE_DAYS, SITE_DAYS + 1, len(rows))],
                               "koppen": koppen(soil["tavg"], soil["tmin"], soil["pavg"]),
                               "texture_class": usda_texture(soil["sand"], soil["clay"])})
-        refl = pd.DataFrame(r["dn"][:, rows, cols].T.astype(np.float32) * 1e-4, columns=refl_cols)
+        dn_sites = r["dn"][:, rows, cols].T
+        refl = pd.DataFrame(np.where(dn_sites == NODATA, np.nan, dn_sites.astype(np.float32) * np.float32(1e-4)), columns=refl_cols)
         site_tables.append(pd.concat([sites, refl], axis=1))
         valid = np.isfinite(r["ece"])
         scene_stats.append(dict(id=scene["id"], region=scene["region"], epsg=scene["epsg"],
                                 datetime=scene["datetime"].isoformat(), cloud_cover=round(r["cloud_cover"], 4),
                                 valid_pixels=int(valid.sum()), clear_pixels=int(clear.sum()),
+                                water_pixels=int((r["classes"] == 2).sum()), cirrus_pixels=int((r["masks"]["cirrus"] > 0).sum()),
                                 ece_median=float(np.nanmedian(r["ece"])), ece_p95=float(np.nanpercentile(r["ece"], 95))))
         if fig_args is None:
             fig_args = (scene, r)
     sites = pd.concat(site_tables, ignore_index=True)
+    sites.insert(0, "site_id", [f"S{i:05d}" for i in range(len(sites))])
     cov = sample_covariates(out / "covariates", sites["longitude"].to_numpy(), sites["latitude"].to_numpy())
     for j, name in enumerate(COVARIATE_NAMES):
-        sites.insert(7 + j, name, cov[:, j])
+        sites.insert(8 + j, name, cov[:, j])
     (out / "samples").mkdir()
     sites.to_parquet(out / "samples" / "satellite_samples.parquet", index=False)
     (out / "stac").mkdir()
@@ -308,9 +383,11 @@ def _build(cfg: WorldConfig, out: Path, progress: bool) -> dict:
     (out / "lab").mkdir()
     write_lab_table(out / "lab" / "mir_library.parquet", lab_meta, wn, lab_spec)
     _figure(out / "world.png", *fig_args, bands, lab_meta, wn, lab_spec, sites)
+    native = write_native(out, cfg, sites, lab_meta, wn, lab_spec, fields, phys)
     ece_lab = lab_meta["ece_dsm"]
     return {
         "deepsalt_version": __version__, "config": cfg.model_dump(mode="json"), "physics": SoilPhysics().__dict__,
+        "native_bbox": list(native_bbox(cfg)),  # what native/soilgrids and native/worldclim cover
         "scenes": scene_stats,
         "lab": {"n": len(lab_meta), "channels": int(wn.size), "wavenumber_range_cm1": [float(wn.min()), float(wn.max())],
                 "ece_percentiles": dict(zip(["p10", "p50", "p90", "p99"], np.percentile(ece_lab, [10, 50, 90, 99]).round(3).tolist())),
@@ -318,5 +395,6 @@ def _build(cfg: WorldConfig, out: Path, progress: bool) -> dict:
         "satellite_samples": {"n": len(sites), "by_region": sites["region"].value_counts().to_dict(),
                               "by_koppen": sites["koppen"].value_counts().to_dict()},
         "files": {"lab": "lab/mir_library.parquet", "stac_collection": "stac/collection.json", "stac_items": "stac/items.json",
-                  "covariates": "covariates", "samples": "samples/satellite_samples.parquet", "truth": "truth", "figure": "world.png"},
+                  "covariates": "covariates", "samples": "samples/satellite_samples.parquet", "truth": "truth", "figure": "world.png",
+                  **({"deliveries": "deliveries"} if deliveries else {}), **{f"native_{k}": v for k, v in native.items()}},
     }

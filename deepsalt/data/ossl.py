@@ -1,0 +1,175 @@
+"""`deepsalt lab import`: an Open Soil Spectral Library (OSSL v1.2) download becomes a DeepSalt lab table.
+
+OSSL ships its tables as CSV (``.csv.gz``; also as ``.qs``/``.rds`` for R, not read here), either separate (site
+``ossl_soilsite_L0_v1.2``, soil lab ``ossl_soillab_L1_v1.2``, MIR ``ossl_mir_L0_v1.2``) joined by
+``id.layer_uuid_txt``, or already joined (``ossl_all_L0_v1.2``). Column names are OSSL's (the OSSL manual's
+variable list): ``latitude.point_wgs84_dd``, ``longitude.point_wgs84_dd``, ``layer.upper.depth_usda_cm``,
+``layer.lower.depth_usda_cm``, ``id.dataset.site_ascii_txt`` (the profile), ``ec_usda.a364_ds.m`` (EC of a 1:2
+soil:water extract, dS/m: not ECe), ``oc_usda.c729_w.pct`` (organic carbon, %), and the MIR absorbance
+``scan_mir.<wavenumber>_abs`` at 600-4000 cm-1 in 2 cm-1 steps.
+
+ECe from an extract's EC is converted by a stated rule (``EC_RULES``), recorded per sample. Samples are chosen by
+depth: a profile's layers that overlap the target depth (0-12 cm by default) are averaged, spectra and values alike,
+each weighted by its overlap in cm, as a composite sample of that depth would be; layers without a value of a
+property do not count towards it, and a profile whose layers cover less than half the depth is left out.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pandas as pd
+
+from deepsalt.errors import DeepSaltInputError
+
+#: OSSL v1.2 column names
+OSSL = {"layer": "id.layer_uuid_txt", "site": "id.dataset.site_ascii_txt", "lat": "latitude.point_wgs84_dd",
+        "lon": "longitude.point_wgs84_dd", "top": "layer.upper.depth_usda_cm", "bottom": "layer.lower.depth_usda_cm",
+        "ec": "ec_usda.a364_ds.m", "soc": "oc_usda.c729_w.pct"}
+MIR_COLUMN = "scan_mir.{}_abs"
+_MIR = re.compile(r"^scan_mir\.(\d+(?:\.\d+)?)_abs$")
+
+
+@dataclass(frozen=True)
+class ECRule:
+    """ECe = slope x EC_extract + intercept (dS/m), floored at 0."""
+
+    slope: float
+    intercept: float
+    source: str
+
+    def to_ece(self, ec: np.ndarray) -> np.ndarray:
+        return np.maximum(self.slope * np.asarray(ec, float) + self.intercept, 0.0)
+
+
+#: How an extract's EC becomes ECe. 1:1 and 1:2: Hogg & Henry (1984, Can. J. Soil Sci. 64), medium-textured soils, as
+#: tabulated with other published conversions in PLOS ONE 13(6): e0198290 (2018), Table 2. 1:5: the mean factor of
+#: 628 samples in a study of the texture dependence of the 1:5 factor (4.6 to 9.9 by sand content; "Conversion factors
+#: for electrical conductivity of 1:5 soil-water extracts to saturated paste", reclaimed tidelands, Korea): texture
+#: matters, so pass --ec-factor for a local calibration. paste: the EC is ECe already.
+EC_RULES = {
+    "1:1": ECRule(3.01, -0.77, "Hogg & Henry 1984, 1:1 extract, medium texture: ECe = 3.01 EC1:1 - 0.77"),
+    "1:2": ECRule(2.35, -0.36, "Hogg & Henry 1984, 1:2 extract, medium texture: ECe = 2.35 EC1:2 - 0.36"),
+    "1:5": ECRule(7.5, 0.0, "mean 1:5 factor of 628 samples (range 4.6-9.9 with sand content): ECe = 7.5 EC1:5"),
+    "paste": ECRule(1.0, 0.0, "saturated-paste extract: ECe measured"),
+}
+
+
+def _read_csv(fs, path: str, usecols=None) -> pd.DataFrame:
+    with fs.open(path, "rb", compression="infer") as f:
+        return pd.read_csv(f, low_memory=False, usecols=usecols)
+
+
+def read_ossl(src: str) -> pd.DataFrame:
+    """The OSSL tables under ``src`` (a folder or URL holding the separate or the joined CSVs, or one joined CSV),
+    joined by ``id.layer_uuid_txt``: one row per layer."""
+    fs, path = fsspec.core.url_to_fs(src)
+    if not fs.exists(path):
+        raise DeepSaltInputError(src, "does not exist", "pass the folder of an OSSL download or its joined CSV")
+    if fs.isdir(path):
+        names = {p.rsplit("/", 1)[-1]: p for p in fs.ls(path, detail=False)}
+
+        def find(kind):
+            hits = sorted(p for n, p in names.items() if n.startswith(f"ossl_{kind}_") and n.endswith((".csv", ".csv.gz")))
+            return hits[0] if hits else None
+
+        joined = find("all")
+        if joined:
+            return _read_csv(fs, joined)
+        parts = {k: find(k) for k in ("soilsite", "soillab", "mir")}
+        missing = [f"ossl_{k}_*.csv.gz" for k, p in parts.items() if p is None]
+        if missing:
+            raise DeepSaltInputError(src, f"no {', '.join(missing)}", "download OSSL's site, soil lab and MIR tables as CSV "
+                                     "(or the joined ossl_all_L0_v1.2.csv.gz) into one folder")
+        tables = {k: _read_csv(fs, p) for k, p in parts.items()}
+        for k, t in tables.items():
+            if OSSL["layer"] not in t:
+                raise DeepSaltInputError(parts[k], f"has no {OSSL['layer']} column", "the OSSL tables join on it")
+        return tables["soilsite"].merge(tables["soillab"], on=OSSL["layer"], how="inner", suffixes=("", ".lab")) \
+                                 .merge(tables["mir"], on=OSSL["layer"], how="inner", suffixes=("", ".mir"))
+    return _read_csv(fs, path)
+
+
+def import_ossl(src: str, out: str, ec_method: str | None = "1:2", depth: tuple[float, float] = (0.0, 12.0),
+                ec_rule: ECRule | None = None, log=print) -> dict:
+    """Write a DeepSalt lab table (Parquet) from an OSSL download; returns a summary with the counts of what was
+    left out and why. ``ec_method`` declares the extract OSSL's EC comes from (1:1, 1:2, 1:5 or paste); ``ec_rule``
+    replaces the built-in rule for it (a local calibration)."""
+    from deepsalt.data.lab import write_lab_table
+
+    if ec_method not in EC_RULES:
+        raise DeepSaltInputError("--ec-method", f"unknown EC method {ec_method!r}", f"declare one of {', '.join(EC_RULES)}")
+    rule = ec_rule or EC_RULES[ec_method]
+    top_d, bot_d = depth
+    if not 0 <= top_d < bot_d:
+        raise DeepSaltInputError("--depth", f"{top_d}-{bot_d} cm is not a depth interval", "e.g. --depth 0,12")
+    df = read_ossl(src)
+    need = [OSSL[k] for k in ("layer", "lat", "lon", "top", "bottom")]
+    missing = [c for c in need if c not in df]
+    if missing:
+        raise DeepSaltInputError(src, f"missing OSSL columns: {', '.join(missing)}", "pass OSSL v1.2 tables as the portal ships them")
+    mir_cols = [c for c in df.columns if _MIR.match(str(c))]
+    if len(mir_cols) < 200:
+        raise DeepSaltInputError(src, f"{len(mir_cols)} MIR columns (scan_mir.<wavenumber>_abs)", "download OSSL's MIR table too")
+    wn = np.array([float(_MIR.match(c).group(1)) for c in mir_cols])
+    order = np.argsort(wn)
+    wn, mir_cols = wn[order], [mir_cols[i] for i in order]
+    n_layers = len(df)
+    site = df[OSSL["site"]].astype(str) if OSSL["site"] in df else df[OSSL["lat"]].round(6).astype(str) + "," + df[OSSL["lon"]].round(6).astype(str)
+    top, bot = df[OSSL["top"]].to_numpy(float), df[OSSL["bottom"]].to_numpy(float)
+    overlap = np.clip(np.minimum(bot, bot_d) - np.maximum(top, top_d), 0, None)
+    spec = df[mir_cols].to_numpy(np.float64)
+    has_mir = np.isfinite(spec).all(1)
+    has_loc = np.isfinite(df[OSSL["lat"]].to_numpy(float)) & np.isfinite(df[OSSL["lon"]].to_numpy(float))
+    values = {}
+    if OSSL["ec"] in df:
+        values["ece_dsm"] = rule.to_ece(pd.to_numeric(df[OSSL["ec"]], errors="coerce").to_numpy(float))
+    if OSSL["soc"] in df:
+        values["soc"] = pd.to_numeric(df[OSSL["soc"]], errors="coerce").to_numpy(float)
+    if not values:
+        raise DeepSaltInputError(src, f"neither {OSSL['ec']} nor {OSSL['soc']}", "download OSSL's soil lab table too")
+    use = (overlap > 0) & has_mir & has_loc
+    counts = {"layers": n_layers, "layers_outside_depth": int((overlap <= 0).sum()), "layers_without_mir": int((~has_mir).sum()),
+              "layers_without_location": int((~has_loc).sum())}
+    rows = []
+    idx = pd.Series(np.flatnonzero(use)).groupby(site.to_numpy()[use], sort=True)
+    for sid, members in idx:
+        m = members.to_numpy()
+        w = overlap[m]
+        coverage = float(w.sum() / (bot_d - top_d))
+        if coverage < 0.5:
+            counts["profiles_under_half_covered"] = counts.get("profiles_under_half_covered", 0) + 1
+            continue
+        rec = {"sample_id": sid, "latitude": float(df[OSSL["lat"]].iloc[m[0]]), "longitude": float(df[OSSL["lon"]].iloc[m[0]]),
+               "depth_top_cm": top_d, "depth_bottom_cm": bot_d, "depth_coverage": round(coverage, 4), "n_layers": len(m),
+               "_spec": (spec[m] * w[:, None]).sum(0) / w.sum()}
+        for name, v in values.items():
+            ok = np.isfinite(v[m])
+            rec[name] = float((v[m][ok] * w[ok]).sum() / w[ok].sum()) if ok.any() else np.nan
+        rows.append(rec)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        raise DeepSaltInputError(src, f"no profile has MIR spectra and located layers within {top_d:g}-{bot_d:g} cm",
+                                 "check --depth and that the MIR table was downloaded")
+    for name in values:  # a property's missing values: counted; rows without any property: dropped
+        counts[f"missing_{name}"] = int(table[name].isna().sum())
+    keep = table[list(values)].notna().any(axis=1)
+    counts["profiles_without_any_target"] = int((~keep).sum())
+    table = table.loc[keep].reset_index(drop=True)
+    if "ece_dsm" in values:
+        table["ec_method"] = ec_method
+        table["ec_rule"] = rule.source
+    spectra = np.stack(table.pop("_spec").to_numpy()).astype(np.float32)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    write_lab_table(out, table, wn, spectra)
+    summary = {"out": str(out), "samples": len(table), "channels": int(len(wn)),
+               "wavenumbers_cm1": [float(wn[0]), float(wn[-1])], "depth_cm": [top_d, bot_d], "ec_method": ec_method,
+               "ec_rule": rule.source, **counts}
+    log(f"lab import: {len(table)} samples ({summary['wavenumbers_cm1'][0]:.0f}-{summary['wavenumbers_cm1'][1]:.0f} cm-1, "
+        f"{len(wn)} channels) from {n_layers} layers; left out: "
+        + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items() if k != "layers" and v))
+    return summary

@@ -1,0 +1,74 @@
+"""The soil property a model learns and a cube holds. ECe is the default; any property is a ``Target``.
+
+A target fixes its table column and units, the range of the bounded output head, whether it is learnt in log
+space (the read-out the auto-encoders learn, the distillation's response term, the 90 % interval, kriging and the
+variogram that sizes the spatial blocks), the classes maps show it in, and its cube variable.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str  # what --target takes
+    column: str  # the column of lab and site tables
+    units: str  # CF units of the cube variable
+    valid_range: tuple[float, float]  # the bounded head's output range, in ``units``
+    log: bool  # learnt, and its intervals calibrated, in log space (right-skewed properties)
+    classes: tuple[tuple[float, str], ...]  # (upper bound, label) for maps and the per-range metrics
+    var: str  # the cube variable (its sd is ``<var>_sd``)
+    long_name: str
+    short: str  # for titles and axis labels
+
+    def transform(self, y):
+        """The space the target is learnt in: ln y (clipped at 1e-3) or y."""
+        return np.log(np.clip(np.asarray(y, float), 1e-3, None)) if self.log else np.asarray(y, float)
+
+    def inverse(self, z):
+        return np.exp(z) if self.log else np.asarray(z, float)
+
+    def range_class(self, y) -> np.ndarray:
+        """The class label of each value (``classes``)."""
+        y = np.asarray(y, float)
+        out = np.full(len(y), self.classes[-1][1], dtype=object)
+        for hi, label in reversed(self.classes):
+            out[y < hi] = label
+        return out.astype(str)
+
+    def to_dict(self) -> dict:
+        """JSON-ready (the last class's open bound as null)."""
+        d = asdict(self)
+        d["valid_range"] = list(self.valid_range)
+        d["classes"] = [[hi if math.isfinite(hi) else None, label] for hi, label in self.classes]
+        return d
+
+
+TARGETS: dict[str, Target] = {
+    # FAO salinity classes (dS/m); the saturated-paste extract's EC at 0-12 cm
+    "ece": Target("ece", "ece_dsm", "dS m-1", (0.05, 77.0), True,
+                  ((2, "non-saline < 2"), (4, "slightly 2-4"), (8, "moderately 4-8"), (16, "strongly 8-16"),
+                   (math.inf, "very strongly > 16")),
+                  "ece", "soil salinity, electrical conductivity of the saturated-paste extract, 0-12 cm", "ECe"),
+    # organic carbon, % by mass (OSSL's oc_usda.c729_w.pct); classes as soil-survey reports use them
+    "soc": Target("soc", "soc", "%", (0.01, 30.0), True,
+                  ((0.5, "very low < 0.5"), (1, "low 0.5-1"), (2, "moderate 1-2"), (4, "high 2-4"), (math.inf, "very high > 4")),
+                  "soc", "soil organic carbon content (mass fraction), 0-12 cm", "SOC"),
+}
+
+
+def get_target(name_or_dict) -> Target:
+    """A target by name, or rebuilt from its ``to_dict`` (as bundles and cubes record it)."""
+    if isinstance(name_or_dict, Target):
+        return name_or_dict
+    if isinstance(name_or_dict, dict):
+        d = dict(name_or_dict)
+        return Target(**{**d, "valid_range": tuple(d["valid_range"]),
+                         "classes": tuple((math.inf if hi is None else float(hi), str(lb)) for hi, lb in d["classes"])})
+    if name_or_dict not in TARGETS:
+        raise ValueError(f"unknown target '{name_or_dict}' (built in: {', '.join(TARGETS)})")
+    return TARGETS[name_or_dict]
