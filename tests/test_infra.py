@@ -35,6 +35,12 @@ def test_cluster_yaml_validates_like_ray_up():
     assert re.match(r"^(g|p)\d", types["gpu_worker"]["node_config"]["InstanceType"])
     assert types["cpu_reader"]["min_workers"] == 0 and types["gpu_worker"]["min_workers"] == 0
     assert types["cpu_reader"]["max_workers"] > 0 and types["gpu_worker"]["max_workers"] > 0
+    # preemptible workers beside on-demand ones of the same machines; the head never spot
+    for kind in ("cpu_reader", "gpu_worker"):
+        spot, ondemand = types[kind]["node_config"], types[f"{kind}_ondemand"]["node_config"]
+        assert spot["InstanceMarketOptions"]["MarketType"] == "spot" and "InstanceMarketOptions" not in ondemand
+        assert spot["InstanceType"] == ondemand["InstanceType"] and types[f"{kind}_ondemand"]["min_workers"] == 0
+    assert "InstanceMarketOptions" not in types[cfg["head_node_type"]]["node_config"]
     assert raw["docker"]["image"].startswith("rayproject/ray:2.60.0")
     text = (REPO / "cluster.yaml").read_text()
     assert not re.search(r"example\.|your-org|\.invalid|TODO|<[A-Z_]+>", text)
@@ -53,6 +59,11 @@ def test_every_manifest_parses_and_is_complete():
     groups = {g["groupName"]: g for g in cluster["spec"]["workerGroupSpecs"]}
     assert cluster["spec"]["enableInTreeAutoscaling"] is True
     assert all(g["minReplicas"] == 0 and g["maxReplicas"] > 0 for g in groups.values())
+    for g in groups.values():  # workers on spot nodes, tolerating their taint; the head on demand
+        pod = g["template"]["spec"]
+        assert pod["nodeSelector"]["karpenter.sh/capacity-type"] == "spot" and pod["terminationGracePeriodSeconds"] >= 60
+        assert any(t["key"] == "karpenter.sh/capacity-type" for t in pod["tolerations"])
+    assert cluster["spec"]["headGroupSpec"]["template"]["spec"]["nodeSelector"]["karpenter.sh/capacity-type"] == "on-demand"
     assert any("nvidia.com/gpu" in c["resources"]["limits"] for g in groups.values() for c in g["template"]["spec"]["containers"])
     for name, d in docs:
         text = yaml.safe_dump(d)
@@ -64,6 +75,7 @@ def test_every_manifest_parses_and_is_complete():
                     assert m["name"] in declared, (name, m["name"])
         if d["kind"] == "RayJob":
             assert d["spec"].get("clusterSelector") or d["spec"].get("rayClusterSpec"), name
+            assert d["spec"]["backoffLimit"] >= 1, name  # a failed job is submitted again (it resumes, or maps what is left)
     dockerfile = (REPO / "infra" / "Dockerfile").read_text()
     assert re.search(r"^ARG BASE=rayproject/ray:2\.60\.0", dockerfile, re.M) and "gdal-bin" in dockerfile
 

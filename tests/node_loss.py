@@ -1,0 +1,164 @@
+"""Node loss on a multi-node Ray cluster on one machine (``ray.cluster_utils.Cluster``): a head that runs the driver
+and no work (0 CPUs), and 1-CPU worker nodes, as a cluster of preemptible workers would be. Run as a script by
+tests/test_node_loss.py and by bench/chaos.py (a process joins one Ray cluster only); prints one JSON line.
+
+    python tests/node_loss.py map   WORLD BUNDLE OUT VICTIM   # VICTIM: actor (the inference actor's node) | read
+    python tests/node_loss.py train WORLD OUT
+
+``map``: maps WORLD into OUT (one inference actor) while a thread removes, ungracefully, the victim's node as soon
+as the actor is up, and adds a fresh node; a reader polls the cube throughout and records what it saw.
+``train``: one seed of a small training, twice: undisturbed, then with the worker's node removed mid-stage (after
+the teacher's first checkpoint) and a fresh node added; reports whether every weight is equal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+STORE = 512 * 2**20
+NODE = {"num_cpus": 1, "node_ip_address": "127.0.0.1", "object_store_memory": STORE}
+
+
+def start_cluster(workers: int = 2):
+    from ray.cluster_utils import Cluster
+
+    for k, v in {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}.items():
+        os.environ.setdefault(k, v)  # loopback only, as scripts/local_env.sh sets them (bench/chaos.py may run without it)
+    # each node's object store sized for this work (512 MB is ample): with Ray's default, 30 % of RAM per node, three
+    # nodes beside the test suite's own Ray mapped the tiny world in 49 s instead of 15 s
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": True, "object_store_memory": STORE,
+                                                            "dashboard_host": "127.0.0.1", "node_ip_address": "127.0.0.1"})
+    nodes = [cluster.add_node(**NODE) for _ in range(workers)]
+    os.environ["RAY_ADDRESS"] = cluster.address
+    from deepsalt.raycluster import init_ray
+
+    init_ray()
+    cluster.wait_for_nodes()
+    return cluster, nodes
+
+
+def replace(cluster, nodes: list, node, events: list, **what) -> None:
+    """Remove ``node`` as a preemption would (no grace), record it, and add a fresh node in its place."""
+    cluster.remove_node(node, allow_graceful=False)
+    nodes.remove(node)
+    events.append({"removed": node.node_id, **what})
+    nodes.append(cluster.add_node(**NODE))
+
+
+def actor_node() -> str | None:
+    """The node id of the live inference actor, if any."""
+    from ray.util.state import list_actors
+
+    for a in list_actors(filters=[("state", "=", "ALIVE")], raise_on_missing_output=False):
+        if "Predictor" in (a.class_name or "") and a.node_id:
+            return a.node_id
+    return None
+
+
+def run_map(world: str, bundle: str, out: str, victim: str) -> dict:
+    """The mapping runs in a thread; this (main) thread removes and adds nodes (Ray adds nodes from the main thread
+    only); another thread reads the cube throughout."""
+    from conftest import map_cfg, tile_arrays
+    from deepsalt.mapping.pipeline import map_region
+
+    cluster, nodes = start_cluster(2)
+    events, seen, box, done = [], [], {}, threading.Event()
+
+    def mapper():
+        try:
+            box["summary"] = map_region(map_cfg(Path(world), bundle, out, predict_actors=1), log=lambda *_: None)
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            box["error"] = e
+        done.set()
+
+    def reader():
+        while not done.is_set():
+            try:
+                seen.append(tile_arrays(out))
+            except Exception:  # noqa: BLE001 - no cube yet
+                pass
+            time.sleep(1.0)
+
+    t0 = time.time()
+    threads = [threading.Thread(target=mapper), threading.Thread(target=reader, daemon=True)]
+    for t in threads:
+        t.start()
+    # One inference actor (1 CPU) fills one of the two 1-CPU worker nodes, so every read task (1 CPU) runs on the other:
+    # "actor" removes the actor's node, "read" the node the reads run on, as soon as the actor is up.
+    while not done.is_set() and not events:
+        holder = actor_node()
+        target = next((n for n in nodes if (n.node_id == holder) == (victim == "actor")), None) if holder else None
+        if target is not None:
+            replace(cluster, nodes, target, events, victim=victim, after_s=round(time.time() - t0, 2))
+        time.sleep(0.1)
+    for t in threads:
+        t.join()
+    if "error" in box:
+        raise box["error"]
+    final = tile_arrays(out)
+    import numpy as np
+
+    def same(a, b):
+        return sorted(a) == sorted(b) and all(np.array_equal(a[k][v], b[k][v], equal_nan=v != "scene") for k in a for v in a[k])
+
+    partial = sum(1 for s in seen if s and not same(s, final))
+    return cluster, {"summary": box["summary"], "events": events, "polls": len(seen), "polls_empty": sum(1 for s in seen if not s),
+                     "polls_partial": partial, "seconds": round(time.time() - t0, 1)}
+
+
+def run_train(world: str, out: str) -> dict:
+    import torch
+
+    from deepsalt.config import TrainConfig
+    from deepsalt.train.data import load_training_data
+    from deepsalt.train.run import _latest_checkpoint, fit_seed
+    from deepsalt.train.stages import load_state
+
+    cluster, nodes = start_cluster(1)
+    cfg = TrainConfig.for_preset("tiny", ae={"hidden": (64,), "epochs": 4}, sau={"epochs": 4}, teacher={"epochs": 8},
+                                 student={"epochs": 8}, variants=("deepsalt",), kd={"transfer": False}, adapt_pixels=0,
+                                 checkpoint_every=2, seeds=(0,), max_failures=3)
+    data = load_training_data(Path(world), cfg, 0)
+    t0 = time.time()
+    clean = fit_seed(data, cfg, 0, f"{out}/clean")
+    t_clean = time.time() - t0
+    events, box = [], {}
+
+    def train():
+        box["state"] = fit_seed(data, cfg, 0, f"{out}/chaos")
+
+    th = threading.Thread(target=train)
+    t0 = time.time()
+    th.start()
+    while th.is_alive():  # mid-teacher: after its first checkpoint
+        ck = _latest_checkpoint(f"{out}/chaos/seed0")
+        if ck is not None:
+            progress = load_state(ck)["progress"]
+            if progress["stage"] == 2 and progress["epoch"] > 0:
+                replace(cluster, nodes, nodes[0], events, removed_at=progress, after_s=round(time.time() - t0, 2))
+                break
+        time.sleep(0.1)
+    th.join()
+    chaos = box["state"]
+    equal = all(torch.equal(clean["models"][m][k], chaos["models"][m][k]) for m in clean["models"] for k in clean["models"][m])
+    history = [(h["stage"], h["epoch"]) for h in chaos["history"]]
+    return cluster, {"events": events, "equal": equal, "clean_seconds": round(t_clean, 1), "chaos_seconds": round(time.time() - t0, 1),
+                     "history_ok": history == [(h["stage"], h["epoch"]) for h in clean["history"]]}
+
+
+if __name__ == "__main__":
+    import ray
+
+    mode, *args = sys.argv[1:]
+    cluster, result = run_map(*args) if mode == "map" else run_train(*args)
+    print("RESULT " + json.dumps(result, default=str), flush=True)
+    ray.shutdown()
+    cluster.shutdown()
