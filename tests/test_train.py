@@ -130,7 +130,7 @@ def test_resuming_a_checkpoint_made_for_another_output_range_is_refused(world, r
     out, _ = run
     shutil.copytree(out / "ray" / "seed0", tmp_path / "seed0")
     cfg = TrainConfig.for_preset("tiny", **{**FAST, "out_range": (0.05, 40.0)})
-    with pytest.raises(DeepSaltInputError, match=r"trained for output range \[0\.05.*77\.0\] dS/m, this run asks for \[0\.05, 40\.0\]"):
+    with pytest.raises(DeepSaltInputError, match=r"trained for output range \[0\.05.*77\.0\] dS m-1, this run asks for \[0\.05, 40\.0\]"):
         fit_seed(load_training_data(world, cfg, 0), cfg, 0, str(tmp_path))
 
 

@@ -124,7 +124,7 @@ class DeepSaltBundle:
         weights_range = stu.head.out_range.tolist()
         if not np.allclose(weights_range, meta["out_range"]) or not np.allclose(stu.out_range, meta["out_range"]):
             # DESIGN defect 7: a head trained for one range silently loaded into another
-            raise DeepSaltInputError(url, f"weights were trained for output range {weights_range} dS/m but the bundle "
+            raise DeepSaltInputError(url, f"weights were trained for output range {weights_range} {target.units} but the bundle "
                                      f"records {meta['out_range']}", "do not edit out_range; retrain instead")
         ref = tensors.get("aoa.reference")
         aoa, iv = meta.get("aoa") or {}, meta.get("interval90") or {}

@@ -336,7 +336,7 @@ def train(inputs, out: str | Path, cfg: TrainConfig, log=print) -> dict:
         state = fit_seed(data, cfg, seed, storage, log=log)
         res = evaluate_seed(data, cfg, state, seed)
         res["split"] = data.info["split"]
-        log(f"seed {seed}: DeepSalt seen MAE {res['results']['deepsalt']['seen']['mae']:.3f} dS/m "
+        log(f"seed {seed}: DeepSalt seen MAE {res['results']['deepsalt']['seen']['mae']:.3f} {get_target(cfg.target).units} "
             f"R2 {res['results']['deepsalt']['seen']['r2']:.3f} ({time.time() - t0:.0f} s)")
         per_seed.append(res)
         if seed == cfg.seeds[0]:

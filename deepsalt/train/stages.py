@@ -25,6 +25,7 @@ from deepsalt.errors import DeepSaltInputError
 from deepsalt.models.autoencoder import SparseAutoEncoder, alignment_loss, kl_sparsity
 from deepsalt.models.losses import distillation_loss
 from deepsalt.models.transformer import SpectralTransformer, build_student
+from deepsalt.targets import get_target
 
 STATE_FILE = "state.pt"
 
@@ -71,8 +72,6 @@ def _t(a, ctx):
 def _std_target(y: np.ndarray, train_idx: np.ndarray, cfg: TrainConfig) -> np.ndarray:
     """The target in its learning space (ln y for ECe), standardised with the training samples' mean and sd (the
     auto-encoders' read-out target)."""
-    from deepsalt.targets import get_target
-
     z = get_target(cfg.target).transform(y)
     return (z - z[train_idx].mean()) / max(z[train_idx].std(), 1e-6)
 
@@ -163,7 +162,8 @@ def check_resume(state: dict, cfg: TrainConfig, where: str) -> None:
     for name, sd in state["models"].items():
         r = sd.get("head.out_range")
         if r is not None and not np.allclose(r.detach().cpu().numpy(), cfg.out_range):
-            raise DeepSaltInputError(where, f"the checkpoint's '{name}' was trained for output range {r.tolist()} dS/m, "
+            units = get_target(cfg.target).units
+            raise DeepSaltInputError(where, f"the checkpoint's '{name}' was trained for output range {r.tolist()} {units}, "
                                      f"this run asks for {list(cfg.out_range)}",
                                      "resume with the out_range it was trained with, or train into a new run folder")
 
@@ -256,8 +256,6 @@ def _regression_stage(name: str, data, cfg: TrainConfig, models: dict, ctx: Ctx,
                     data, models, variant, ctx, x_all, y_all, t_pred, t_feats, t_mask)
                 tr_all = np.concatenate([tr_all, np.arange(n_site, len(y_all))])
     model = trained[name]
-    from deepsalt.targets import get_target
-
     log_space = get_target(cfg.target).log
 
     def epoch(rng, epoch_: int) -> dict:
