@@ -24,6 +24,7 @@ The CRS and geotransform are read from the image itself, never from the XML.
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -35,9 +36,23 @@ from deepsalt.spectra.bands import BandTable
 
 #: image file endings DLR offers, in the order they are looked for (EnMAP-Box looks for the same)
 IMAGE_ENDINGS = ("-SPECTRAL_IMAGE.TIF", "-SPECTRAL_IMAGE.GEOTIFF", "-SPECTRAL_IMAGE_COG.TIF", "-SPECTRAL_IMAGE.BSQ",
-                 "-SPECTRAL_IMAGE.BIL", "-SPECTRAL_IMAGE.BIP", "-SPECTRAL_IMAGE.JP2")
-#: the GDAL driver each image format needs
-IMAGE_DRIVERS = {"TIF": "GTiff", "GEOTIFF": "GTiff", "BSQ": "ENVI", "BIL": "ENVI", "BIP": "ENVI", "JP2": "JP2OpenJPEG"}
+                 "-SPECTRAL_IMAGE.BIL", "-SPECTRAL_IMAGE.BIP", "-SPECTRAL_IMAGE.JP2", "-SPECTRAL_IMAGE.JPEG2000")
+#: the GDAL driver each image format needs (``.JPEG2000`` is the ending SNAP's reader and GFZ's EnPT look for)
+IMAGE_DRIVERS = {"TIF": "GTiff", "GEOTIFF": "GTiff", "BSQ": "ENVI", "BIL": "ENVI", "BIP": "ENVI", "JP2": "JP2OpenJPEG",
+                 "JPEG2000": "JP2OpenJPEG"}
+#: an EnMAP L2A product id as DLR names its products, e.g.
+#: ``ENMAP01-____L2A-DT0000326721_20170626T102020Z_001_V000204_20200406T201930Z`` (satellite, level, datatake, start
+#: time, tile, processor version, processing time). Ingest builds catalogue paths from it, so nothing else is accepted.
+PRODUCT_ID = re.compile(r"ENMAP\d\d-_{4}L2A-DT\d{6,12}_\d{8}T\d{6}Z_\d{3}_V\d{6}_\d{8}T\d{6}Z")
+
+
+def check_product_id(pid: str, where: str, what: str) -> str:
+    """``pid`` if it is an EnMAP L2A product id (``PRODUCT_ID``), else a DeepSaltInputError naming it and ``what`` it
+    came from: a name such as ``../x`` or ``/etc`` can never become a path."""
+    if not PRODUCT_ID.fullmatch(pid or ""):
+        raise DeepSaltInputError(where, f"{what} {pid[:120]!r} is not an EnMAP L2A product id (ENMAP0N-____L2A-DT<datatake>_"
+                                 "<start>_<tile>_V<version>_<processed>)", "ingest products as DLR names them")
+    return pid
 #: quality layers besides the ones DeepSalt can apply as masks (``config.QUALITY_LAYERS``): kept, not applied.
 #: asset key -> (file tag, role)
 EXTRA_LAYERS = {"quality_testflags": ("QL_QUALITY_TESTFLAGS", "quality"), "defective_pixel_mask": ("QL_PIXELMASK", "data-mask")}
@@ -74,6 +89,9 @@ class L2AMetadata:
     nodata: float = -32768.0
     product_format: str = ""
     projection: str = ""
+    correction_type: str = ""  # processing/correctionType: Land_Mode, Water_Mode or Combined (DLR's atmospheric correction)
+    width: int | None = None  # specific/widthOfOrthoScene, heightOfOrthoScene (px)
+    height: int | None = None
 
     @property
     def bad_bands(self) -> list[str]:
@@ -142,10 +160,19 @@ def parse_metadata(xml: bytes | str, where: str) -> L2AMetadata:
 
     footprint = []
     for pt in root.findall("base/spatialCoverage/boundingPolygon/point"):
+        if (pt.findtext("frame") or "").strip().lower() == "center":  # DLR's schema 00-02-00 adds the centre after the ring
+            continue
         try:
             footprint.append((float(pt.findtext("longitude")), float(pt.findtext("latitude"))))
         except (TypeError, ValueError):
             raise DeepSaltInputError(where, "METADATA.XML footprint point without numeric latitude/longitude") from None
+    if len(footprint) > 1 and np.allclose(footprint[0], footprint[-1], atol=1e-6):
+        footprint[-1] = footprint[0]  # DLR repeats the first corner to more digits: the ring is closed exactly
+    elif footprint:
+        footprint.append(footprint[0])
+    if footprint and len(footprint) < 4:
+        raise DeepSaltInputError(where, f"METADATA.XML footprint has {len(footprint) - 1} corner(s), not 4",
+                                 "the product is incomplete: re-download it from DLR")
     covers = {}
     for key, tag in COVER_TAGS.items():
         v = root.find(f".//{tag}")
@@ -161,7 +188,17 @@ def parse_metadata(xml: bytes | str, where: str) -> L2AMetadata:
                        swir=channels("swir"), footprint=footprint, covers={k: v for k, v in covers.items() if v is not None},
                        nodata=float(nodata) if nodata else -32768.0,
                        product_format=_text(root, "processing/productFormat", where, required=False) or "",
-                       projection=_text(root, "product/ortho/projection", where, required=False) or "")
+                       projection=_text(root, "product/ortho/projection", where, required=False) or "",
+                       correction_type=_text(root, "processing/correctionType", where, required=False) or "",
+                       width=_int(root, "specific/widthOfOrthoScene", where), height=_int(root, "specific/heightOfOrthoScene", where))
+
+
+def _int(root, path: str, where: str) -> int | None:
+    s = _text(root, path, where, required=False)
+    try:
+        return int(s) if s else None
+    except ValueError:
+        raise DeepSaltInputError(where, f"METADATA.XML {path} {s!r} is not a whole number") from None
 
 
 def _sub(parent, tag: str, text=None, **attrs):
@@ -195,7 +232,10 @@ def metadata_xml(m: L2AMetadata, image_file: str, width: int, height: int, note:
         _sub(pt, "frame", frame)
         _sub(pt, "latitude", f"{lat:.6f}")
         _sub(pt, "longitude", f"{lon:.6f}")
-    _sub(_sub(root, "processing"), "productFormat", m.product_format)
+    proc = _sub(root, "processing")
+    _sub(proc, "productFormat", m.product_format)
+    if m.correction_type:
+        _sub(proc, "correctionType", m.correction_type)
     spec = _sub(root, "specific")
     _sub(spec, "widthOfOrthoScene", width)
     _sub(spec, "heightOfOrthoScene", height)

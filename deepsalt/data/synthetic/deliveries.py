@@ -57,7 +57,7 @@ def scene_metadata(scene: dict, r: dict, bands, fmt: str) -> L2AMetadata:
     return L2AMetadata(name=scene["id"], bands=bands, gain=np.full(len(bands), 1e-4), offset=np.zeros(len(bands)),
                        start=scene["datetime"], stop=scene["datetime"] + timedelta(seconds=4), mean=mean, sd=sd,
                        vnir=vnir, swir=swir, footprint=list(zip(lon, lat)), covers=covers, nodata=-32768.0,
-                       product_format=fmt, projection=f"UTM_Zone{scene['epsg'] % 100}_{'North' if scene['epsg'] < 32700 else 'South'}")
+                       product_format=fmt, correction_type="Land_Mode", projection=f"UTM_Zone{scene['epsg'] % 100}_{'North' if scene['epsg'] < 32700 else 'South'}")
 
 
 def layer_arrays(r: dict) -> dict[str, np.ndarray]:
