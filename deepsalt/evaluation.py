@@ -9,20 +9,35 @@ from sklearn.ensemble import RandomForestRegressor
 from deepsalt.config import OUT_RANGE
 
 
-def metrics(y: np.ndarray, pred: np.ndarray) -> dict:
+def metrics(y: np.ndarray, pred: np.ndarray, thresholds=(), calls=None) -> dict:
+    """MAE, MAE and R2 of ln values, RMSE, R2, MAPE, Spearman's rank correlation; with ``thresholds``, per threshold
+    ``classes["4"] = {recall, precision, f1, auc}`` of the calls ``calls[i]`` (bool per sample; default: the
+    prediction above the threshold), the AUC ranking the samples by the prediction."""
+    from scipy.stats import spearmanr
+
+    from deepsalt.models.applicability import class_figures
+
     y, pred = np.asarray(y, float), np.asarray(pred, float)
     if y.shape != pred.shape:
         raise ValueError(f"{len(pred)} predictions for {len(y)} samples: every sample needs its own prediction")
+    nan = float("nan")
     if len(y) == 0:
-        return {"mae": float("nan"), "mae_ln": float("nan"), "rmse": float("nan"), "r2": float("nan"),
-                "mape": float("nan"), "n": 0}
+        return {"mae": nan, "mae_ln": nan, "rmse": nan, "r2": nan, "r2_ln": nan, "spearman": nan, "mape": nan, "n": 0,
+                **({"classes": {f"{t:g}": class_figures([], [], []) for t in thresholds}} if len(thresholds) else {})}
     err = pred - y
     # the MAE of ln ECe: a relative error, comparable between regions of different salinity
-    mae_ln = float(np.abs(np.log(np.maximum(pred, 1e-3)) - np.log(np.maximum(y, 1e-3))).mean())
-    ss = ((y - y.mean()) ** 2).sum()
-    return {"mae": float(np.abs(err).mean()), "mae_ln": mae_ln, "rmse": float(np.sqrt((err**2).mean())),
-            "r2": float(1 - (err**2).sum() / ss) if ss > 0 else float("nan"),
-            "mape": float(np.mean(np.abs(err) / np.maximum(np.abs(y), 0.1)) * 100), "n": int(len(y))}
+    ly, lp = np.log(np.maximum(y, 1e-3)), np.log(np.maximum(pred, 1e-3))
+    mae_ln = float(np.abs(lp - ly).mean())
+    ss, ss_ln = ((y - y.mean()) ** 2).sum(), ((ly - ly.mean()) ** 2).sum()
+    out = {"mae": float(np.abs(err).mean()), "mae_ln": mae_ln, "rmse": float(np.sqrt((err**2).mean())),
+           "r2": float(1 - (err**2).sum() / ss) if ss > 0 else nan,
+           "r2_ln": float(1 - ((lp - ly) ** 2).sum() / ss_ln) if ss_ln > 0 else nan,
+           "spearman": float(spearmanr(y, pred).statistic) if len(y) > 2 and np.ptp(y) > 0 and np.ptp(pred) > 0 else nan,
+           "mape": float(np.mean(np.abs(err) / np.maximum(np.abs(y), 0.1)) * 100), "n": int(len(y))}
+    if len(thresholds):
+        out["classes"] = {f"{t:g}": class_figures(y > t, pred > t if calls is None else calls[i], pred)
+                          for i, t in enumerate(thresholds)}
+    return out
 
 
 def paired_mae_difference(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, seed: int, n_boot: int = 2000) -> dict:

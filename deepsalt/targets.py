@@ -24,6 +24,8 @@ class Target:
     var: str  # the cube variable (its sd is ``<var>_sd``)
     long_name: str
     short: str  # for titles and axis labels
+    #: the thresholds the cube's exceedance probabilities and the class figures (recall, precision, F1, AUC) use
+    thresholds: tuple[float, ...] = ()
 
     def transform(self, y):
         """The space the target is learnt in: ln y (clipped at 1e-3) or y."""
@@ -44,6 +46,7 @@ class Target:
         """JSON-ready (the last class's open bound as null)."""
         d = asdict(self)
         d["valid_range"] = list(self.valid_range)
+        d["thresholds"] = list(self.thresholds)
         d["classes"] = [[hi if math.isfinite(hi) else None, label] for hi, label in self.classes]
         return d
 
@@ -53,11 +56,12 @@ TARGETS: dict[str, Target] = {
     "ece": Target("ece", "ece_dsm", "dS m-1", (0.05, 77.0), True,
                   ((2, "non-saline < 2"), (4, "slightly 2-4"), (8, "moderately 4-8"), (16, "strongly 8-16"),
                    (math.inf, "very strongly > 16")),
-                  "ece", "soil salinity, electrical conductivity of the saturated-paste extract, 0-12 cm", "ECe"),
+                  "ece", "soil salinity, electrical conductivity of the saturated-paste extract, 0-12 cm", "ECe",
+                  (4.0, 8.0, 16.0)),  # saline (4: USDA's and FAO's saline soil), strongly and very strongly saline
     # organic carbon, % by mass (OSSL's oc_usda.c729_w.pct); classes as soil-survey reports use them
     "soc": Target("soc", "soc", "%", (0.01, 30.0), True,
                   ((0.5, "very low < 0.5"), (1, "low 0.5-1"), (2, "moderate 1-2"), (4, "high 2-4"), (math.inf, "very high > 4")),
-                  "soc", "soil organic carbon content (mass fraction), 0-12 cm", "SOC"),
+                  "soc", "soil organic carbon content (mass fraction), 0-12 cm", "SOC", (1.0, 2.0, 4.0)),
 }
 
 
@@ -67,7 +71,9 @@ def get_target(name_or_dict) -> Target:
         return name_or_dict
     if isinstance(name_or_dict, dict):
         d = dict(name_or_dict)
-        return Target(**{**d, "valid_range": tuple(d["valid_range"]),
+        # a bundle or cube written before targets had thresholds: the built-in target's
+        thresholds = d.get("thresholds") or (TARGETS[d["name"]].thresholds if d.get("name") in TARGETS else ())
+        return Target(**{**d, "valid_range": tuple(d["valid_range"]), "thresholds": tuple(float(v) for v in thresholds),
                          "classes": tuple((math.inf if hi is None else float(hi), str(lb)) for hi, lb in d["classes"])})
     if name_or_dict not in TARGETS:
         raise ValueError(f"unknown target '{name_or_dict}' (built in: {', '.join(TARGETS)})")

@@ -149,7 +149,7 @@ def tile_arrays(url, storage_options=None, version=None, epoch_index=0) -> dict:
     out = {}
     for ty, tx in sorted(recorded_tiles(session, epoch_index)):
         ys, xs = slice(ty * chunk, (ty + 1) * chunk), slice(tx * chunk, (tx + 1) * chunk)
-        d = {v: root[v][epoch_index, ys, xs] for v in VARS}
+        d = {v: root[v][epoch_index, ..., ys, xs] for v in VARS}  # exceedance: (threshold, y, x)
         d["scene"] = ids[d["scene"]]  # -1 -> ""
         out[(ty, tx)] = d
     return out

@@ -40,6 +40,20 @@ def test_cube_opens_with_xarray_and_rioxarray(cube):
     assert ds["ece"].dims == ("time", "y", "x") and ds["ece"].dtype == np.float32
     assert ds["ece"].attrs["units"] == "dS m-1"
     assert str(ds["time"].values[0])[:10] == "2024-01-01"
+    # P(ECe > 4, 8, 16 dS/m): decoded to [0, 1], NaN where not mapped, falling with the threshold, and the bundle's own
+    # predictive distribution for the stored value, sd and DI (to the 1 % it is stored at)
+    assert ds["exceedance"].dims == ("time", "threshold", "y", "x") and list(ds["threshold"].values) == [4.0, 8.0, 16.0]
+    assert ds["threshold"].attrs["units"] == "dS m-1" and set(ds.attrs["exceedance_decision"]) == {"4", "8", "16"}
+    ys, xs = mapped_extent(str(out))
+    sub = ds.isel(time=0, y=ys, x=xs).compute()
+    ok = np.isfinite(sub["ece"].values)
+    p = sub["exceedance"].values[:, ok]
+    assert np.isnan(sub["exceedance"].values[:, ~ok]).all() and (p >= 0).all() and (p <= 1).all()
+    assert (p[0] >= p[1] - 1e-9).all() and (p[1] >= p[2] - 1e-9).all()
+    from deepsalt.models.bundle import DeepSaltBundle as Bundle
+    b = Bundle.load(ds.attrs["models"]["2024"]["bundle"])
+    want = b.exceedance(sub["ece"].values[ok], sub["ece_sd"].values[ok], sub["di"].values[ok])
+    np.testing.assert_allclose(p, want, atol=0.0051)
     assert summary["pixels_mapped"] > 10_000
     # empty chunks are never written: only mapped tiles hold chunks, and each mapped tile has its fingerprint
     session = readonly_session(str(out))
@@ -135,6 +149,19 @@ def test_cube_scores_like_the_model_and_quicklook(cube, world, trained, tmp_path
     out, _ = cube
     s = score(str(out), world)
     assert s["overall"]["n_pixels"] > 10_000 and set(s["scenes"])
+    # the figures users judge a map by, overall, per region and scene, and for a map of each scene's true median
+    regions = {sc["id"]: sc["region"] for sc in json.loads((world / "world.json").read_text())["scenes"]}
+    for part in (s["overall"], s["seen"], *s["scenes"].values(), s["reference_scene_median"]["overall"]):
+        assert {"mae", "rmse", "r2", "r2_ln", "spearman", "n_pixels"} <= set(part)
+        assert set(part["classes"]) == {"4", "8", "16"} and {"recall", "precision", "f1", "auc"} <= set(part["classes"]["4"])
+    assert {sid: sc["region"] for sid, sc in s["scenes"].items()} == {sid: regions[sid] for sid in s["scenes"]}
+    assert s["overall"]["n_pixels"] == sum(sc["n_pixels"] for sc in s["scenes"].values())
+    # a scene's true median everywhere has no rank within a scene (AUC 0.5 in each) and its own MAE
+    assert all(sc["classes"]["4"]["auc"] in (0.5,) or np.isnan(sc["classes"]["4"]["auc"])
+               for sc in s["reference_scene_median"]["scenes"].values())
+    assert s["exceedance_decision"] == open_cube(str(out)).attrs["exceedance_decision"]
+    rel = s["reliability"]["overall"]["4"]
+    assert sum(d["n"] for d in rel["deciles"]) == s["overall"]["n_pixels"] and np.isfinite(rel["brier"])
     # the cube against the truth rasters vs the bundle on the labelled sites of the same scenes
     import pandas as pd
     sites = pd.read_parquet(world / "samples" / "satellite_samples.parquet")
@@ -278,6 +305,11 @@ def test_point_reads_one_pixel_with_its_scene_and_date(cube, world, trained):
     assert e["di"] == pytest.approx(float(ds["di"][0, row, col])) and e["inside_aoa"] == (int(ds["aoa"][0, row, col]) == 1)
     lo, hi = e["interval90"]
     assert lo < e["ece"] < hi
+    # the exceedance probabilities and the map's call at the cube's decision probability
+    dec = ds.attrs["exceedance_decision"]
+    for t, x in e["exceedance"].items():
+        assert x["probability"] == pytest.approx(float(ds["exceedance"].sel(threshold=float(t))[0, row, col]), abs=1e-6)
+        assert x["called_above"] == (x["probability"] >= dec[t] - 1e-9)
     # the bundle's own interval for the same prediction, MC sd and DI (its width grows with the DI)
     want = DeepSaltBundle.load(str(trained[0] / "bundle")).interval([e["ece"]], [e["ece_sd"]], [e["di"]])
     assert (lo, hi) == pytest.approx((float(want[0][0]), float(want[1][0])), rel=1e-3, abs=1e-4)
@@ -324,7 +356,8 @@ def test_export_cog_and_netcdf_open_in_gdal_and_xarray(cube, tmp_path):
     r = CliRunner().invoke(app, ["export", "--cube", str(out), "--out", str(tmp_path / "e.tif"), f"--bbox={bbox}"])
     assert r.exit_code == 0, r.stdout + r.stderr
     with rasterio.open(tmp_path / "e.tif") as src:
-        assert src.crs.to_epsg() == 5070 and np.isnan(src.nodata) and src.overviews(1) and src.count == 3
+        assert src.crs.to_epsg() == 5070 and np.isnan(src.nodata) and src.overviews(1) and src.count == 6
+        assert src.descriptions[3].startswith("P(ECe > 4 dS m-1)") and json.loads(src.tags()["exceedance_decision"]) == ds.attrs["exceedance_decision"]
         assert float(src.tags()["aoa_threshold"]) == pytest.approx(ds.attrs["models"]["2024"]["aoa_threshold"])
         iv = json.loads(src.tags()["interval90"])  # the interval can be rebuilt from bands 1-3 and these constants
         assert iv["q"] == pytest.approx(ds.attrs["models"]["2024"]["interval90_q"]) and iv["di_slope"] >= 0
@@ -332,6 +365,7 @@ def test_export_cog_and_netcdf_open_in_gdal_and_xarray(cube, tmp_path):
         ref = ds["ece"][0, row0:row0 + src.height, col0:col0 + src.width].values
         assert np.isfinite(ref).sum() > 1000
         np.testing.assert_array_equal(src.read(1), ref)
+        np.testing.assert_allclose(src.read(4), ds["exceedance"][0, 0, row0:row0 + src.height, col0:col0 + src.width].values, atol=1e-6)
     r = CliRunner().invoke(app, ["export", "--cube", str(out), "--out", str(tmp_path / "e.nc"), "--format", "netcdf", f"--bbox={bbox}"])
     assert r.exit_code == 0, r.stdout + r.stderr
     nc = xr.open_dataset(tmp_path / "e.nc")

@@ -475,3 +475,56 @@ def test_adaptation_moves_the_new_regions_latent_onto_the_training_moments():
     np.testing.assert_allclose(moved.std(0), src.std(0), rtol=0.05)
     # a site of the new region keeps its rank within the region: the alignment is monotone per dimension
     np.testing.assert_array_equal(np.argsort(moved[:, 0]), np.argsort(tgt[:, 0]))
+
+
+def test_exceedance_is_the_intervals_distribution_and_calls_where_f1_is_best():
+    """P(y > t) comes from the distribution whose central 90 % is the calibrated interval (DI widening included):
+    at the interval's ends it is 0.95 and 0.05. On heteroscedastic log-normal data the probabilities are reliable
+    (observed frequency within 0.05 of predicted in every well-filled decile, Brier skill > 0), the decision
+    probability chosen for the best F1 calls more of the right-skewed tail than the median rule does, and the AUC
+    equals scikit-learn's."""
+    from sklearn.metrics import roc_auc_score
+
+    from deepsalt.models import applicability as ap
+
+    rng = np.random.default_rng(1)
+    n = 20000
+    sd_log = rng.uniform(0.2, 0.8, n)
+    pred = np.exp(rng.normal(0.8, 0.9, n))
+    y = pred * np.exp(sd_log * rng.standard_normal(n))
+    sd, di = sd_log * pred, rng.uniform(0, 0.5, n)
+    form = dict(q=1.4, scaled=True, di=di, di_slope=0.3)
+    lo, hi = ap.interval(pred, sd, **form)
+    p_lo = ap.exceedance(pred, sd, [1.0], **form)  # shape check: one threshold, n pixels
+    assert p_lo.shape == (1, n) and p_lo.dtype == np.float32
+    at_lo = np.array([ap.exceedance(pred[i:i + 1], sd[i:i + 1], [lo[i]], 1.4, True, di[i:i + 1], 0.3)[0, 0] for i in range(50)])
+    at_hi = np.array([ap.exceedance(pred[i:i + 1], sd[i:i + 1], [hi[i]], 1.4, True, di[i:i + 1], 0.3)[0, 0] for i in range(50)])
+    np.testing.assert_allclose(at_lo, 0.95, atol=1e-4)
+    np.testing.assert_allclose(at_hi, 0.05, atol=1e-4)
+    # calibrated probabilities: the truth's own log-sd, no DI widening
+    prob = ap.exceedance(pred, sd, [4.0, 8.0], q=ap.Z_LEVEL, scaled=True)
+    rel = ap.reliability(y, prob, [4.0, 8.0])
+    for t in ("4", "8"):
+        assert rel[t]["brier_skill"] > 0.2, rel[t]["brier_skill"]
+        for d in rel[t]["deciles"]:
+            if d["n"] >= 500:
+                assert abs(d["predicted"] - d["observed"]) < 0.05, (t, d)
+    dec = ap.choose_decision(y[:10000], prob[:, :10000], [4.0, 8.0])
+    assert set(dec) == {"4", "8"} and all(0.05 <= v <= 0.95 for v in dec.values())
+    called = ap.class_figures(y[10000:] > 4, prob[0, 10000:] >= dec["4"], prob[0, 10000:])
+    median_rule = ap.class_figures(y[10000:] > 4, pred[10000:] > 4)
+    assert dec["4"] < 0.5 and called["recall"] > median_rule["recall"] and called["f1"] >= median_rule["f1"] - 0.01
+    assert called["auc"] == pytest.approx(roc_auc_score(y[10000:] > 4, prob[0, 10000:]), abs=1e-9)
+    # too few sites above a threshold to choose: 0.5
+    assert ap.choose_decision(np.ones(100), prob[:1, :100], [4.0]) == {"4": 0.5}
+
+
+def test_metrics_report_ln_skill_rank_and_class_figures():
+    from deepsalt.evaluation import metrics
+
+    y = np.array([0.5, 1.0, 2.0, 3.0, 5.0, 9.0, 20.0])
+    m = metrics(y, y * 1.1, thresholds=(4.0, 8.0))
+    assert m["spearman"] == pytest.approx(1.0) and m["r2_ln"] == pytest.approx(1 - 7 * np.log(1.1) ** 2 / np.sum((np.log(y) - np.log(y).mean()) ** 2))
+    assert m["classes"]["4"] == {"recall": 1.0, "precision": 1.0, "f1": 1.0, "n_above": 3, "n": 7, "auc": 1.0}
+    low = metrics(y, np.full(7, 2.0), thresholds=(4.0,))
+    assert low["classes"]["4"]["recall"] == 0.0 and np.isnan(low["classes"]["4"]["precision"]) and low["classes"]["4"]["auc"] == 0.5

@@ -38,6 +38,16 @@ def test_run_writes_metrics_report_and_bundle(run):
         a = on_disk["aoa"][region]
         assert 0 <= a["inside_fraction"] <= 1 and a["n_inside"] + a["n_outside"] == r_n(on_disk, region)
     assert on_disk["calibration"]["coverage90_val"] >= 0.85  # conformal: at least nominal on its own sites
+    # ln-space skill, rank and class figures on the test sites; exceedance calls at the decision probability chosen on
+    # the validation sites, and their reliability on the validation and test sites
+    seen = on_disk["results"]["deepsalt"]["seen"]
+    assert {"r2_ln", "spearman"} <= set(seen) and set(seen["classes"]) == {"4", "8", "16"}
+    ex = on_disk["exceedance_per_seed"][0]
+    assert set(ex["decision"]) == {"4", "8", "16"} and all(0.05 <= p <= 0.95 for p in ex["decision"].values())
+    assert b["interval90"]["exceedance_decision"] == ex["decision"]
+    for region in ("val", "seen", "unseen"):
+        rel = ex[region]["reliability"]["4"]
+        assert sum(d["n"] for d in rel["deciles"]) == ex[region]["classes"]["4"]["n"] and 0 <= rel["base_rate"] <= 1
     assert on_disk["protocol"]["block_km"][0] > 0 and on_disk["protocol"]["early_stopping"] == "validation blocks"
     b = json.loads((out / "bundle" / "bundle.json").read_text())
     assert b["interval90"]["q"] == pytest.approx(on_disk["calibration"]["q"]) and b["aoa"]["threshold"] == pytest.approx(on_disk["aoa"]["threshold"])

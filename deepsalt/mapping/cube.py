@@ -4,12 +4,14 @@ Layout of the ``main`` branch (dims ``time, y, x``; CF attributes; CRS in ``spat
 rioxarray):
 
 - ``ece`` (or the cube's target's variable, ``soc``...), ``ece_sd``, ``di``, ``aoa``, ``valid``, ``scene``,
-  ``acq_date``: one chunk per tile and epoch, stored
+  ``acq_date``, and ``exceedance`` (dims ``time, threshold, y, x``: the probability that the value exceeds each of the
+  target's thresholds, in percent with ``scale_factor`` 0.01): one chunk per tile and epoch, stored
   ``grid.shard`` x ``grid.shard`` chunks to an object (Zarr v3 sharding); tiles with no mapped pixel hold no
   chunk;
 - ``time``, ``x``, ``y``, ``spatial_ref``: coordinates;
 - root attributes: ``grid``, ``target`` (the soil property, ``deepsalt.targets``), ``scene_ids`` (what ``scene``
-  indexes), ``models`` (the bundle per epoch), ``deepsalt_cube`` (the output contract's version);
+  indexes), ``models`` (the bundle per epoch, with its ``exceedance_decision``), ``exceedance_decision`` (the newest
+  epoch's: per threshold, the probability at which a pixel is called above it), ``deepsalt_cube`` (the contract's version);
 - ``_deepsalt/fingerprint`` ``(time, tile_y, tile_x)`` uint64: per tile, a hash of everything that made its
   pixels (see ``mapping.fingerprint``); 0 = no tile. One chunk per tile, so runs on other tiles never touch it.
 
@@ -39,15 +41,21 @@ from deepsalt.redact import redact_url
 from deepsalt.targets import get_target
 
 #: The output contract: bump when the meaning of a stored value changes (a fingerprint input too).
-CUBE_FORMAT = "deepsalt-cube/5"  # 3: acq_date per pixel; 4: di and aoa per pixel; 5: any target (the variables are named by it)
+CUBE_FORMAT = "deepsalt-cube/6"  # 3: acq_date per pixel; 4: di and aoa per pixel; 5: any target (the variables are named by it);
+# 6: exceedance probabilities (time, threshold, y, x)
 BRANCH = "main"
 
 
 def cube_vars(target="ece") -> dict:
     """The variables of a cube of ``target`` (a name or ``Target``): the value (``ece`` for ECe), its MC sd, the DI and
-    AOA flag, the valid mask, the source scene and its date."""
+    AOA flag, the valid mask, the source scene and its date, and the exceedance probabilities (a variable with
+    ``"threshold"`` in its spec has that dimension after time)."""
     t = get_target(target)
     return {
+        "exceedance": dict(dtype="uint8", fill=255, threshold=True, attrs={
+            "long_name": f"probability that {t.short} exceeds the threshold, from the calibrated predictive distribution "
+                         "(normal in the learnt space, its central 90 % the calibrated interval, DI widening included)",
+            "units": "1", "scale_factor": 0.01, "_FillValue": 255, "valid_range": [0, 100]}),
         t.var: dict(dtype="float32", fill=np.nan, attrs={"units": t.units, "long_name": t.long_name,
                                                          "valid_min": t.valid_range[0], "valid_max": t.valid_range[1]}),
         f"{t.var}_sd": dict(dtype="float32", fill=np.nan, attrs={"units": t.units, "long_name": f"{t.short} uncertainty: standard "
@@ -224,11 +232,17 @@ def _create(store, grid: Grid, target="ece") -> None:
     tarr = root.create_array("time", shape=(0,), dtype="int64", chunks=(64,), dimension_names=("time",), fill_value=0)
     tarr.attrs.update({"standard_name": "time", "units": "days since 1970-01-01", "calendar": "proleptic_gregorian",
                     "long_name": "map epoch (start)"})
+    thr = root.create_array("threshold", shape=(len(t.thresholds),), dtype="float64", dimension_names=("threshold",))
+    thr[:] = np.asarray(t.thresholds, float)
+    thr.attrs.update({"units": t.units, "long_name": f"{t.short} threshold of the exceedance probabilities"})
     side = grid.chunk * grid.shard
+    k = len(t.thresholds)
     for name, spec in cube_vars(t).items():
-        a = root.create_array(name, shape=(0, grid.height, grid.width), chunks=(1, grid.chunk, grid.chunk),
-                              shards=(1, side, side) if grid.shard > 1 else None,
-                              dtype=spec["dtype"], fill_value=spec["fill"], dimension_names=("time", "y", "x"))
+        lead, dims = ((0, k), ("time", "threshold")) if spec.get("threshold") else ((0,), ("time",))
+        ones = (1, k)[:len(lead)]
+        a = root.create_array(name, shape=(*lead, grid.height, grid.width), chunks=(*ones, grid.chunk, grid.chunk),
+                              shards=(*ones, side, side) if grid.shard > 1 else None,
+                              dtype=spec["dtype"], fill_value=spec["fill"], dimension_names=(*dims, "y", "x"))
         a.attrs.update({**spec["attrs"], "grid_mapping": "spatial_ref", "coordinates": "spatial_ref"})
     nty, ntx = grid.n_tiles
     fp = root.create_group("_deepsalt").create_array("fingerprint", shape=(0, nty, ntx), chunks=(1, 1, 1), dtype="uint64",
@@ -300,12 +314,14 @@ def write_tiles(fork: bytes, where: str, grid: Grid, t: int, tiles: list) -> byt
                 a.resize((t + 1, *a.shape[1:]))
         sy, sx = grid.shard_slices(*grid.shard_of(ty, tx)) if grid.shard > 1 else grid.tile_slices(ty, tx)
         for name, spec in variables.items():
-            block = root[name][t, sy, sx] if grid.shard > 1 else np.empty((sy.stop - sy.start, sx.stop - sx.start), spec["dtype"])
+            at = (t, slice(None), sy, sx) if spec.get("threshold") else (t, sy, sx)  # (threshold,) y, x of one epoch
+            lead = root[name].shape[1:-2]
+            block = root[name][at] if grid.shard > 1 else np.empty((*lead, sy.stop - sy.start, sx.stop - sx.start), spec["dtype"])
             for ty, tx, arrays, _ in tiles:
                 ys, xs = grid.tile_slices(ty, tx)
-                block[ys.start - sy.start:ys.stop - sy.start, xs.start - sx.start:xs.stop - sx.start] = \
+                block[..., ys.start - sy.start:ys.stop - sy.start, xs.start - sx.start:xs.stop - sx.start] = \
                     arrays[name] if arrays is not None else spec["fill"]
-            root[name][t, sy, sx] = block
+            root[name][at] = block
         name = FINGERPRINT
         for ty, tx, _, fingerprint in tiles:
             root[FINGERPRINT][t, ty, tx] = fingerprint
@@ -329,6 +345,9 @@ def finish_epoch(session, t: int, epoch: str, scene_ids: list[str], models: dict
         root.attrs["scene_ids"] = scene_ids
     if root.attrs.get("models", {}) != models:
         root.attrs["models"] = models
+    newest = models.get(max(models, key=epoch_days)) if models else None
+    if newest and root.attrs.get("exceedance_decision") != newest.get("exceedance_decision"):
+        root.attrs["exceedance_decision"] = newest.get("exceedance_decision")
 
 
 def commit(repo, session, url: str, message: str, metadata: dict) -> str:
@@ -484,6 +503,11 @@ def point(url: str, lon: float, lat: float, epoch: str | None = None, storage_op
             lo, hi = interval([rec[var]], [rec[f"{var}_sd"]], float(q), bool(scaled), [rec.get("di", 0.0)],
                               float(model.get("interval90_di_slope", 0.0)), target.log)
             rec["interval90"] = [round(float(lo[0]), 4), round(float(hi[0]), 4)]
+        if mapped and "exceedance" in v:  # P(value > threshold) and the map's call at the epoch's decision probability
+            dec = model.get("exceedance_decision") or {}
+            rec["exceedance"] = {f"{th:g}": {"probability": round(float(pr), 2),
+                                             "called_above": bool(float(pr) >= float(dec.get(f"{th:g}", 0.5)) - 1e-9)}
+                                 for th, pr in zip(v["threshold"].values, v["exceedance"].values)}
         out.append({**rec, "mapped": mapped, "scene": ids[s] if 0 <= s < len(ids) else None,
                     "acquired": str(acq)[:10] if mapped and acq is not None and not np.isnat(acq) else None})
     return {"lon": lon, "lat": lat, "crs": g.crs, "x": float(g.x0 + (col + 0.5) * g.res), "y": float(g.y0 - (row + 0.5) * g.res),

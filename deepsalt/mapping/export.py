@@ -1,5 +1,5 @@
-"""Portable copies of one epoch of the cube for GIS users: a COG (ECe, or the cube's target, its uncertainty and DI, CRS, nodata,
-overviews) or a CF NetCDF that xarray and GDAL open. Written to a temporary name and renamed, so a failed
+"""Portable copies of one epoch of the cube for GIS users: a COG (ECe, or the cube's target, its uncertainty and DI, the
+exceedance probability of each threshold, CRS, nodata, overviews) or a CF NetCDF that xarray and GDAL open. Written to a temporary name and renamed, so a failed
 export leaves nothing half-written."""
 
 from __future__ import annotations
@@ -60,15 +60,20 @@ def export(url: str, out: str | Path, fmt: str, epoch: str | None = None, bbox=N
 
         from deepsalt.data.cog import write_cog
 
-        data = np.stack([sub[var].values, sub[f"{var}_sd"].values, sub["di"].values]).astype(np.float32)
+        thr = [float(v) for v in ds["threshold"].values] if "exceedance" in sub else []
+        layers = [sub[var].values, sub[f"{var}_sd"].values, sub["di"].values, *(sub["exceedance"].values if thr else [])]
+        data = np.stack(layers).astype(np.float32)
         tr = Affine(g.res, 0, g.x0 + xs.start * g.res, 0, -g.res, g.y0 - ys.start * g.res)
         write_cog(out, data, g.crs, tr, nodata=float("nan"),
                   descriptions=[f"{target.short} ({target.units})", f"{target.short} uncertainty, sd ({target.units})",
-                                "dissimilarity index (AOA: di <= the threshold in tag aoa_threshold)"],
+                                "dissimilarity index (AOA: di <= the threshold in tag aoa_threshold)",
+                                *[f"P({target.short} > {v:g} {target.units}) (called above it at the probability in tag "
+                                  "exceedance_decision)" for v in thr]],
                   tags={"epoch": times[t], "units": target.units, "variable": var, "source": f"DeepSalt cube {url}",
                         "scene_ids": json.dumps(ds.attrs["scene_ids"]),
                         "aoa_threshold": str(epoch_model(ds, times[t]).get("aoa_threshold")),
-                        "interval90": _interval_tag(epoch_model(ds, times[t]))},
+                        "interval90": _interval_tag(epoch_model(ds, times[t])),
+                        "exceedance_decision": json.dumps(epoch_model(ds, times[t]).get("exceedance_decision"))},
                   overviews="AUTO")
     else:
         keep = sub[list(cube_vars(target))].expand_dims(time=[sub["time"].values])

@@ -63,8 +63,10 @@ class Predictor:
                     row["dn"][sl], row["cov"][sl], self.mc, seed=int(ty) * 100003 + int(tx) + i,
                     scale=(row["gain"], row["offset"], row["slot"][sl]), di=True)
             start += int(cnt)
+        # P(value > threshold) in percent, pixel-major (n x thresholds, flattened: Ray Data keeps 1-d columns)
+        exceed = np.rint(100 * self.bundle.exceedance(mean, sd, di)).astype(np.uint8).T.ravel()
         return {**{k: row[k] for k in ("tiles", "fps", "counts", "pix", "scene", "drops", "band_nodata", "swath_rows")},
-                "value": mean, "sd": sd, "di": di,
+                "value": mean, "sd": sd, "di": di, "exceed": exceed,
                 "aoa": (di <= self.bundle.aoa_threshold).astype(np.uint8)}
 
 
@@ -74,6 +76,8 @@ def _write(row: dict, fork: bytes, where: str, grid: Grid, t: int, scene_days: n
     ``target``: the bundle's (its variable names the cube's arrays)."""
     variables = cube_mod.cube_vars(target)
     var = get_target(target).var
+    k = len(get_target(target).thresholds)
+    exceed = np.asarray(row["exceed"]).reshape(-1, k)
     tiles, start = [], 0
     for (ty, tx), fp, cnt in zip(row["tiles"], row["fps"], row["counts"]):
         sl = slice(start, start + int(cnt))
@@ -82,12 +86,14 @@ def _write(row: dict, fork: bytes, where: str, grid: Grid, t: int, scene_days: n
         arrays = None
         if len(pix):
             h, w = grid.tile_shape(int(ty), int(tx))
-            arrays = {name: np.full(h * w, spec["fill"], spec["dtype"]) for name, spec in variables.items()}
+            arrays = {name: np.full((k, h * w) if spec.get("threshold") else h * w, spec["fill"], spec["dtype"])
+                      for name, spec in variables.items()}
             for name, key in ((var, "value"), (f"{var}_sd", "sd"), ("di", "di"), ("aoa", "aoa")):
                 arrays[name][pix] = row[key][sl]
+            arrays["exceedance"][:, pix] = exceed[sl].T
             arrays["valid"][pix], arrays["scene"][pix] = 1, row["scene"][sl]
             arrays["acq_date"][pix] = scene_days[np.asarray(row["scene"][sl], np.int64)]
-            arrays = {k: v.reshape(h, w) for k, v in arrays.items()}
+            arrays = {name: v.reshape(*v.shape[:-1], h, w) for name, v in arrays.items()}
         tiles.append((int(ty), int(tx), arrays, int(fp)))
     fork = cube_mod.write_tiles(fork, where, grid, t, tiles)
     return {"tiles": len(tiles), "n": start, "fork": fork, "drops": row["drops"], "band_nodata": row["band_nodata"],
@@ -357,13 +363,16 @@ def map_region(cfg: MapConfig, log=print) -> dict:
                                      "train without the products' bad bands (--exclude-bands), or fix the scenes' nodata bands")
         if p.todo and n_pix == 0:  # every planned pixel masked or outside: the tiles are rewritten empty, and it says so
             log(f"      0 pixels mapped from {len(p.todo)} tile(s): {why}")
+        from deepsalt.models.bundle import exceedance_decision
+
         models = dict(zarr.open_group(session.store, mode="r").attrs.get("models", {}))
         models[cfg.epoch] = {"bundle": redact_url(cfg.model), "sha256": inp.bundle_sha, "data_hash": inp.meta.get("data_hash"),
                              "aoa_threshold": inp.meta["aoa"]["threshold"], "interval90_q": inp.meta["interval90"]["q"],
                              "interval90_scaled": bool(inp.meta["interval90"].get("scaled", True)),
                              "interval90_di_slope": float(inp.meta["interval90"]["di_slope"]),
                              "interval90_mc_samples": inp.meta["interval90"]["mc_samples"], "mc_samples": cfg.mc_samples,
-                             "interval90_log": get_target(inp.meta["target"]).log}
+                             "interval90_log": get_target(inp.meta["target"]).log,
+                             "exceedance_decision": exceedance_decision(inp.meta)}
         cube_mod.finish_epoch(session, p.t, cfg.epoch, p.scene_ids, models)
         summary.update(pixels_mapped=n_pix)
         used = sorted({i.id for k in p.todo for i in inp.tiles[k]})

@@ -3,6 +3,7 @@ draw its quicklook."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from rasterio.enums import Resampling
 from rasterio.warp import reproject
 
 from deepsalt.errors import DeepSaltInputError
-from deepsalt.mapping.cube import open_cube
+from deepsalt.mapping.cube import epoch_model, open_cube
 from deepsalt.mapping.grid import Grid
 from deepsalt.evaluation import metrics
 from deepsalt.targets import get_target
@@ -36,14 +37,55 @@ def _epoch_index(ds: xr.Dataset, epoch: str | None) -> int:
     return int(hit[0])
 
 
+def _skill(y: np.ndarray, pred: np.ndarray, calls: np.ndarray | None, thresholds) -> dict:
+    """The figures users judge a map by: MAE, RMSE, R2, R2 and MAE of ln values, Spearman, and per threshold the
+    recall, precision and F1 of the map's calls (``calls``: bool, thresholds x pixels; else the value above the
+    threshold) and the AUC of the value."""
+    m = metrics(y, pred, thresholds, calls)
+    keep = ("mae", "rmse", "r2", "r2_ln", "mae_ln", "spearman")
+    return {**{k: m[k] for k in keep}, "n_pixels": m["n"], **({"classes": m["classes"]} if "classes" in m else {})}
+
+
+def _pooled(parts: list[dict], thresholds) -> dict:
+    """Skill over several scenes' pixels together; each class's ``auc`` is the median of the scenes' own AUCs (the
+    ranking within a scene, not between scenes), the pooled one beside it as ``auc_pooled``."""
+    if not parts:
+        return {}
+    cat = lambda k: np.concatenate([p[k] for p in parts], axis=-1)  # noqa: E731
+    calls = cat("calls") if parts[0]["calls"] is not None else None
+    out = _skill(cat("y"), cat("pred"), calls, thresholds)
+    for t, c in out.get("classes", {}).items():
+        aucs = [p["skill"]["classes"][t]["auc"] for p in parts]
+        aucs = [a for a in aucs if np.isfinite(a)]
+        c["auc_pooled"] = c["auc"]
+        c["auc"] = float(np.median(aucs)) if aucs else float("nan")
+        c["n_scenes_auc"] = len(aucs)
+    return out
+
+
 def score(cube_url: str, world: str | Path, epoch: str | None = None, storage_options: dict | None = None) -> dict:
+    """The cube against the world's truth rasters, overall, per region (``seen``, ``unseen``: the world's held-out
+    region) and per scene (see ``_skill``); the class calls are the cube's (exceedance probability at the decision
+    probability it records), the AUC ranks pixels by the value within each scene. ``reference_scene_median`` gives
+    the same figures for a map that is each scene's true median everywhere (no skill within a scene), and
+    ``reliability`` the exceedance probabilities' calibration against the truth pixels (Brier skill, deciles)."""
+    from deepsalt.models.applicability import reliability
+
     ds = open_cube_dataset(cube_url, storage_options)
     g = Grid(**ds.attrs["grid"])
     t = _epoch_index(ds, epoch)
     scene_ids = list(ds.attrs.get("scene_ids", []))
     target = get_target(ds.attrs.get("target") or "ece")
+    thresholds = tuple(float(v) for v in ds["threshold"].values) if "exceedance" in ds else target.thresholds
+    day = str(ds["time"].values[t])[:10]
+    decision = (epoch_model(ds, day).get("exceedance_decision") or ds.attrs.get("exceedance_decision") or {})
+    dec = np.array([float(decision.get(f"{v:g}", 0.5)) for v in thresholds])[:, None]
+    try:
+        regions = {s["id"]: s.get("region", "seen") for s in json.loads((Path(world) / "world.json").read_text())["scenes"]}
+    except (OSError, ValueError, KeyError):
+        regions = {}
     suffix = f"_{target.name.upper()}.TIF"
-    out, ys, ps = {"scenes": {}}, [], []
+    parts = []
     for truth in sorted((Path(world) / "truth").glob(f"*{suffix}")):
         sid = truth.name.removesuffix(suffix)
         if sid not in scene_ids:
@@ -60,15 +102,27 @@ def score(cube_url: str, world: str | Path, epoch: str | None = None, storage_op
                       dst_transform=tr, dst_crs=g.crs, dst_nodata=np.nan, resampling=Resampling.nearest)
         pred, scene = sub[target.var].values, sub["scene"].values
         ok = np.isfinite(pred) & np.isfinite(dst) & (scene == scene_ids.index(sid))
-        m = metrics(dst[ok], pred[ok])
-        out["scenes"][sid] = {**{k: m[k] for k in ("mae", "rmse", "r2")}, "n_pixels": m["n"]}
-        ys.append(dst[ok])
-        ps.append(pred[ok])
-    if not ys:
+        prob = sub["exceedance"].values[:, ok].astype(float) if "exceedance" in sub else None
+        y, p = dst[ok].astype(float), pred[ok].astype(float)
+        calls = prob >= dec - 1e-9 if prob is not None else None
+        parts.append({"id": sid, "region": regions.get(sid, "seen"), "y": y, "pred": p, "prob": prob, "calls": calls,
+                      "median": np.full(len(y), np.median(y) if len(y) else np.nan),
+                      "skill": _skill(y, p, calls, thresholds)})
+    if not parts:
         raise DeepSaltInputError(world, "no ground-truth raster matches a scene in the cube", "score the cube with the world it was mapped from")
-    m = metrics(np.concatenate(ys), np.concatenate(ps))
-    out["overall"] = {**{k: m[k] for k in ("mae", "rmse", "r2")}, "n_pixels": m["n"]}
-    return {"overall": out["overall"], "scenes": out["scenes"]}
+    groups = {"overall": parts, **{r: [p for p in parts if p["region"] == r] for r in ("seen", "unseen")}}
+    out = {name: _pooled(ps, thresholds) for name, ps in groups.items()}
+    out["scenes"] = {p["id"]: {**p["skill"], "region": p["region"]} for p in parts}
+    ref = [{**p, "pred": p["median"], "calls": None, "skill": _skill(p["y"], p["median"], None, thresholds)} for p in parts]
+    out["reference_scene_median"] = {**{name: _pooled([r for r in ref if name == "overall" or r["region"] == name], thresholds)
+                                        for name in groups}, "scenes": {r["id"]: r["skill"] for r in ref}}
+    if parts[0]["prob"] is not None:
+        out["reliability"] = {name: reliability(np.concatenate([p["y"] for p in ps]),
+                                                np.concatenate([p["prob"] for p in ps], axis=1), thresholds)
+                              for name, ps in groups.items() if ps}
+    out["exceedance_decision"] = {f"{v:g}": float(d) for v, d in zip(thresholds, dec[:, 0])}
+    out["epoch"] = day
+    return out
 
 
 def _regions(tiles: set[tuple[int, int]]) -> list[list[tuple[int, int]]]:
@@ -101,15 +155,30 @@ def _truth_on(world: Path, g: Grid, ys: slice, xs: slice, target) -> np.ndarray:
     return out
 
 
+def _km_axes(ax, crs: str) -> None:
+    """Projected axes labelled in km, a few readable ticks."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(MaxNLocator(4))
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1000:,.0f}"))
+    ax.set_xlabel(f"x (km, {crs})", fontsize=8)
+    ax.set_ylabel("y (km)", fontsize=8)
+    ax.tick_params(labelsize=7)
+
+
 def quicklook(cube_url: str, png: str | Path, epoch: str | None = None, storage_options: dict | None = None,
               world: str | Path | None = None, max_px: int = 600) -> Path:
-    """One row per mapped region: the value in its target's classes (ECe: FAO salinity classes), its MC-dropout sd, the area of applicability
-    (outside it, the model extrapolates), and the residual against the world's truth rasters (``world``), else
-    the source scene; plus an overview locating the regions."""
+    """A picture of one epoch. Top row: an overview locating the mapped regions, and (with ``world``) the predicted
+    against the true value on log axes with the 1:1 line and the exceedance probabilities' reliability, else the
+    distribution of mapped values. One row per mapped region: the map's class calls (exceedance probability at the
+    cube's decision probability; the value's classes for a cube without exceedance), the probability of exceeding
+    the first threshold, the uncertainty (MC-dropout sd), the area of applicability (outside it the model
+    extrapolates), and the residual against the world's truth (``world``), else the source scene. Axes in km."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.colors import BoundaryNorm, ListedColormap
+    from matplotlib.colors import ListedColormap
     from pyproj import Transformer
 
     from deepsalt.mapping.cube import readonly_session, recorded_tiles
@@ -122,64 +191,135 @@ def quicklook(cube_url: str, png: str | Path, epoch: str | None = None, storage_
         raise DeepSaltInputError(cube_url, "the epoch has no mapped tile", "run `deepsalt map` first")
     to_ll = Transformer.from_crs(g.crs, "EPSG:4326", always_xy=True)
     target = get_target(ds.attrs.get("target") or "ece")
-    uppers = [hi for hi, _ in target.classes if np.isfinite(hi)]
-    bounds = [min(0.0, target.valid_range[0]), *uppers, 2 * uppers[-1]]  # above 2 x the last bound: the top class
-    cmap = ListedColormap(["#2c7bb6", "#abd9e9", "#fee090", "#fc8d59", "#d7191c", "#67001f"][:len(bounds) - 1])
-    norm = BoundaryNorm(bounds, cmap.N, clip=True)
-    ticks = [(a + b) / 2 for a, b in zip(bounds[:-1], bounds[1:])]
-    fig, axes = plt.subplots(len(regions) + 1, 4, figsize=(20, 4.6 * (len(regions) + 1)), squeeze=False)
-    centres = []
+    day = str(ds["time"].values[t])[:10]
+    has_p = "exceedance" in ds
+    thresholds = [float(v) for v in ds["threshold"].values] if has_p else list(target.thresholds)
+    decision = epoch_model(ds, day).get("exceedance_decision") or {}
+    dec = np.array([float(decision.get(f"{v:g}", 0.5)) for v in thresholds])
+    u = target.units.replace(" m-1", "/m")
+    labels = [f"< {thresholds[0]:g}"] + [f"{a:g}-{b:g}" for a, b in zip(thresholds[:-1], thresholds[1:])] + [f"> {thresholds[-1]:g}"]
+    cmap = ListedColormap(["#2c7bb6", "#fee090", "#fc8d59", "#d7191c", "#67001f"][:len(labels)])
+    n = len(regions)
+    fig = plt.figure(figsize=(22, 4.4 * (n + 1)))
+    gs = fig.add_gridspec(n + 1, 15)  # a region row: 5 panels of 3 columns; the top row: 3 panels of 5
+    rows, truths, values, probs, centres = [], [], [], [], []
     for k, group in enumerate(regions, start=1):
         tys, txs = zip(*group)
         ys = slice(min(tys) * g.chunk, min((max(tys) + 1) * g.chunk, g.height))
         xs = slice(min(txs) * g.chunk, min((max(txs) + 1) * g.chunk, g.width))
         step = max(1, int(np.ceil(max(ys.stop - ys.start, xs.stop - xs.start) / max_px)))
         sub = ds.isel(time=t, y=ys, x=xs)
-        ece, sd = sub[target.var].values[::step, ::step], sub[f"{target.var}_sd"].values[::step, ::step]
+        val, sd = sub[target.var].values[::step, ::step], sub[f"{target.var}_sd"].values[::step, ::step]
+        prob = sub["exceedance"].values[:, ::step, ::step] if has_p else None
         ext = (g.x0 + xs.start * g.res, g.x0 + xs.stop * g.res, g.y0 - ys.stop * g.res, g.y0 - ys.start * g.res)
         lon, lat = to_ll.transform((ext[0] + ext[1]) / 2, (ext[2] + ext[3]) / 2)
         centres.append((lon, lat))
-        ax = axes[k]
-        im = ax[0].imshow(ece, cmap=cmap, norm=norm, extent=ext, interpolation="nearest")
-        cb = fig.colorbar(im, ax=ax[0], ticks=ticks, shrink=0.8)
-        cb.ax.set_yticklabels([n for _, n in target.classes], fontsize=8)
-        ax[0].set_title(f"region {k} ({lon:.2f}, {lat:.2f}): {target.short}, classes", fontsize=10)
-        im = ax[1].imshow(sd, cmap="viridis", extent=ext, interpolation="nearest",
-                          vmax=float(np.nanpercentile(sd, 98)) if np.isfinite(sd).any() else 1)
-        fig.colorbar(im, ax=ax[1], label=f"{target.short} sd ({target.units}), MC dropout", shrink=0.8)
-        ax[1].set_title("uncertainty", fontsize=10)
-        if "aoa" in sub:
-            aoa = sub["aoa"].values[::step, ::step].astype(float)
-            aoa[aoa > 1] = np.nan  # the fill: not mapped
-            ax[2].imshow(aoa, cmap=ListedColormap(["#bdbdbd", "#1a9850"]), vmin=0, vmax=1, extent=ext, interpolation="nearest")
-            inside = float(np.nanmean(aoa)) if np.isfinite(aoa).any() else float("nan")
-            ax[2].set_title(f"area of applicability: {100 * inside:.0f} % inside (green); grey: extrapolation", fontsize=10)
-        if world is not None:
-            res = ece - _truth_on(Path(world), g, ys, xs, target)[::step, ::step]
-            lim = float(np.nanpercentile(np.abs(res), 98)) if np.isfinite(res).any() else 1.0
-            im = ax[3].imshow(res, cmap="RdBu_r", vmin=-lim, vmax=lim, extent=ext, interpolation="nearest")
-            fig.colorbar(im, ax=ax[3], label=f"predicted - true {target.short} ({target.units})", shrink=0.8)
-            ax[3].set_title(f"residual vs truth (MAE {np.nanmean(np.abs(res)):.2f} {target.units})", fontsize=10)
+        ax = [fig.add_subplot(gs[k, 3 * j:3 * j + 3]) for j in range(5)]
+        # the map's calls: how many thresholds each pixel is called above
+        called = (prob >= dec[:, None, None] - 1e-9).sum(0) if has_p else np.searchsorted(thresholds, val, side="right")
+        called = np.where(np.isfinite(val), called, np.nan)
+        ax[0].imshow(called, cmap=cmap, vmin=-0.5, vmax=len(labels) - 0.5, extent=ext, interpolation="nearest")
+        handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(i)) for i in range(len(labels))]
+        mapped = called[np.isfinite(called)]
+        shares = [100 * float(np.mean(mapped == i)) if mapped.size else 0.0 for i in range(len(labels))]
+        ax[0].legend(handles, [f"{lb} ({s:.0f} %)" for lb, s in zip(labels, shares)], fontsize=7, loc="lower left",
+                     title=f"{target.short} ({u}) called", title_fontsize=7, framealpha=0.85)
+        how = "P(exceed) >= decision probability" if has_p else "value's class"
+        ax[0].set_title(f"region {k} ({lon:.2f}, {lat:.2f}): {target.short} class calls ({how})", fontsize=9)
+        if has_p:
+            im = ax[1].imshow(prob[0], cmap="magma_r", vmin=0, vmax=1, extent=ext, interpolation="nearest")
+            fig.colorbar(im, ax=ax[1], shrink=0.8, label="probability")
+            ax[1].set_title(f"P({target.short} > {thresholds[0]:g} {u}); called at >= {dec[0]:.2f}", fontsize=9)
         else:
-            im = ax[3].imshow(sub["scene"].values[::step, ::step], cmap="tab10", extent=ext, interpolation="nearest")
-            ax[3].set_title("source scene (index into scene_ids)", fontsize=10)
+            im = ax[1].imshow(val, cmap="YlOrRd", extent=ext, interpolation="nearest",
+                              vmax=float(np.nanpercentile(val, 98)) if np.isfinite(val).any() else 1)
+            fig.colorbar(im, ax=ax[1], shrink=0.8, label=f"{target.short} ({u})")
+            ax[1].set_title(f"{target.short} (no exceedance in this cube)", fontsize=9)
+        im = ax[2].imshow(sd, cmap="viridis", extent=ext, interpolation="nearest",
+                          vmax=float(np.nanpercentile(sd, 98)) if np.isfinite(sd).any() else 1)
+        fig.colorbar(im, ax=ax[2], label=f"sd ({u}), MC dropout", shrink=0.8)
+        ax[2].set_title("uncertainty", fontsize=9)
+        aoa = sub["aoa"].values[::step, ::step].astype(float)
+        aoa[aoa > 1] = np.nan  # the fill: not mapped
+        ax[3].imshow(aoa, cmap=ListedColormap(["#bdbdbd", "#1a9850"]), vmin=0, vmax=1, extent=ext, interpolation="nearest")
+        inside = float(np.nanmean(aoa)) if np.isfinite(aoa).any() else float("nan")
+        ax[3].set_title(f"area of applicability: {100 * inside:.0f} % inside (green)\ngrey: extrapolation", fontsize=9)
+        if world is not None:
+            truth = _truth_on(Path(world), g, ys, xs, target)[::step, ::step]
+            res = val - truth
+            lim = float(np.nanpercentile(np.abs(res), 98)) if np.isfinite(res).any() else 1.0
+            im = ax[4].imshow(res, cmap="RdBu_r", vmin=-lim, vmax=lim, extent=ext, interpolation="nearest")
+            fig.colorbar(im, ax=ax[4], label=f"predicted - true ({u})", shrink=0.8)
+            ax[4].set_title(f"residual vs truth (MAE {np.nanmean(np.abs(res)):.2f} {u})", fontsize=9)
+            ok = np.isfinite(val) & np.isfinite(truth)
+            truths.append(truth[ok])
+            values.append(val[ok])
+            if has_p:
+                probs.append(prob[:, ok])
+        else:
+            ax[4].imshow(sub["scene"].values[::step, ::step], cmap="tab10", extent=ext, interpolation="nearest")
+            ax[4].set_title("source scene (index into scene_ids)", fontsize=9)
+            values.append(val[np.isfinite(val)])
         for a in ax:
             a.set_aspect("equal")
-            a.tick_params(labelsize=7)
-    ov = axes[0]
-    for a in ov[1:]:
-        a.axis("off")
+            _km_axes(a, g.crs)
+    ov = fig.add_subplot(gs[0, 0:5])
     lons, lats = zip(*centres)
-    ov[0].scatter(lons, lats, s=80, c="#d7191c")
+    ov.scatter(lons, lats, s=80, c="#d7191c")
     for k, (lon, lat) in enumerate(centres, start=1):
-        ov[0].annotate(f" region {k}", (lon, lat), fontsize=9)
-    pad = 1.0
-    ov[0].set_xlim(min(lons) - pad, max(lons) + pad)
-    ov[0].set_ylim(min(lats) - pad, max(lats) + pad)
-    ov[0].set_xlabel("longitude")
-    ov[0].set_ylabel("latitude")
-    ov[0].set_title(f"DeepSalt {target.short}, epoch {str(ds['time'].values[t])[:10]}: {len(regions)} mapped region(s)", fontsize=11)
+        ov.annotate(f" region {k}", (lon, lat), fontsize=9)
+    ov.set_xlim(min(lons) - 1.0, max(lons) + 1.0)
+    ov.set_ylim(min(lats) - 1.0, max(lats) + 1.0)
+    ov.set_xlabel("longitude (deg)")
+    ov.set_ylabel("latitude (deg)")
+    ov.set_title(f"DeepSalt {target.short}, epoch {day}: {n} mapped region(s)", fontsize=11)
+    ax1, ax2 = fig.add_subplot(gs[0, 5:10]), fig.add_subplot(gs[0, 10:15])
+    v = np.concatenate(values)
+    rng = np.random.default_rng(0)
+    if truths:
+        y = np.concatenate(truths)
+        pick = rng.permutation(len(y))[:20000]
+        lo = max(float(np.nanmin(np.r_[y, v])), 1e-2)
+        hi = float(np.nanmax(np.r_[y, v]))
+        ax1.scatter(np.maximum(y[pick], lo), np.maximum(v[pick], lo), s=2, alpha=0.25, c="#3182bd", rasterized=True)
+        ax1.plot([lo, hi], [lo, hi], "k-", lw=1, label="1:1")
+        for th in thresholds:
+            ax1.axvline(th, color="#d7191c", lw=0.6, ls=":")
+            ax1.axhline(th, color="#d7191c", lw=0.6, ls=":")
+        ax1.set(xscale="log", yscale="log", xlabel=f"true {target.short} ({u})", ylabel=f"mapped {target.short} ({u})")
+        sk = metrics(y, v)
+        ax1.set_title(f"mapped vs true, {len(y):,} px (20,000 shown): R2 of ln {sk['r2_ln']:.2f}, Spearman "
+                      f"{sk['spearman']:.2f}; dotted: thresholds", fontsize=9)
+        ax1.legend(fontsize=8, loc="upper left")
+        if probs:
+            from deepsalt.models.applicability import reliability
+
+            rel = reliability(y, np.concatenate(probs, axis=1), thresholds)
+            for i, th in enumerate(thresholds):
+                r = rel[f"{th:g}"]
+                pts = [(d["predicted"], d["observed"]) for d in r["deciles"] if d["n"] >= 20]
+                if pts:
+                    ax2.plot(*zip(*pts), "o-", ms=4, label=f"> {th:g} {u}: Brier skill {r['brier_skill']:.2f}")
+            ax2.plot([0, 1], [0, 1], "k-", lw=1)
+            ax2.set(xlim=(0, 1), ylim=(0, 1), xlabel="predicted probability (bins of 0.1, >= 20 px)",
+                    ylabel="observed frequency against the truth")
+            ax2.set_title("reliability of the exceedance probabilities", fontsize=9)
+            ax2.legend(fontsize=8, loc="upper left")
+        else:
+            ax2.hist(np.log10(np.maximum(y, 1e-2)), bins=60, alpha=0.6, label="true")
+            ax2.hist(np.log10(np.maximum(v, 1e-2)), bins=60, alpha=0.6, label="mapped")
+            ax2.set(xlabel=f"log10 {target.short} ({u})", ylabel="pixels")
+            ax2.legend(fontsize=8)
+            ax2.set_title("distribution of values", fontsize=9)
+    else:
+        ax1.hist(np.log10(np.maximum(v, 1e-2)), bins=60, color="#3182bd")
+        ax1.set(xlabel=f"log10 mapped {target.short} ({u})", ylabel="pixels")
+        ax1.set_title(f"distribution of the mapped values ({len(v):,} px)", fontsize=9)
+        share = [100 * float(np.mean(v > th)) for th in thresholds]
+        ax2.bar([f"> {th:g}" for th in thresholds], share, color="#d7191c")
+        ax2.set(ylabel="share of mapped pixels (%)", xlabel=f"{target.short} ({u})")
+        ax2.set_title("mapped value above each threshold (pass --world to score against truth)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(png, dpi=90)
+    fig.savefig(png, dpi=80)
     plt.close(fig)
     return Path(png)

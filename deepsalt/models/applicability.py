@@ -10,6 +10,11 @@
   validation sites (``choose_interval``). Either is multiplied by ``1 + di_slope * DI``: the interval widens
   with the dissimilarity index at the rate the validation sites' log error grows with it (``fit_di_slope``),
   so that it does not keep the seen region's width where the model extrapolates.
+- Exceedance probabilities: the predictive distribution behind the interval is taken as normal in the space the
+  target is learnt in (ln y for ECe), centred on the prediction, with the sd that makes its central 90 % the
+  calibrated interval (``q s / z_0.95``). ``P(y > t)`` follows for each threshold ``t``. A pixel is *called* above
+  ``t`` where that probability reaches the decision probability chosen on the validation sites (the best F1 there,
+  ``choose_decision``): a median thresholded at ``t`` under-calls a right-skewed property.
 - The dissimilarity index (DI) and area of applicability (AOA) of Meyer & Pebesma (2021): in the space the
   student reads (its inputs standardised by its own input normalisation, all dimensions weighted equally),
   DI = distance to the nearest training site / mean distance between training sites. The AOA threshold is
@@ -20,11 +25,19 @@
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 
 import numpy as np
 import torch
+from scipy.special import ndtr
 
 LEVEL = 0.90
+#: the standard normal quantile of the interval's upper end: its half-width is Z_LEVEL predictive sds
+Z_LEVEL = NormalDist().inv_cdf(0.5 + LEVEL / 2)
+#: decision probabilities tried on the validation sites
+DECISION_GRID = np.round(np.arange(0.05, 0.951, 0.025), 3)
+#: fewest validation sites on each side of a threshold for its decision to be chosen there (else 0.5)
+MIN_DECISION_SITES = 5
 
 
 @torch.no_grad()
@@ -91,6 +104,82 @@ def interval(pred, sd, q: float, scaled: bool = True, di=None, di_slope: float =
     pred = np.asarray(pred, float)
     w = q * _scale(pred, sd, scaled, di, di_slope, log)
     return (pred / np.exp(w), pred * np.exp(w)) if log else (pred - w, pred + w)
+
+
+def exceedance(pred, sd, thresholds, q: float, scaled: bool = True, di=None, di_slope: float = 0.0,
+               log: bool = True) -> np.ndarray:
+    """``P(y > t)`` for each threshold (rows) and prediction (columns), float32: the predictive distribution is
+    normal in the learnt space (ln y for a log target) around the prediction, with sd ``q s / Z_LEVEL``, the one
+    whose central 90 % is the calibrated interval."""
+    pred = np.asarray(pred, float)
+    sigma = np.maximum(q * _scale(pred, sd, scaled, di, di_slope, log) / Z_LEVEL, 1e-6)
+    f = (lambda v: np.log(np.maximum(v, 1e-6))) if log else (lambda v: np.asarray(v, float))
+    return np.stack([ndtr((f(pred) - f(t)) / sigma) for t in thresholds]).astype(np.float32) if len(thresholds) else \
+        np.zeros((0, len(pred)), np.float32)
+
+
+def class_figures(y, above, score=None) -> dict:
+    """Recall, precision and F1 of calls ``above`` (bool) against ``y`` (bool), and the AUC of ``score`` (how well it
+    ranks the cases above the threshold over those below; NaN with one class only)."""
+    y, above = np.asarray(y, bool), np.asarray(above, bool)
+    tp, fp, fn = int((y & above).sum()), int((~y & above).sum()), int((y & ~above).sum())
+    rec = tp / (tp + fn) if tp + fn else float("nan")
+    prec = tp / (tp + fp) if tp + fp else float("nan")
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")
+    out = {"recall": rec, "precision": prec, "f1": f1, "n_above": int(y.sum()), "n": int(len(y))}
+    if score is not None:
+        out["auc"] = auc(y, score)
+    return out
+
+
+def auc(y, score) -> float:
+    """Area under the ROC curve (Mann-Whitney U, ties counted half); NaN without both classes."""
+    from scipy.stats import rankdata
+
+    y, score = np.asarray(y, bool), np.asarray(score, float)
+    n1, n0 = int(y.sum()), int((~y).sum())
+    if not n1 or not n0:
+        return float("nan")
+    r = rankdata(score)
+    return float((r[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def choose_decision(y, prob, thresholds) -> dict:
+    """Per threshold, the decision probability with the best F1 on these (validation) sites, from ``DECISION_GRID``
+    (ties: the one nearest 0.5); 0.5 where fewer than ``MIN_DECISION_SITES`` sites lie on either side."""
+    y = np.asarray(y, float)
+    out = {}
+    for t, p in zip(thresholds, prob):
+        above = y > t
+        if above.sum() < MIN_DECISION_SITES or (~above).sum() < MIN_DECISION_SITES:
+            out[f"{t:g}"] = 0.5
+            continue
+        f1 = np.array([class_figures(above, p >= d)["f1"] for d in DECISION_GRID])
+        best = np.flatnonzero(f1 >= np.nanmax(f1) - 1e-12)
+        out[f"{t:g}"] = float(DECISION_GRID[best[np.argmin(np.abs(DECISION_GRID[best] - 0.5))]])
+    return out
+
+
+def reliability(y, prob, thresholds, bins: int = 10) -> dict:
+    """Per threshold: observed frequency against mean predicted probability in ``bins`` equal-width probability bins
+    (deciles of probability), the Brier score, and its skill against the base rate of these samples
+    (``1 - BS / (b (1 - b))``, b the share above the threshold)."""
+    y = np.asarray(y, float)
+    out = {}
+    for t, p in zip(thresholds, prob):
+        o = (y > t).astype(float)
+        p = np.asarray(p, float)
+        edges = np.linspace(0, 1, bins + 1)
+        k = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+        rows = [{"bin": [float(edges[i]), float(edges[i + 1])], "n": int((k == i).sum()),
+                 "predicted": float(p[k == i].mean()) if (k == i).any() else None,
+                 "observed": float(o[k == i].mean()) if (k == i).any() else None} for i in range(bins)]
+        bs = float(np.mean((p - o) ** 2)) if len(o) else float("nan")
+        base = float(o.mean()) if len(o) else float("nan")
+        ref = base * (1 - base)
+        out[f"{t:g}"] = {"brier": bs, "base_rate": base, "brier_skill": 1 - bs / ref if ref > 0 else float("nan"),
+                         "deciles": rows, "n": int(len(o))}
+    return out
 
 
 def coverage(y, pred, sd, q: float, scaled: bool = True, di=None, di_slope: float = 0.0, log: bool = True) -> float:

@@ -30,6 +30,12 @@ from deepsalt.targets import get_target
 FORMAT = "deepsalt-bundle/4"  # 2: interval90 and aoa; 3: the interval widens with the DI; 4: the target it predicts
 
 
+def exceedance_decision(meta: dict) -> dict[str, float]:
+    """A bundle's (``bundle.json``'s) decision probability per threshold, 0.5 where it records none."""
+    got = meta["interval90"].get("exceedance_decision") or {}
+    return {f"{t:g}": float(got.get(f"{t:g}", 0.5)) for t in get_target(meta["target"]).thresholds}
+
+
 class DeepSaltBundle:
     def __init__(self, meta: dict, encoder: SparseAutoEncoder, student: SpectralTransformer, reference: torch.Tensor):
         self.meta, self.encoder, self.student = meta, encoder.eval(), student.eval()
@@ -192,6 +198,21 @@ class DeepSaltBundle:
         iv = self.meta["interval90"]
         return interval(ece, sd, float(iv["q"]), bool(iv.get("scaled", True)), di, float(iv.get("di_slope", 0.0)),
                         self.target.log)
+
+    @property
+    def decision(self) -> dict[str, float]:
+        """Per threshold (``"4"``), the exceedance probability at which a pixel is called above it (chosen on the
+        validation sites; 0.5 for a bundle that predates the choice)."""
+        return exceedance_decision(self.meta)
+
+    def exceedance(self, value, sd, di=None) -> np.ndarray:
+        """``P(value > t)`` for the target's thresholds (rows) from the calibrated predictive distribution
+        (``applicability.exceedance``), for predictions, their MC sds and dissimilarity indices."""
+        from deepsalt.models.applicability import exceedance
+
+        iv = self.meta["interval90"]
+        return exceedance(value, sd, self.target.thresholds, float(iv["q"]), bool(iv.get("scaled", True)), di,
+                          float(iv.get("di_slope", 0.0)), self.target.log)
 
     @property
     def device(self) -> torch.device:

@@ -208,9 +208,11 @@ def evaluate_seed(data: TrainingData, cfg: TrainConfig, state: dict, seed: int) 
     meta = data.sat_meta
     out = {"results": {}, "categories": {}, "predictions": {}}
 
+    thresholds = get_target(cfg.target).thresholds
+
     def keep(name: str, pred: np.ndarray) -> None:
-        out["results"][name] = {"seen": ev.metrics(data.sat_y[seen_test], pred[seen_test]),
-                                "unseen": ev.metrics(data.sat_y[unseen], pred[unseen])}
+        out["results"][name] = {"seen": ev.metrics(data.sat_y[seen_test], pred[seen_test], thresholds),
+                                "unseen": ev.metrics(data.sat_y[unseen], pred[unseen], thresholds)}
         out["predictions"][name] = pred
 
     for v in cfg.variants:
@@ -294,14 +296,26 @@ def _applicability(data: TrainingData, cfg: TrainConfig, models: dict, seed: int
         calibration[region] = {"coverage90": ap.coverage(y[idx], pred[idx], sd[idx], di=di[idx], **form),
                                "width_ratio_median": float(np.median(hi / lo)) if len(idx) and log_space else float("nan"),
                                "width_median": float(np.median(hi - lo)) if len(idx) else float("nan")}
+    # exceedance probabilities from the same predictive distribution; the decision probability per threshold is the
+    # best F1 on the validation sites, then scored on the test sites
+    thresholds = get_target(cfg.target).thresholds
+    prob = ap.exceedance(pred, sd, thresholds, di=di, **form)
+    decision = ap.choose_decision(y[val], prob[:, val], thresholds)
+    dec = np.array([decision[f"{t:g}"] for t in thresholds])[:, None]
+    exceed = {"decision": decision}
+    for region, idx in {"val": val, **regions}.items():
+        exceed[region] = {"classes": {f"{t:g}": ap.class_figures(y[idx] > t, prob[i, idx] >= dec[i, 0], prob[i, idx])
+                                      for i, t in enumerate(thresholds)},
+                          "reliability": ap.reliability(y[idx], prob[:, idx], thresholds)}
     extras = {"interval90": {"q": iv["q"], "scaled": bool(iv["scaled"]), "di_slope": iv["di_slope"], "level": ap.LEVEL,
+                             "exceedance_decision": decision,
                              "mc_samples": cfg.mc_samples, "n_val": int(len(val)),
                              "log": log_space,
                              "method": f"split conformal on the validation blocks, {'ln ' if log_space else ''}{cfg.target}; "
                              "scaled: by the MC-dropout sd (in log units for a log target), else one width (the narrower "
                              "on validation); either times 1 + di_slope * DI"},
               "aoa": consts, "reference": xs[tr]}
-    return {"calibration": calibration, "aoa": aoa, "bundle_extras": extras}
+    return {"calibration": calibration, "aoa": aoa, "exceedance": exceed, "bundle_extras": extras}
 
 
 def train(inputs, out: str | Path, cfg: TrainConfig, log=print) -> dict:
@@ -356,6 +370,10 @@ def train(inputs, out: str | Path, cfg: TrainConfig, log=print) -> dict:
                "categories": ev.aggregate([r["categories"] for r in per_seed]),
                # paired by seed (same split, same test sites): DeepSalt's MAE minus each variant's; < 0: DeepSalt better
                "calibration": ev.aggregate([r["calibration"] for r in per_seed]),
+               # P(value > threshold) on the sites: calls at the decision probability chosen on the validation sites
+               # (per seed: exceedance_per_seed), and its reliability (Brier skill against the base rate; deciles per seed)
+               "exceedance": ev.aggregate([r["exceedance"] for r in per_seed]),
+               "exceedance_per_seed": [r["exceedance"] for r in per_seed],
                # the unseen region's MAE over the seen test's, per seed then averaged (goal <= 1.5)
                "unseen_over_seen_mae": _ratio(per_seed, "mae"),
                # the same for the MAE of ln ECe, which does not grow with the region's salinity level
