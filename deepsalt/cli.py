@@ -293,8 +293,9 @@ def ingest_cmd(
 @app.command("sites")
 @_clean_errors
 def sites_cmd(
-    sites: str = typer.Option(..., help="field sites: CSV, Parquet, GeoPackage or GeoJSON with lon/lat (or point "
-                              "geometries, WGS84), a sampling date, target columns (ece_dsm, soc...) and an optional id"),
+    sites: str = typer.Option(..., help="field sites: CSV (',' or ';' with decimal commas), Parquet/GeoParquet, GeoPackage, "
+                              "GeoJSON, FlatGeobuf or Shapefile with lon/lat (WGS84) or point geometries (any declared CRS), a "
+                              "sampling date, target columns (ece_dsm, soc...) and an optional id"),
     stac: str = typer.Option(..., help="EnMAP catalogue: STAC API URL, a static catalogue/collection or folder"),
     covariates: str = typer.Option(..., help="covariate folder or JSON map (`deepsalt covariates build` makes one)"),
     out: str = typer.Option(..., help="training rows to write (Parquet); the drop report goes beside it, OUT.drops.csv"),
@@ -308,6 +309,10 @@ def sites_cmd(
     exclude_bands: str = typer.Option("130,131,132,133,134,135", help="bands the model will not read (as for `deepsalt "
                                       "train`): nodata in them does not drop a site"),
     allow_http: bool = typer.Option(False, help="accept plain http:// asset hrefs (trusted internal servers only)"),
+    layer: Optional[str] = typer.Option(None, help="the layer to read from a file of several (GeoPackage, ...)"),
+    date_format: Optional[str] = typer.Option(None, help="how the dates are written, in strptime codes (e.g. %d/%m/%Y); "
+                                              "default ISO 8601 (YYYY-MM-DD); day/month orders that could be either, "
+                                              "numbers (Excel serial days) and bare years are refused"),
 ):
     """Turn field sites into training rows: each site's clear EnMAP pixel nearest in time (read exactly as `deepsalt
     map` reads it) and its covariates, with the scene, date and pixel it came from; a drop report says why the
@@ -318,20 +323,30 @@ def sites_cmd(
     bands = TrainConfig(exclude_bands=exclude_bands).exclude_bands  # checked as training checks it
     _quiet_ray()
     s = extract_sites(sites, stac, covariates, out, max_days, targets and [t.strip() for t in targets.split(",")],
-                      quality_masks, bands, collection, allow_http, log=typer.echo)
+                      quality_masks, bands, collection, allow_http, layer, date_format, log=typer.echo)
     typer.echo(json.dumps(s))
 
 
-lab_app = typer.Typer(no_args_is_help=True, help="Lab libraries: import an OSSL download as a DeepSalt lab table.")
+lab_app = typer.Typer(no_args_is_help=True, help="Lab libraries: import an OSSL download or Bruker OPUS files as a DeepSalt "
+                      "lab table; fit the teacher (with PLSR beside it) on a lab table alone and predict new spectra.")
 app.add_typer(lab_app, name="lab")
 
 
 @lab_app.command("import")
 @_clean_errors
 def lab_import_cmd(
-    ossl: str = typer.Option(..., help="an OSSL v1.2 download: a folder (or URL) with ossl_soilsite_*, ossl_soillab_* and "
-                             "ossl_mir_* CSVs (joined by id.layer_uuid_txt), or the joined ossl_all_* CSV"),
     out: Path = typer.Option(..., help="lab table to write (Parquet)"),
+    ossl: Optional[str] = typer.Option(None, help="an OSSL v1.2 download: a folder (or URL) with ossl_soilsite_*, ossl_soillab_* "
+                                       "and ossl_mir_* CSVs (joined by id.layer_uuid_txt), or the joined ossl_all_* CSV"),
+    opus: Optional[Path] = typer.Option(None, help="a folder of Bruker OPUS files (<sample>.0, .1, ...: replicate scans, "
+                                        "averaged), with --chem and --id-column"),
+    chem: Optional[Path] = typer.Option(None, help="with --opus: the chemistry table (CSV or Parquet), one row per sample"),
+    id_column: Optional[str] = typer.Option(None, help="with --opus: the chemistry table's column holding the OPUS files' "
+                                            "sample names (the file name without its scan number)"),
+    column: list[str] = typer.Option([], help="with --opus: TARGET=COLUMN[:UNITS], e.g. soc=C:g/kg or ece_dsm=EC:mS/m "
+                                     "(repeatable); values are converted to the target's units and range-checked"),
+    lat_column: Optional[str] = typer.Option(None, help="with --opus: the chemistry table's latitude column (optional)"),
+    lon_column: Optional[str] = typer.Option(None, help="with --opus: the chemistry table's longitude column (optional)"),
     ec_method: str = typer.Option("1:2", help="the extract OSSL's EC (ec_usda.a364_ds.m) was measured in: 1:1, 1:2 (OSSL's), "
                                   "1:5 or paste; converted to ECe by a stated rule, recorded per sample"),
     ec_factor: Optional[str] = typer.Option(None, help="your own conversion ECe = A x EC + B, as A or A,B (a local "
@@ -339,9 +354,20 @@ def lab_import_cmd(
     depth: str = typer.Option("0,12", help="target depth TOP,BOTTOM in cm: a profile's layers overlapping it are "
                               "averaged, weighted by their overlap"),
 ):
-    """Import an Open Soil Spectral Library download: OSSL's column names, EC converted to ECe by a declared rule,
-    samples composited to the target depth, rows without a value dropped with a count."""
+    """Import an Open Soil Spectral Library download (OSSL's column names, EC converted to ECe by a declared rule,
+    samples composited to the target depth, rows without a value dropped with a count), or Bruker OPUS files with
+    their chemistry table."""
     from deepsalt.data.ossl import ECRule, EC_RULES, import_ossl
+
+    if (ossl is None) == (opus is None):
+        raise DeepSaltInputError("lab import", "needs exactly one of --ossl and --opus", "see `deepsalt lab import --help`")
+    if opus is not None:
+        from deepsalt.data.opus import import_opus
+
+        if chem is None or id_column is None:
+            raise DeepSaltInputError("--opus", "needs --chem TABLE and --id-column C", "name the chemistry table and its sample column")
+        typer.echo(json.dumps(import_opus(opus, chem, id_column, out, column, lat_column, lon_column, log=typer.echo)))
+        return
 
     rule = None
     if ec_factor:
@@ -351,6 +377,50 @@ def lab_import_cmd(
         raise DeepSaltInputError("--ec-method", f"unknown EC method {ec_method!r}", f"declare one of {', '.join(EC_RULES)}")
     top, bottom = _numbers(depth, "--depth", 2)
     typer.echo(json.dumps(import_ossl(ossl, str(out), ec_method, (top, bottom), rule, log=typer.echo)))
+
+
+@lab_app.command("fit")
+@_clean_errors
+def lab_fit_cmd(
+    lab: Path = typer.Option(..., help="a lab table (`deepsalt lab import`'s, or OSSL's names as they are: id, "
+                             "oc_usda.c729_w.pct, absorbance columns by bare wavenumber or scan_mir.<wn>_abs)"),
+    out: Path = typer.Option(..., help="run folder: config.json, metrics.json, predictions.csv, bundle/"),
+    target: str = typer.Option("soc", help="the property: soc or ece"),
+    folds: int = typer.Option(10, min=2, max=100, help="cross-validation folds: whole spatial blocks where every sample "
+                              "has coordinates, else random (seeded)"),
+    mir_grid: Optional[str] = typer.Option(None, help="FIRST,LAST,N cm-1 to resample onto (default: the table's own grid)"),
+    seed: int = typer.Option(0, min=0, help="seed of the folds and the networks"),
+    epochs: int = typer.Option(300, min=5, max=5000, help="most epochs of the auto-encoder and of the teacher (the teacher "
+                               "stops early on 10 % of its training folds)"),
+):
+    """Fit the FTIR auto-encoder and the teacher on a lab table alone, with PLSR (components by inner CV) on the same
+    folds: spectra to a soil property, as soil labs use MIR. Writes cv.teacher and cv.plsr skill to metrics.json and
+    the teacher fitted on every sample to RUN/bundle (`deepsalt lab predict` applies it)."""
+    from deepsalt.train.lab_fit import LabFitConfig, lab_fit
+
+    grid = None
+    if mir_grid:
+        a, b, n = _numbers(mir_grid, "--mir-grid", 3)
+        grid = (a, b, int(n))
+    if target not in ("soc", "ece"):
+        raise DeepSaltInputError("--target", f"unknown target {target!r}", "use soc or ece")
+    cfg = LabFitConfig(folds=folds, seed=seed, mir_grid=grid, ae_epochs=epochs, teacher_epochs=epochs)
+    m = lab_fit(lab, out, target, cfg, log=typer.echo)
+    typer.echo(json.dumps({"out": str(out), "cv": {k: {m_: round(v, 4) for m_, v in d.items()} for k, d in m["cv"].items()}}))
+
+
+@lab_app.command("predict")
+@_clean_errors
+def lab_predict_cmd(
+    model: Path = typer.Option(..., help="RUN/bundle of `deepsalt lab fit`"),
+    lab: Path = typer.Option(..., help="a lab table with spectra covering the bundle's wavenumber grid"),
+    out: Path = typer.Option(..., help="predictions to write (CSV, or Parquet by its ending)"),
+):
+    """Predict the bundle's property for new spectra (resampled onto its grid; a table that does not cover it is
+    refused)."""
+    from deepsalt.train.lab_fit import lab_predict
+
+    typer.echo(json.dumps(lab_predict(model, lab, out, log=typer.echo)))
 
 
 cov_app = typer.Typer(no_args_is_help=True, help="Covariates: build the 8 rasters from SoilGrids 2.0 and WorldClim 2.1.")

@@ -26,6 +26,22 @@ class Target:
     short: str  # for titles and axis labels
     #: the thresholds the cube's exceedance probabilities and the class figures (recall, precision, F1, AUC) use
     thresholds: tuple[float, ...] = ()
+    #: values no soil has in ``units``: a table holding one is in another unit (``unit_hint`` says which, likely)
+    plausible: tuple[float, float] | None = None
+    unit_hint: str = ""
+
+    def check_plausible(self, values, where: str, ids=None) -> None:
+        """Refuse values outside ``plausible`` (or ``valid_range``) with one line: how many, an example, the unit hint."""
+        from deepsalt.errors import DeepSaltInputError
+
+        lo, hi = self.plausible or self.valid_range
+        v = np.asarray(values, float)
+        bad = np.isfinite(v) & ((v < lo) | (v > hi))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            name = f", {ids[i]}" if ids is not None else ""
+            raise DeepSaltInputError(where, f"{int(bad.sum())} value(s) of {self.column} outside {lo:g}-{hi:g} {self.units} "
+                                     f"(e.g. {v[i]:g}{name})", self.unit_hint or f"give {self.short} in {self.units}")
 
     def transform(self, y):
         """The space the target is learnt in: ln y (clipped at 1e-3) or y."""
@@ -47,6 +63,7 @@ class Target:
         d = asdict(self)
         d["valid_range"] = list(self.valid_range)
         d["thresholds"] = list(self.thresholds)
+        d["plausible"] = list(self.plausible) if self.plausible else None
         d["classes"] = [[hi if math.isfinite(hi) else None, label] for hi, label in self.classes]
         return d
 
@@ -57,11 +74,13 @@ TARGETS: dict[str, Target] = {
                   ((2, "non-saline < 2"), (4, "slightly 2-4"), (8, "moderately 4-8"), (16, "strongly 8-16"),
                    (math.inf, "very strongly > 16")),
                   "ece", "soil salinity, electrical conductivity of the saturated-paste extract, 0-12 cm", "ECe",
-                  (4.0, 8.0, 16.0)),  # saline (4: USDA's and FAO's saline soil), strongly and very strongly saline
+                  (4.0, 8.0, 16.0),  # saline (4: USDA's and FAO's saline soil), strongly and very strongly saline
+                  (0.0, 200.0), "EC in mS/m? divide by 100; in uS/cm? divide by 1000"),
     # organic carbon, % by mass (OSSL's oc_usda.c729_w.pct); classes as soil-survey reports use them
     "soc": Target("soc", "soc", "%", (0.01, 30.0), True,
                   ((0.5, "very low < 0.5"), (1, "low 0.5-1"), (2, "moderate 1-2"), (4, "high 2-4"), (math.inf, "very high > 4")),
-                  "soc", "soil organic carbon content (mass fraction), 0-12 cm", "SOC", (1.0, 2.0, 4.0)),
+                  "soc", "soil organic carbon content (mass fraction), 0-12 cm", "SOC", (1.0, 2.0, 4.0),
+                  (0.0, 60.0), "organic carbon in g/kg? divide by 10"),
 }
 
 
@@ -73,7 +92,9 @@ def get_target(name_or_dict) -> Target:
         d = dict(name_or_dict)
         # a bundle or cube written before targets had thresholds: the built-in target's
         thresholds = d.get("thresholds") or (TARGETS[d["name"]].thresholds if d.get("name") in TARGETS else ())
+        plausible = d.get("plausible") or (TARGETS[d["name"]].plausible if d.get("name") in TARGETS else None)
         return Target(**{**d, "valid_range": tuple(d["valid_range"]), "thresholds": tuple(float(v) for v in thresholds),
+                         "plausible": tuple(plausible) if plausible else None,
                          "classes": tuple((math.inf if hi is None else float(hi), str(lb)) for hi, lb in d["classes"])})
     if name_or_dict not in TARGETS:
         raise ValueError(f"unknown target '{name_or_dict}' (built in: {', '.join(TARGETS)})")

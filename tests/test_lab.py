@@ -75,3 +75,76 @@ def test_corrupt_and_missing_files(tmp_path):
         read_lab_table(bad)
     with pytest.raises(DeepSaltInputError, match="does not exist"):
         read_lab_table(tmp_path / "nope.parquet")
+
+
+def _ossl_subset(world, dst, n=12):
+    """The first ``n`` 0-12 cm layers of the world's OSSL download (site, soil lab and MIR tables, OSSL's names)."""
+    import pandas as pd
+
+    o = world / "native" / "ossl"
+    mir = pd.read_csv(o / "ossl_mir_L0_v1.2.csv.gz", nrows=n, dtype={"id.layer_uuid_txt": str})
+    ids = set(mir["id.layer_uuid_txt"])
+    site = pd.read_csv(o / "ossl_soilsite_L0_v1.2.csv.gz", dtype=str)
+    lab = pd.read_csv(o / "ossl_soillab_L1_v1.2.csv.gz", dtype={"id.layer_uuid_txt": str})
+    site, lab = site[site["id.layer_uuid_txt"].isin(ids)].reset_index(drop=True), lab[lab["id.layer_uuid_txt"].isin(ids)].reset_index(drop=True)
+    dst.mkdir(parents=True, exist_ok=True)
+    return site, lab, mir
+
+
+def _write_ossl(dst, site, lab, mir, lab_name="ossl_soillab_L1_v1.2.csv.gz"):
+    site.to_csv(dst / "ossl_soilsite_L0_v1.2.csv.gz", index=False)
+    lab.to_csv(dst / lab_name, index=False)
+    mir.to_csv(dst / "ossl_mir_L0_v1.2.csv.gz", index=False)
+
+
+def test_ossl_profiles_are_sites_of_a_dataset_and_every_left_out_layer_is_counted(world, tmp_path):
+    """Site ids are unique only within a dataset: a LUCAS layer whose site id equals a KSSL pedon's is its own
+    sample, not averaged into the pedon. Ids stay text ("1001", not "1001.0"); a layer without a site id is its own
+    profile; a layer without a lower depth or lost in the join is counted; with soil-lab tables at both levels,
+    L1 is read and named."""
+    import pandas as pd
+
+    from deepsalt.data.ossl import import_ossl
+
+    d = tmp_path / "ossl"
+    site, lab, mir = _ossl_subset(world, d)
+    site.loc[0:1, "id.dataset.site_ascii_txt"] = "1001"  # two layers, two datasets, one site id
+    site.loc[0, "dataset.code_ascii_txt"], site.loc[1, "dataset.code_ascii_txt"] = "KSSL.SSL", "LUCAS.SSL"
+    site.loc[2, "id.dataset.site_ascii_txt"] = None  # no site id
+    site.loc[3, "layer.lower.depth_usda_cm"] = None  # no lower depth
+    mir = mir.iloc[:-1]  # the last layer has no spectrum: lost in the join
+    l0 = lab.copy()
+    l0["ec_usda.a364_ds.m"] = 99.0  # the unharmonised level, which must not be read
+    _write_ossl(d, site, lab, mir)
+    l0.to_csv(d / "ossl_soillab_L0_v1.2.csv.gz", index=False)
+    lines = []
+    s = import_ossl(str(d), str(tmp_path / "lab.parquet"), log=lines.append)
+    assert s["tables"] == ["ossl_soilsite_L0_v1.2.csv.gz", "ossl_soillab_L1_v1.2.csv.gz", "ossl_mir_L0_v1.2.csv.gz"]
+    assert "read ossl_soilsite_L0_v1.2.csv.gz, ossl_soillab_L1_v1.2.csv.gz" in lines[0]
+    assert s["layers_lost_in_join"] == 1 and s["layers_without_depth"] == 1 and s["layers_without_site_id"] == 1
+    assert s["samples"] == 12 - 1 - 1  # 12 layers, one lost in the join, one without depth
+    t = pd.read_parquet(tmp_path / "lab.parquet", columns=["sample_id", "dataset", "ece_dsm", "n_layers"])
+    ids = set(t["sample_id"])
+    assert {"KSSL.SSL:1001", "LUCAS.SSL:1001"} <= ids and not any(i.endswith(".0") for i in ids)
+    assert (t["n_layers"] == 1).all() and t["ece_dsm"].max() < 99 * 2  # no layer averaged into another; L0 not read
+    want = {sid: 2.35 * ec - 0.36 for sid, ec in zip(("KSSL.SSL:1001", "LUCAS.SSL:1001"), lab["ec_usda.a364_ds.m"][:2])}
+    for sid, v in want.items():
+        assert float(t.loc[t["sample_id"] == sid, "ece_dsm"].iloc[0]) == pytest.approx(max(v, 0), rel=1e-5)
+    assert any(i.startswith("DEEPSALT.SYNTHETIC:layer ") for i in ids)  # the layer without a site id
+
+
+@pytest.mark.parametrize("column, factor, match", [("ec_usda.a364_ds.m", 1000.0, r"ece_dsm outside 0-200 dS m-1 .*mS/m"),
+                                                   ("oc_usda.c729_w.pct", 100.0, r"soc outside 0-60 % .*g/kg")])
+def test_ossl_values_in_other_units_are_refused_naming_the_unit(world, tmp_path, column, factor, match):
+    from deepsalt.data.ossl import import_ossl
+    from deepsalt.errors import DeepSaltInputError
+
+    d = tmp_path / "ossl"
+    site, lab, mir = _ossl_subset(world, d, n=4)
+    lab[column] = lab[column] * factor
+    _write_ossl(d, site, lab, mir)
+    with pytest.raises(DeepSaltInputError, match=match):
+        import_ossl(str(d), str(tmp_path / "lab.parquet"), log=lambda *_: None)
+    (d / "ossl_all_L1_v1.2.qs").write_bytes(b"qs\x00")
+    with pytest.raises(DeepSaltInputError, match=r"an R serialisation .*download OSSL's CSV tables"):
+        import_ossl(str(d / "ossl_all_L1_v1.2.qs"), str(tmp_path / "lab.parquet"), log=lambda *_: None)

@@ -8,7 +8,10 @@ variable list): ``latitude.point_wgs84_dd``, ``longitude.point_wgs84_dd``, ``lay
 soil:water extract, dS/m: not ECe), ``oc_usda.c729_w.pct`` (organic carbon, %), and the MIR absorbance
 ``scan_mir.<wavenumber>_abs`` at 600-4000 cm-1 in 2 cm-1 steps.
 
-ECe from an extract's EC is converted by a stated rule (``EC_RULES``), recorded per sample. Samples are chosen by
+ECe from an extract's EC is converted by a stated rule (``EC_RULES``), recorded per sample. A profile is a site of one
+dataset (``dataset.code_ascii_txt``, ``id.dataset.site_ascii_txt``): site ids are unique only within their dataset;
+a layer without a site id is a profile of its own (its layer uuid). Ids are read as text. Where a download holds a
+table at both levels, L1 (OSSL's harmonised values) is read, and the summary names every table read. Samples are chosen by
 depth: a profile's layers that overlap the target depth (0-12 cm by default) are averaged, spectra and values alike,
 each weighted by its overlap in cm, as a composite sample of that depth would be; layers without a value of a
 property do not count towards it, and a profile whose layers cover less than half the depth is left out.
@@ -27,7 +30,7 @@ import pandas as pd
 from deepsalt.errors import DeepSaltInputError
 
 #: OSSL v1.2 column names
-OSSL = {"layer": "id.layer_uuid_txt", "site": "id.dataset.site_ascii_txt", "lat": "latitude.point_wgs84_dd",
+OSSL = {"layer": "id.layer_uuid_txt", "site": "id.dataset.site_ascii_txt", "dataset": "dataset.code_ascii_txt", "lat": "latitude.point_wgs84_dd",
         "lon": "longitude.point_wgs84_dd", "top": "layer.upper.depth_usda_cm", "bottom": "layer.lower.depth_usda_cm",
         "ec": "ec_usda.a364_ds.m", "soc": "oc_usda.c729_w.pct"}
 MIR_COLUMN = "scan_mir.{}_abs"
@@ -59,14 +62,27 @@ EC_RULES = {
 }
 
 
+R_FORMATS = (".qs", ".rds", ".rda", ".rdata")
+
+
 def _read_csv(fs, path: str, usecols=None) -> pd.DataFrame:
-    with fs.open(path, "rb", compression="infer") as f:
-        return pd.read_csv(f, low_memory=False, usecols=usecols)
+    if path.lower().endswith(R_FORMATS):
+        raise DeepSaltInputError(path, "is an R serialisation (.qs/.rds), which only R reads",
+                                 "download OSSL's CSV tables (.csv.gz) instead")
+    ids = {OSSL["layer"]: str, OSSL["site"]: str, OSSL["dataset"]: str}  # "1001", never 1001.0
+    try:
+        with fs.open(path, "rb", compression="infer") as f:
+            return pd.read_csv(f, low_memory=False, usecols=usecols, dtype=ids)
+    except (UnicodeDecodeError, pd.errors.ParserError, EOFError, OSError) as e:
+        raise DeepSaltInputError(path, f"not a readable CSV ({type(e).__name__}: {str(e)[:120]})",
+                                 "download OSSL's CSV tables (.csv.gz) again") from None
 
 
-def read_ossl(src: str) -> pd.DataFrame:
+def read_ossl(src: str, read: list | None = None) -> pd.DataFrame:
     """The OSSL tables under ``src`` (a folder or URL holding the separate or the joined CSVs, or one joined CSV),
-    joined by ``id.layer_uuid_txt``: one row per layer."""
+    joined by ``id.layer_uuid_txt``: one row per layer. ``read`` collects the names of the tables read and the
+    layers the join left out (as ``("lost", n)``)."""
+    read = [] if read is None else read
     fs, path = fsspec.core.url_to_fs(src)
     if not fs.exists(path):
         raise DeepSaltInputError(src, "does not exist", "pass the folder of an OSSL download or its joined CSV")
@@ -75,22 +91,31 @@ def read_ossl(src: str) -> pd.DataFrame:
 
         def find(kind):
             hits = sorted(p for n, p in names.items() if n.startswith(f"ossl_{kind}_") and n.endswith((".csv", ".csv.gz")))
-            return hits[0] if hits else None
+            l1 = [p for p in hits if "_L1_" in p.rsplit("/", 1)[-1]]  # OSSL's harmonised level, where both are there
+            return (l1 or hits or [None])[0]
 
         joined = find("all")
         if joined:
+            read.append(joined.rsplit("/", 1)[-1])
             return _read_csv(fs, joined)
         parts = {k: find(k) for k in ("soilsite", "soillab", "mir")}
         missing = [f"ossl_{k}_*.csv.gz" for k, p in parts.items() if p is None]
         if missing:
-            raise DeepSaltInputError(src, f"no {', '.join(missing)}", "download OSSL's site, soil lab and MIR tables as CSV "
-                                     "(or the joined ossl_all_L0_v1.2.csv.gz) into one folder")
+            rdata = sorted(n for n in names if n.lower().endswith(R_FORMATS))
+            raise DeepSaltInputError(src, f"no {', '.join(missing)}" + (f" (only R files: {', '.join(rdata[:3])})" if rdata else ""),
+                                     "download OSSL's site, soil lab and MIR tables as CSV (or the joined "
+                                     "ossl_all_L1_v1.2.csv.gz) into one folder")
         tables = {k: _read_csv(fs, p) for k, p in parts.items()}
+        read += [p.rsplit("/", 1)[-1] for p in parts.values()]
         for k, t in tables.items():
             if OSSL["layer"] not in t:
                 raise DeepSaltInputError(parts[k], f"has no {OSSL['layer']} column", "the OSSL tables join on it")
-        return tables["soilsite"].merge(tables["soillab"], on=OSSL["layer"], how="inner", suffixes=("", ".lab")) \
-                                 .merge(tables["mir"], on=OSSL["layer"], how="inner", suffixes=("", ".mir"))
+        out = tables["soilsite"].merge(tables["soillab"], on=OSSL["layer"], how="inner", suffixes=("", ".lab")) \
+                                .merge(tables["mir"], on=OSSL["layer"], how="inner", suffixes=("", ".mir"))
+        every = set().union(*(set(t[OSSL["layer"]].dropna()) for t in tables.values()))
+        read.append(("lost", len(every) - len(out)))
+        return out
+    read.append(path.rsplit("/", 1)[-1])
     return _read_csv(fs, path)
 
 
@@ -107,7 +132,10 @@ def import_ossl(src: str, out: str, ec_method: str | None = "1:2", depth: tuple[
     top_d, bot_d = depth
     if not 0 <= top_d < bot_d:
         raise DeepSaltInputError("--depth", f"{top_d}-{bot_d} cm is not a depth interval", "e.g. --depth 0,12")
-    df = read_ossl(src)
+    read: list = []
+    df = read_ossl(src, read)
+    lost = sum(n for r in read if isinstance(r, tuple) for n in r[1:])
+    tables = [r for r in read if not isinstance(r, tuple)]
     need = [OSSL[k] for k in ("layer", "lat", "lon", "top", "bottom")]
     missing = [c for c in need if c not in df]
     if missing:
@@ -119,9 +147,20 @@ def import_ossl(src: str, out: str, ec_method: str | None = "1:2", depth: tuple[
     order = np.argsort(wn)
     wn, mir_cols = wn[order], [mir_cols[i] for i in order]
     n_layers = len(df)
-    site = df[OSSL["site"]].astype(str) if OSSL["site"] in df else df[OSSL["lat"]].round(6).astype(str) + "," + df[OSSL["lon"]].round(6).astype(str)
+    layer = df[OSSL["layer"]].astype("string")
+    if OSSL["site"] in df:  # a profile is a site of one dataset; a layer without a site id is a profile of its own
+        site = df[OSSL["site"]].astype("string").str.strip().replace("", pd.NA)
+        no_site = site.isna()
+        site = site.fillna("layer " + layer.fillna("?"))
+    else:
+        no_site = pd.Series(False, index=df.index)
+        site = df[OSSL["lat"]].round(6).astype(str) + "," + df[OSSL["lon"]].round(6).astype(str)
+    dataset = df[OSSL["dataset"]].astype("string").fillna("?") if OSSL["dataset"] in df else pd.Series("?", index=df.index)
+    several = dataset.nunique() > 1
+    profile = (dataset + ":" + site if several else site).astype(str)
     top, bot = df[OSSL["top"]].to_numpy(float), df[OSSL["bottom"]].to_numpy(float)
-    overlap = np.clip(np.minimum(bot, bot_d) - np.maximum(top, top_d), 0, None)
+    has_depth = np.isfinite(top) & np.isfinite(bot)
+    overlap = np.where(has_depth, np.clip(np.minimum(bot, bot_d) - np.maximum(top, top_d), 0, None), 0.0)
     spec = df[mir_cols].to_numpy(np.float64)
     has_mir = np.isfinite(spec).all(1)
     has_loc = np.isfinite(df[OSSL["lat"]].to_numpy(float)) & np.isfinite(df[OSSL["lon"]].to_numpy(float))
@@ -132,11 +171,17 @@ def import_ossl(src: str, out: str, ec_method: str | None = "1:2", depth: tuple[
         values["soc"] = pd.to_numeric(df[OSSL["soc"]], errors="coerce").to_numpy(float)
     if not values:
         raise DeepSaltInputError(src, f"neither {OSSL['ec']} nor {OSSL['soc']}", "download OSSL's soil lab table too")
+    from deepsalt.targets import TARGETS
+
+    for name, v in values.items():  # units: a value no soil has in dS/m or % is another unit, never a sample
+        target = next(t for t in TARGETS.values() if t.column == name)
+        target.check_plausible(v, f"{src} ({OSSL['ec'] if name == 'ece_dsm' else OSSL['soc']})", ids=("layer " + layer).to_numpy())
     use = (overlap > 0) & has_mir & has_loc
-    counts = {"layers": n_layers, "layers_outside_depth": int((overlap <= 0).sum()), "layers_without_mir": int((~has_mir).sum()),
-              "layers_without_location": int((~has_loc).sum())}
+    counts = {"layers": n_layers, "layers_lost_in_join": int(lost), "layers_without_depth": int((~has_depth).sum()),
+              "layers_outside_depth": int((has_depth & (overlap <= 0)).sum()), "layers_without_mir": int((~has_mir).sum()),
+              "layers_without_location": int((~has_loc).sum()), "layers_without_site_id": int(no_site.sum())}
     rows = []
-    idx = pd.Series(np.flatnonzero(use)).groupby(site.to_numpy()[use], sort=True)
+    idx = pd.Series(np.flatnonzero(use)).groupby(profile.to_numpy()[use], sort=True)
     for sid, members in idx:
         m = members.to_numpy()
         w = overlap[m]
@@ -144,7 +189,7 @@ def import_ossl(src: str, out: str, ec_method: str | None = "1:2", depth: tuple[
         if coverage < 0.5:
             counts["profiles_under_half_covered"] = counts.get("profiles_under_half_covered", 0) + 1
             continue
-        rec = {"sample_id": sid, "latitude": float(df[OSSL["lat"]].iloc[m[0]]), "longitude": float(df[OSSL["lon"]].iloc[m[0]]),
+        rec = {"sample_id": sid, "dataset": str(dataset.iloc[m[0]]), "latitude": float(df[OSSL["lat"]].iloc[m[0]]), "longitude": float(df[OSSL["lon"]].iloc[m[0]]),
                "depth_top_cm": top_d, "depth_bottom_cm": bot_d, "depth_coverage": round(coverage, 4), "n_layers": len(m),
                "_spec": (spec[m] * w[:, None]).sum(0) / w.sum()}
         for name, v in values.items():
@@ -166,10 +211,13 @@ def import_ossl(src: str, out: str, ec_method: str | None = "1:2", depth: tuple[
     spectra = np.stack(table.pop("_spec").to_numpy()).astype(np.float32)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     write_lab_table(out, table, wn, spectra)
-    summary = {"out": str(out), "samples": len(table), "channels": int(len(wn)),
+    summary = {"out": str(out), "tables": tables, "samples": len(table), "channels": int(len(wn)),
                "wavenumbers_cm1": [float(wn[0]), float(wn[-1])], "depth_cm": [top_d, bot_d], "ec_method": ec_method,
                "ec_rule": rule.source, **counts}
+    log(f"lab import: read {', '.join(tables)}")
     log(f"lab import: {len(table)} samples ({summary['wavenumbers_cm1'][0]:.0f}-{summary['wavenumbers_cm1'][1]:.0f} cm-1, "
         f"{len(wn)} channels) from {n_layers} layers; left out: "
-        + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items() if k != "layers" and v))
+        + (", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items() if k not in ("layers", "layers_without_site_id") and v)
+           or "none") + (f"; {counts['layers_without_site_id']} layer(s) without a site id, each its own profile"
+                         if counts["layers_without_site_id"] else ""))
     return summary

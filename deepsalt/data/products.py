@@ -7,12 +7,15 @@ depth-weighted mean 5/12 x (0-5 cm) + 7/12 x (5-15 cm), resampled bilinearly ont
 EPSG:4326.
 
 WorldClim 2.1: monthly ``wc2.1_30s_{tmin,tmax,tavg,prec}_{01..12}.tif`` (deg C and mm) at 30 arc-seconds in
-EPSG:4326, cut to the box on their own grid: ``tm_min`` the lowest monthly tmin, ``tm_max`` the highest monthly
+EPSG:4326, unzipped or in the ZIPs WorldClim serves (``wc2.1_30s_tmin.zip``, read in place through GDAL's /vsizip/);
+other resolutions (2.5, 5, 10 arc-minutes) are refused by name, cut to the box on their own grid: ``tm_min`` the lowest monthly tmin, ``tm_max`` the highest monthly
 tmax, ``tm_avg`` the mean of the monthly tavg, ``pr_min``/``pr_max`` the driest and wettest month's prec,
 ``pr_avg`` the mean monthly prec.
 
 Written as float32 COGs in EPSG:4326 with nodata -9999, checked against their physical ranges (the hints name
-g/kg, Kelvin and annual totals) before anything is written.
+g/kg, Kelvin and annual totals) before anything is written; SoilGrids that is already in % (or fractions) is caught
+by its low side (sand + clay under 10 % nearly everywhere), and a box where a covariate has no valid pixel writes
+nothing. A VRT whose tiles are missing (a partial download) is one line naming the VRT and the missing tiles' folder.
 """
 
 from __future__ import annotations
@@ -65,16 +68,55 @@ def _warp(href: str, transform, shape, resampling) -> np.ndarray:
     import rasterio
     from rasterio.warp import reproject
 
+    from rasterio._err import CPLE_BaseError
+
     out = np.full(shape, np.nan)
     try:
         with rasterio.Env(GDAL_PAM_ENABLED="NO"), rasterio.open(gdal_path(href), allowed_drivers=["GTiff", "VRT"]) as ds:
             if ds.crs is None:
                 raise DeepSaltInputError(href, "has no CRS", "use the product as it is shipped")
+            _check_vrt_tiles(ds, href)
             reproject(rasterio.band(ds, 1), out, src_nodata=ds.nodata, dst_transform=transform, dst_crs="EPSG:4326",
                       dst_nodata=np.nan, resampling=resampling)
-    except rasterio.errors.RasterioIOError:
-        raise DeepSaltInputError(href, "does not exist or is not a readable GeoTIFF or VRT", "check the path") from None
+    except (rasterio.errors.RasterioError, CPLE_BaseError) as e:
+        raise DeepSaltInputError(href, f"does not exist or is not a readable GeoTIFF or VRT ({str(e).splitlines()[0][:120]})",
+                                 "check the path, or download the product again") from None
     return out
+
+
+def _check_vrt_tiles(ds, href: str) -> None:
+    """A VRT's source tiles (GDAL's own list of the dataset's files) must all be there: a partial download is one line
+    naming the VRT and the folder of the missing tiles."""
+    if ds.driver != "VRT" or "://" in href:
+        return
+    missing = [f for f in ds.files[1:] if not Path(f).exists()]
+    if missing:
+        folders = sorted({str(Path(f).parent) for f in missing})
+        raise DeepSaltInputError(href, f"{len(missing)} of its {len(ds.files) - 1} tiles are missing (e.g. {Path(missing[0]).name} "
+                                 f"in {folders[0]})", "download the VRT together with its tile folder")
+
+
+def _worldclim(worldclim: str, var: str, month: int) -> str:
+    """A WorldClim 2.1 30 arc-second monthly file: unzipped, or inside WorldClim's own ZIP (``wc2.1_30s_<var>.zip``,
+    read in place through GDAL's /vsizip/). Other resolutions are refused by name."""
+    name = f"wc2.1_30s_{var}_{month:02d}.tif"
+    try:
+        return _find(worldclim, [name, f"wc2.1_30s_{var}/{name}"], f"WorldClim {var} month {month:02d}")
+    except DeepSaltInputError:
+        pass
+    try:
+        z = _find(worldclim, [f"wc2.1_30s_{var}.zip"], "")
+        return f"/vsizip/{gdal_path(z)}/{name}"
+    except DeepSaltInputError:
+        pass
+    fs, root = fsspec.core.url_to_fs(worldclim)
+    other = sorted(PurePosixPath(p).name for p in fs.glob(f"{root.rstrip('/')}/**/wc2.1_*_{var}*"))
+    other = [n for n in other if not n.startswith("wc2.1_30s_")]
+    if other:
+        raise DeepSaltInputError(worldclim, f"holds WorldClim at another resolution ({other[0]}): only the 30 arc-second "
+                                 "files (wc2.1_30s_*) are supported", "download the 30s set (wc2.1_30s_tmin.zip ...)")
+    raise DeepSaltInputError(worldclim, f"no WorldClim {var} month {month:02d} ({name}, or wc2.1_30s_{var}.zip)",
+                             "download WorldClim 2.1's 30s monthly data and unzip it here, or leave the ZIPs as they are")
 
 
 def build_covariates(soilgrids: str, worldclim: str, bbox, out: str | Path, soil_res: float = 1 / 400,
@@ -98,17 +140,26 @@ def build_covariates(soilgrids: str, worldclim: str, bbox, out: str | Path, soil
     for var in WORLDCLIM_VARS:
         stack = []
         for m in range(1, 13):
-            href = _find(worldclim, [f"wc2.1_30s_{var}_{m:02d}.tif", f"wc2.1_30s_{var}/wc2.1_30s_{var}_{m:02d}.tif"],
-                         f"WorldClim {var} month {m:02d}")
+            href = _worldclim(worldclim, var, m)
             stack.append(_warp(href, tr, (h, w), Resampling.nearest))
         months[var] = np.stack(stack)
-        log(f"  {var}: 12 months from {Path(href).parent if '://' not in href else href.rsplit('/', 1)[0]}")
+        log(f"  {var}: 12 months from {href.rsplit('/', 1)[0]}")
     agg = {"tm_min": months["tmin"].min(0), "tm_max": months["tmax"].max(0), "tm_avg": months["tavg"].mean(0),
            "pr_min": months["prec"].min(0), "pr_max": months["prec"].max(0), "pr_avg": months["prec"].mean(0)}
     for k, v in agg.items():
         values[k], grids[k] = v, tr
     for c in COVARIATES:  # every unit checked before a file is written
+        if not np.isfinite(values[c.name]).any():
+            src = soilgrids if c.name in ("sand", "clay") else worldclim
+            raise DeepSaltInputError(f"--bbox {','.join(f'{v:g}' for v in bbox)}", f"{c.name} has no valid pixel in the box "
+                                     f"(the data under {src} do not cover it); nothing was written",
+                                     "pass a box inside the downloaded tiles, or download the tiles that cover it")
         check_covariate_ranges(_one(c.name, values[c.name]), soilgrids if c.name in ("sand", "clay") else worldclim)
+    both = values["sand"] + values["clay"]
+    if np.isfinite(both).any() and np.nanpercentile(both, 95) < 10.0:  # SoilGrids ships g/kg: % read as g/kg is ~1/10
+        raise DeepSaltInputError(soilgrids, f"sand + clay is under {np.nanpercentile(both, 95):.1f} % in 95 % of the box, read "
+                                 "as SoilGrids' g/kg", "these files look like % or fractions already: use SoilGrids' own "
+                                 "files (int16, g/kg)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for c in COVARIATES:

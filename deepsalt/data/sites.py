@@ -7,8 +7,9 @@ quality layers, the item's gains and offsets) and the covariates through the map
 (``exclude_bands``, as training's): a product's bad bands remove nothing. Scenes are read as Ray tasks, one per
 scene; a site whose nearest scene is cloudy there tries the next nearest, round by round.
 
-Sites: CSV, Parquet, GeoPackage (point features) or GeoJSON, with ``lon``/``lat`` (also ``longitude``/``latitude``,
-``x``/``y``) or point geometries in WGS84, a date (``date``, ``sampling_date``, ``datetime`` or
+Sites: CSV (``,``, or ``;`` with decimal commas), Parquet or GeoParquet, GeoPackage, GeoJSON, FlatGeobuf or
+Shapefile (read by GDAL/OGR through pyogrio), with ``lon``/``lat`` (also ``longitude``/``latitude``, ``x``/``y``) in
+WGS84 or point geometries in any CRS the file declares, a date (``date``, ``sampling_date``, ``datetime`` or
 ``observation_date``), one or more target columns (``deepsalt.targets``: ``ece_dsm``, ``soc``...) and an optional id
 (``site_id`` or ``id``); other columns (``region``, ``koppen``, ``texture_class``...) are kept.
 """
@@ -16,10 +17,6 @@ Sites: CSV, Parquet, GeoPackage (point features) or GeoJSON, with ``lon``/``lat`
 from __future__ import annotations
 
 import json
-import re
-import sqlite3
-import struct
-import tempfile
 import time
 from pathlib import Path
 
@@ -38,94 +35,164 @@ DATES = ("date", "sampling_date", "datetime", "observation_date")
 IDS = ("site_id", "id")
 REASONS = {"no_scene": "no scene within --max-days covers it", "outside": "outside every scene's raster",
            "swath": "outside the swath (nodata in every band)", "nodata": "nodata in a band the model reads",
-           "no_covariates": "no covariate value", "covariates_range": "a covariate outside its physical range"}
+           "no_covariates": "no covariate value", "covariates_range": "a covariate outside its physical range",
+           "swapped": "lon/lat look swapped: the site is in no scene, but (lat, lon) falls in one"}
 
 
-def _gpkg_points(path: str) -> pd.DataFrame:
-    """The features of a GeoPackage's first feature table as columns, its point geometry as lon/lat (WGS84, or any
-    CRS the file declares, transformed)."""
+VECTOR = (".gpkg", ".geojson", ".json", ".fgb", ".shp", ".shp.zip")
+ISO_DATE = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?$"
+
+
+def _points(geoms, crs, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """lon, lat (WGS84) of point geometries (shapely; Z ignored; a MultiPoint of one point is that point), from ``crs``
+    (anything pyproj reads; None: WGS84)."""
+    import shapely
     from pyproj import CRS, Transformer
 
-    local = path
-    if "://" in path:
-        local = tempfile.mkstemp(suffix=".gpkg")[1]
-        fsspec.core.url_to_fs(path)[0].get(fsspec.core.url_to_fs(path)[1], local)
-    con = sqlite3.connect(f"file:{local}?mode=ro", uri=True)
-    try:
-        table, col, srs = con.execute("SELECT c.table_name, g.column_name, g.srs_id FROM gpkg_contents c JOIN gpkg_geometry_columns g "
-                                      "ON c.table_name = g.table_name WHERE c.data_type = 'features' LIMIT 1").fetchone()
-        wkt = con.execute("SELECT definition FROM gpkg_spatial_ref_sys WHERE srs_id = ?", (srs,)).fetchone()
-        df = pd.read_sql_query(f'SELECT * FROM "{table}"', con)
-    except (sqlite3.Error, TypeError) as e:
-        raise DeepSaltInputError(path, f"not a GeoPackage with a feature table ({e})", "write the sites as points") from None
-    finally:
-        con.close()
-    xy = [_gpkg_point(b, path) for b in df.pop(col)]
-    df["lon"], df["lat"] = [p[0] for p in xy], [p[1] for p in xy]
-    if wkt and wkt[0] and srs not in (4326, 0, -1):
-        t = Transformer.from_crs(CRS.from_user_input(wkt[0]), "EPSG:4326", always_xy=True)
-        df["lon"], df["lat"] = t.transform(df["lon"].to_numpy(), df["lat"].to_numpy())
+    geoms = np.asarray(geoms, dtype=object)
+    kinds = shapely.get_type_id(geoms)
+    multi = kinds == 4
+    if multi.any():
+        n = shapely.get_num_geometries(geoms[multi])
+        if (n != 1).any():
+            i = int(np.flatnonzero(multi)[np.flatnonzero(n != 1)[0]])
+            raise DeepSaltInputError(where, f"feature {i} is a MultiPoint of {int(n[n != 1][0])} points",
+                                     "write one point per site (explode the MultiPoint)")
+        geoms[multi] = shapely.get_geometry(geoms[multi], 0)
+        kinds = shapely.get_type_id(geoms)
+    if (kinds != 0).any():
+        i = int(np.flatnonzero(kinds != 0)[0])
+        what = "no geometry" if geoms[i] is None else f"a {geoms[i].geom_type}"
+        raise DeepSaltInputError(where, f"feature {i} has {what}, not a point", "sites are points")
+    x, y = shapely.get_x(geoms), shapely.get_y(geoms)
+    if crs is not None:
+        c = CRS.from_user_input(crs)
+        if not c.equals(CRS.from_epsg(4326), ignore_axis_order=True):
+            x, y = Transformer.from_crs(c, "EPSG:4326", always_xy=True).transform(x, y)
+    return np.asarray(x, float), np.asarray(y, float)
+
+
+def _vector(path: str, layer: str | None) -> pd.DataFrame:
+    """A vector file's features through GDAL/OGR (pyogrio): attributes as columns, point geometries as lon/lat."""
+    import pyogrio
+    import shapely
+
+    layers = [str(n) for n, _ in pyogrio.list_layers(path)]
+    if layer is None and len(layers) > 1:
+        raise DeepSaltInputError(path, f"holds {len(layers)} layers ({', '.join(layers[:6])})", "pass --layer NAME")
+    if layer is not None and layer not in layers:
+        raise DeepSaltInputError(path, f"has no layer {layer!r} (layers: {', '.join(layers[:6])})", "pass one of them to --layer")
+    meta, _, geom, fields = pyogrio.raw.read(path, layer=layer)
+    df = pd.DataFrame({name: col for name, col in zip(meta["fields"], fields)})
+    if geom is None:
+        return df
+    df["lon"], df["lat"] = _points(shapely.from_wkb(geom), meta.get("crs"), path)
     return df
 
 
-def _gpkg_point(blob: bytes, where: str) -> tuple[float, float]:
-    """x, y of a GeoPackage geometry blob holding a WKB point (header: 'GP', version, flags, srs id, envelope)."""
-    if blob is None or blob[:2] != b"GP":
-        raise DeepSaltInputError(where, "a feature without a GeoPackage geometry", "every site needs a point")
-    flags = blob[3]
-    env = {0: 0, 1: 32, 2: 48, 3: 48, 4: 64}.get((flags >> 1) & 7, 0)
-    wkb = blob[8 + env:]
-    order = "<" if wkb[0] == 1 else ">"
-    kind = struct.unpack(order + "I", wkb[1:5])[0] % 1000
-    if kind != 1:
-        raise DeepSaltInputError(where, f"a feature whose geometry is not a point (WKB type {kind})", "sites are points")
-    return struct.unpack(order + "dd", wkb[5:21])
+def _geometry_column(df: pd.DataFrame, col: str, crs, where: str) -> pd.DataFrame:
+    """A WKT or WKB geometry column of a CSV or (Geo)Parquet table as lon/lat."""
+    import shapely
+
+    v = df.pop(col)
+    try:
+        geoms = shapely.from_wkb(v.to_numpy()) if v.map(lambda g: isinstance(g, (bytes, bytearray))).all() \
+            else shapely.from_wkt(v.astype(str).to_numpy())
+    except shapely.errors.GEOSException as e:
+        raise DeepSaltInputError(where, f"column {col!r} is neither WKT nor WKB ({str(e)[:100]})", "write points as WKT "
+                                 "(POINT (lon lat)) or WKB") from None
+    df["lon"], df["lat"] = _points(geoms, crs, where)
+    return df
 
 
-def _geojson(path: str) -> pd.DataFrame:
-    with fsspec.open(path, "r") as f:
-        doc = json.load(f)
-    rows = []
-    for i, feat in enumerate(doc.get("features", [])):
-        g = feat.get("geometry") or {}
-        if g.get("type") != "Point":
-            raise DeepSaltInputError(path, f"feature {i} is a {g.get('type')}, not a Point", "sites are points")
-        rows.append({**(feat.get("properties") or {}), "lon": g["coordinates"][0], "lat": g["coordinates"][1]})
-    return pd.DataFrame(rows)
+def _geoparquet_crs(path: str, col: str):
+    """The CRS GeoParquet's ``geo`` metadata gives a geometry column (PROJJSON); None: WGS84."""
+    import pyarrow.parquet as pq
+
+    with fsspec.open(path, "rb") as f:
+        md = pq.read_schema(f).metadata or {}
+    geo = json.loads(md.get(b"geo", b"{}") or b"{}")
+    crs = (geo.get("columns", {}).get(col) or {}).get("crs")
+    return json.dumps(crs) if isinstance(crs, dict) else crs
 
 
-def read_sites(path: str, targets: list[str] | None = None) -> tuple[pd.DataFrame, list[str]]:
+def _csv(path: str) -> pd.DataFrame:
+    """A CSV; with ``;`` separators (a header without commas) the decimal mark is the comma, as European
+    spreadsheets write them."""
+    with fsspec.open(path, "rt", encoding="utf-8-sig", errors="replace") as f:
+        head = f.readline()
+    if ";" in head and "," not in head:
+        return pd.read_csv(path, sep=";", decimal=",")
+    if "\t" in head and "," not in head:
+        return pd.read_csv(path, sep="\t")
+    return pd.read_csv(path)
+
+
+def parse_dates(values: pd.Series, where: str, date_format: str | None = None) -> pd.Series:
+    """Sampling dates: ISO 8601 (YYYY-MM-DD, with an optional time) unless ``date_format`` (strptime codes) says
+    otherwise. A day/month order that could be either (03/06/2024), a number (an Excel serial day, a bare year)
+    and anything else unreadable are refused with one line naming the first such value."""
+    if pd.api.types.is_datetime64_any_dtype(values):
+        parsed = pd.to_datetime(values, utc=True)
+    elif date_format:
+        parsed = pd.to_datetime(values.astype(str), format=date_format, errors="coerce", utc=True)
+    else:
+        text = values.astype(str).str.strip()
+        for pattern, fault, fix in (
+                (r"^\d+(\.\d+)?$", "is a number, not a date (an Excel serial day? a bare year?)",
+                 "write dates as YYYY-MM-DD, or pass --date-format"),
+                (r"^\d{1,2}[/.\-]\d{1,2}[/.\-]\d{2,4}$", "could be day/month or month/day",
+                 "pass --date-format %d/%m/%Y or %m/%d/%Y (or write YYYY-MM-DD)")):
+            hit = text.str.match(pattern)
+            if hit.any():
+                i = int(np.flatnonzero(hit.to_numpy())[0])
+                raise DeepSaltInputError(where, f"{int(hit.sum())} date(s) like {text.iloc[i]!r} (row {i}) {fault}", fix)
+        iso = text.str.match(ISO_DATE)
+        parsed = pd.to_datetime(text.where(iso), errors="coerce", utc=True, format="ISO8601")
+    if parsed.isna().any():
+        i = int(np.flatnonzero(parsed.isna().to_numpy())[0])
+        raise DeepSaltInputError(where, f"{int(parsed.isna().sum())} sites have no readable date (first: row {i}, "
+                                 f"{values.iloc[i]!r})", f"write dates as YYYY-MM-DD{'' if date_format else ', or pass --date-format'}")
+    return parsed.dt.tz_localize(None).dt.normalize()
+
+
+def read_sites(path: str, targets: list[str] | None = None, layer: str | None = None,
+               date_format: str | None = None) -> tuple[pd.DataFrame, list[str]]:
     """Sites with columns ``site_id``, ``lon``, ``lat``, ``date`` (a date), the targets and any other columns; and the
-    target columns found (``targets``, or every target column ``deepsalt.targets`` knows that the file has)."""
+    target columns found (``targets``, or every target column ``deepsalt.targets`` knows that the file has).
+
+    GeoPackage, GeoJSON, FlatGeobuf and Shapefile are read by GDAL/OGR (pyogrio; ``layer`` for a file of several
+    layers), in any CRS they declare; CSV and (Geo)Parquet with lon/lat columns or a WKT/WKB ``geometry`` column."""
     from deepsalt.targets import TARGETS
 
     low = str(path).lower()
     try:
-        if low.endswith(".gpkg"):
-            df = _gpkg_points(path)
-        elif low.endswith((".geojson", ".json")):
-            df = _geojson(path)
-        elif low.endswith((".parquet", ".pq")):
+        if low.endswith(VECTOR):
+            df = _vector(path, layer)
+        elif low.endswith((".parquet", ".pq", ".geoparquet")):
             df = pd.read_parquet(path)
         else:
-            df = pd.read_csv(path)
+            df = _csv(path)
     except FileNotFoundError:
         raise DeepSaltInputError(path, "does not exist", "check the path") from None
     except DeepSaltInputError:
         raise
-    except Exception as e:  # noqa: BLE001
-        raise DeepSaltInputError(path, f"not a readable site table ({type(e).__name__}: {str(e)[:120]})",
-                                 "pass CSV, Parquet, GeoPackage or GeoJSON") from None
+    except Exception as e:  # noqa: BLE001 - GDAL's, pyarrow's and pandas' own errors: one line
+        raise DeepSaltInputError(path, f"not a readable site table ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})",
+                                 "pass CSV, Parquet/GeoParquet, GeoPackage, GeoJSON, FlatGeobuf or Shapefile") from None
     cols = {c.lower(): c for c in df.columns}
-    if "geometry" in cols and not any(c in cols for c in LON):  # WKT points in a CSV/Parquet column
-        pts = df[cols["geometry"]].astype(str).str.extract(r"POINT\s*\(\s*([-\d.eE+]+)\s+([-\d.eE+]+)", flags=re.I)
-        df["lon"], df["lat"] = pts[0].astype(float), pts[1].astype(float)
-        cols = {c.lower(): c for c in df.columns}
+    for g in ("geometry", "geom", "wkt", "wkb"):
+        if g in cols and not any(c in cols for c in LON):  # WKT/WKB points in a CSV or (Geo)Parquet column
+            crs = _geoparquet_crs(path, cols[g]) if low.endswith((".parquet", ".pq", ".geoparquet")) else None
+            df = _geometry_column(df, cols[g], crs, path)
+            cols = {c.lower(): c for c in df.columns}
+            break
     lon = next((cols[c] for c in LON if c in cols), None)
     lat = next((cols[c] for c in LAT if c in cols), None)
     date = next((cols[c] for c in DATES if c in cols), None)
     if lon is None or lat is None:
-        raise DeepSaltInputError(path, "no lon/lat (or longitude/latitude, x/y) columns and no point geometry", "add them (WGS84 degrees)")
+        raise DeepSaltInputError(path, f"no lon/lat (or longitude/latitude, x/y) columns and no point geometry (columns: "
+                                 f"{', '.join(map(str, list(df.columns)[:8]))})", "add them (WGS84 degrees)")
     if date is None:
         raise DeepSaltInputError(path, f"no date column ({', '.join(DATES)})", "add each site's sampling date (YYYY-MM-DD)")
     found = targets or [t.column for t in TARGETS.values() if t.column in df.columns]
@@ -136,12 +203,12 @@ def read_sites(path: str, targets: list[str] | None = None) -> tuple[pd.DataFram
     out = df.rename(columns={lon: "lon", lat: "lat", date: "date"})
     idc = next((cols[c] for c in IDS if c in cols), None)
     out["site_id"] = out.pop(idc).astype(str) if idc else [f"site{i}" for i in range(len(out))]
-    parsed = pd.to_datetime(out["date"], errors="coerce", utc=True)
-    if parsed.isna().any():
-        i = int(np.flatnonzero(parsed.isna().to_numpy())[0])
-        raise DeepSaltInputError(path, f"{int(parsed.isna().sum())} sites have no readable date (first: row {i}, "
-                                 f"{out['date'].iloc[i]!r})", "write dates as YYYY-MM-DD")
-    out["date"] = parsed.dt.tz_localize(None).dt.normalize()
+    out["date"] = parse_dates(out["date"], path, date_format)
+    for t in found:
+        out[t] = pd.to_numeric(out[t], errors="coerce")
+        target = next((x for x in TARGETS.values() if x.column == t), None)
+        if target is not None:
+            target.check_plausible(out[t].to_numpy(), path, ids=("site " + out["site_id"]).to_numpy())
     from deepsalt.data.lab import check_lat_lon
 
     check_lat_lon(out["lat"], out["lon"], path)
@@ -173,7 +240,8 @@ def _scene_pixels(item_json: str, lon, lat, quality, keep_names, allow_http: boo
 
 def extract_sites(sites: str, stac: str, covariates: str, out: str, max_days: int = 30, targets: list[str] | None = None,
                   quality: tuple[str, ...] = tuple(QUALITY_ASSETS), exclude_bands=EXCLUDED_BANDS,
-                  collection: str = "ENMAP_HSI_L2A", allow_http: bool = False, log=print) -> dict:
+                  collection: str = "ENMAP_HSI_L2A", allow_http: bool = False, layer: str | None = None,
+                  date_format: str | None = None, log=print) -> dict:
     """Write the training rows (Parquet) of the sites that have a clear pixel, and ``<out>.drops.csv`` for the rest;
     returns the summary. No extracted site at all is an error that says why."""
     import ray
@@ -183,7 +251,7 @@ def extract_sites(sites: str, stac: str, covariates: str, out: str, max_days: in
     from deepsalt.raycluster import init_ray
 
     t0 = time.time()
-    df, found = read_sites(sites, targets)
+    df, found = read_sites(sites, targets, layer, date_format)
     lon, lat = df["lon"].to_numpy(float), df["lat"].to_numpy(float)
     days = np.timedelta64(int(max_days), "D")
     lo, hi = df["date"].min() - days, df["date"].max() + days
@@ -203,6 +271,14 @@ def extract_sites(sites: str, stac: str, covariates: str, out: str, max_days: in
     scene_id = np.full(n, None, dtype=object)
     rowcol = np.full((n, 2), -1, np.int64)
     reason = np.array(["no_scene" if not c else "" for c in cands], dtype=object)
+    # lon and lat swapped within valid ranges (Spain as 40.4, -3.7): a site in no scene whose swapped position is in one
+    lost = [k for k in range(len(df)) if not cands[k] and abs(lon[k]) <= 90]
+    if lost:
+        sw = (float(lat[lost].min()) - 1e-6, float(lon[lost].min()) - 1e-6, float(lat[lost].max()) + 1e-6, float(lon[lost].max()) + 1e-6)
+        swapped_items = search_items(stac, collection, sw, f"{lo.date().isoformat()}/{hi.date().isoformat()}")
+        for k in lost:
+            if any(it.bbox[0] <= lat[k] <= it.bbox[2] and it.bbox[1] <= lon[k] <= it.bbox[3] for it in swapped_items):
+                reason[k] = "swapped"
     done = np.zeros(n, bool)
     if any(cands):
         init_ray()
