@@ -347,17 +347,19 @@ def lab_import_cmd(
                                      "(repeatable); values are converted to the target's units and range-checked"),
     lat_column: Optional[str] = typer.Option(None, help="with --opus: the chemistry table's latitude column (optional)"),
     lon_column: Optional[str] = typer.Option(None, help="with --opus: the chemistry table's longitude column (optional)"),
-    ec_method: str = typer.Option("1:2", help="the extract OSSL's EC (ec_usda.a364_ds.m) was measured in: 1:1, 1:2 (OSSL's), "
-                                  "1:5 or paste; converted to ECe by a stated rule, recorded per sample"),
+    ec_method: Optional[str] = typer.Option(None, help="the extract OSSL's EC (ec_usda.a364_ds.m) was measured in, for "
+                                            "every dataset (1:1, 1:2, 1:5 or paste) or per dataset (KSSL.SSL=1:2,LUCAS.SSL=1:5); "
+                                            "default: KSSL 1:2 and LUCAS 1:5 (ISO 11265), and 1:2 for a download of one other "
+                                            "dataset; converted to ECe by a stated rule, recorded per sample"),
     ec_factor: Optional[str] = typer.Option(None, help="your own conversion ECe = A x EC + B, as A or A,B (a local "
-                                            "calibration; replaces the built-in rule for --ec-method)"),
+                                            "calibration; replaces the built-in rule of the --ec-method given for all)"),
     depth: str = typer.Option("0,12", help="target depth TOP,BOTTOM in cm: a profile's layers overlapping it are "
                               "averaged, weighted by their overlap"),
 ):
     """Import an Open Soil Spectral Library download (OSSL's column names, EC converted to ECe by a declared rule,
     samples composited to the target depth, rows without a value dropped with a count), or Bruker OPUS files with
     their chemistry table."""
-    from deepsalt.data.ossl import ECRule, EC_RULES, import_ossl
+    from deepsalt.data.ossl import ECRule, import_ossl, parse_ec_methods
 
     if (ossl is None) == (opus is None):
         raise DeepSaltInputError("lab import", "needs exactly one of --ossl and --opus", "see `deepsalt lab import --help`")
@@ -370,11 +372,12 @@ def lab_import_cmd(
         return
 
     rule = None
+    default, _ = parse_ec_methods(ec_method)  # checked before anything is read
     if ec_factor:
+        if default is None:
+            raise DeepSaltInputError("--ec-factor", "needs the extract it calibrates", "pass --ec-method 1:2 (or 1:1, 1:5, paste) with it")
         a, b = (*_numbers(ec_factor, "--ec-factor", 2 if "," in ec_factor else 1), 0.0)[:2]
-        rule = ECRule(a, b, f"user calibration for {ec_method}: ECe = {a:g} EC + {b:g}")
-    if ec_method not in EC_RULES:
-        raise DeepSaltInputError("--ec-method", f"unknown EC method {ec_method!r}", f"declare one of {', '.join(EC_RULES)}")
+        rule = ECRule(a, b, f"user calibration for {default}: ECe = {a:g} EC + {b:g}")
     top, bottom = _numbers(depth, "--depth", 2)
     typer.echo(json.dumps(import_ossl(ossl, str(out), ec_method, (top, bottom), rule, log=typer.echo)))
 

@@ -176,8 +176,9 @@ class TrainConfig(_Config):
     exclude_bands: tuple[str, ...] = Field(tuple(str(b) for b in EXCLUDED_BANDS), description="EnMAP bands (names, i.e. "
                                            "numbers 1-224) the model does not read: the method's 130-135 (1331-1390 nm), "
                                            "plus any band your products fill with nodata (their bad bands)")
-    mir_grid: tuple[float, float, int] = Field((400.0, 4000.0, 1765), description="model MIR grid: first, last wavenumber "
-                                               "(cm-1) and channels; lab tables are resampled onto it")
+    mir_grid: tuple[float, float, int] | None = Field(None, description="model MIR grid: first, last wavenumber "
+                                               "(cm-1) and channels; lab tables are resampled onto it; None: the lab "
+                                               "table's own grid (OSSL's 600-4000 cm-1, 1701 channels, for an OSSL import)")
     split_block_km: float = Field(0.0, ge=0, description="side (km) of the square spatial blocks assigned whole to "
                                   "train/val/test, sites and lab samples alike; 0: the range of the empirical variogram of "
                                   "ln ECe over the seen sites, halved until at least 10 blocks hold sites")
@@ -185,8 +186,9 @@ class TrainConfig(_Config):
                                                         "validation and test blocks")
     zero_ec_dsm: float = Field(0.1, ge=0, description="ECe (dS/m) below which a training sample counts as salt-free")
     zero_ec_keep: float = Field(0.1, ge=0, le=1, description="share of salt-free training samples kept (seeded)")
-    target: str = Field("ece", description="the soil property learnt (deepsalt.targets.TARGETS: ece, soc): its column, "
-                        "units, output range and whether it is learnt in log space")
+    target: str | dict = Field("ece", description="the soil property learnt: a built-in name (ece, soc) or a [target] table "
+                               "(name, column, units, valid_range, log, thresholds, class_names; deepsalt.targets): its "
+                               "column, units, output range, classes and whether it is learnt in log space")
     out_range: tuple[float, float] = Field(None, description="range of the bounded output head, in the target's units "
                                            "(default: the target's valid range; ECe 0.05-77 dS/m)")
     adapt_pixels: int = Field(2000, ge=0, description="unlabelled EnMAP pixels read at random points of the held-out "
@@ -226,8 +228,8 @@ class TrainConfig(_Config):
     def _known_target(cls, v):
         from deepsalt.targets import get_target
 
-        get_target(v)  # a ValueError names the known ones
-        return v
+        t = get_target(v)  # a ValueError names the known ones, or the table's fault
+        return v if isinstance(v, str) else t.to_dict()  # a table: stored complete, as bundles and cubes record it
 
     @field_validator("exclude_bands", mode="before")
     @classmethod

@@ -118,7 +118,7 @@ def test_ossl_profiles_are_sites_of_a_dataset_and_every_left_out_layer_is_counte
     _write_ossl(d, site, lab, mir)
     l0.to_csv(d / "ossl_soillab_L0_v1.2.csv.gz", index=False)
     lines = []
-    s = import_ossl(str(d), str(tmp_path / "lab.parquet"), log=lines.append)
+    s = import_ossl(str(d), str(tmp_path / "lab.parquet"), ec_method="DEEPSALT.SYNTHETIC=1:2", log=lines.append)
     assert s["tables"] == ["ossl_soilsite_L0_v1.2.csv.gz", "ossl_soillab_L1_v1.2.csv.gz", "ossl_mir_L0_v1.2.csv.gz"]
     assert "read ossl_soilsite_L0_v1.2.csv.gz, ossl_soillab_L1_v1.2.csv.gz" in lines[0]
     assert s["layers_lost_in_join"] == 1 and s["layers_without_depth"] == 1 and s["layers_without_site_id"] == 1
@@ -127,7 +127,8 @@ def test_ossl_profiles_are_sites_of_a_dataset_and_every_left_out_layer_is_counte
     ids = set(t["sample_id"])
     assert {"KSSL.SSL:1001", "LUCAS.SSL:1001"} <= ids and not any(i.endswith(".0") for i in ids)
     assert (t["n_layers"] == 1).all() and t["ece_dsm"].max() < 99 * 2  # no layer averaged into another; L0 not read
-    want = {sid: 2.35 * ec - 0.36 for sid, ec in zip(("KSSL.SSL:1001", "LUCAS.SSL:1001"), lab["ec_usda.a364_ds.m"][:2])}
+    kssl, lucas = lab["ec_usda.a364_ds.m"][:2]  # KSSL's EC is of a 1:2 extract, LUCAS's of a 1:5 one (ISO 11265)
+    want = {"KSSL.SSL:1001": 2.35 * kssl - 0.36, "LUCAS.SSL:1001": 7.5 * lucas}
     for sid, v in want.items():
         assert float(t.loc[t["sample_id"] == sid, "ece_dsm"].iloc[0]) == pytest.approx(max(v, 0), rel=1e-5)
     assert any(i.startswith("DEEPSALT.SYNTHETIC:layer ") for i in ids)  # the layer without a site id
@@ -148,3 +149,30 @@ def test_ossl_values_in_other_units_are_refused_naming_the_unit(world, tmp_path,
     (d / "ossl_all_L1_v1.2.qs").write_bytes(b"qs\x00")
     with pytest.raises(DeepSaltInputError, match=r"an R serialisation .*download OSSL's CSV tables"):
         import_ossl(str(d / "ossl_all_L1_v1.2.qs"), str(tmp_path / "lab.parquet"), log=lambda *_: None)
+
+
+def test_ossl_ec_rule_is_chosen_per_dataset_and_an_unknown_one_in_a_mix_is_refused(world, tmp_path):
+    """OSSL L1 puts KSSL's 1:2 EC and LUCAS's 1:5 (ISO 11265) EC in one column: each dataset gets its own rule,
+    recorded per sample; a dataset of no known method in a mixed download is refused, naming it, until declared."""
+    import pandas as pd
+
+    from deepsalt.data.ossl import import_ossl
+    from deepsalt.errors import DeepSaltInputError
+
+    d = tmp_path / "ossl"
+    site, lab, mir = _ossl_subset(world, d, n=6)
+    site.loc[0:1, "dataset.code_ascii_txt"] = "KSSL.SSL"
+    site.loc[2:3, "dataset.code_ascii_txt"] = "LUCAS.SSL"
+    site.loc[4:5, "dataset.code_ascii_txt"] = "AFSIS1.SSL"
+    _write_ossl(d, site, lab, mir)
+    with pytest.raises(DeepSaltInputError, match=r"dataset AFSIS1.SSL has EC .* no known extract method.*--ec-method AFSIS1.SSL=1:2"):
+        import_ossl(str(d), str(tmp_path / "lab.parquet"), log=lambda *_: None)
+    s = import_ossl(str(d), str(tmp_path / "lab.parquet"), ec_method="AFSIS1.SSL=1:1", log=lambda *_: None)
+    assert s["ec_method_by_dataset"] == {"AFSIS1.SSL": "1:1", "KSSL.SSL": "1:2", "LUCAS.SSL": "1:5"}
+    t = pd.read_parquet(tmp_path / "lab.parquet", columns=["sample_id", "dataset", "ece_dsm", "ec_method", "ec_rule"]).set_index("sample_id")
+    ec = dict(zip(site["dataset.code_ascii_txt"] + ":" + site["id.dataset.site_ascii_txt"], lab["ec_usda.a364_ds.m"]))
+    for sid, row in t.iterrows():
+        a, b = {"KSSL.SSL": (2.35, -0.36), "LUCAS.SSL": (7.5, 0.0), "AFSIS1.SSL": (3.01, -0.77)}[row["dataset"]]
+        assert row["ece_dsm"] == pytest.approx(max(a * ec[sid] + b, 0.0), rel=1e-6)
+        assert row["ec_method"] == {"KSSL.SSL": "1:2", "LUCAS.SSL": "1:5", "AFSIS1.SSL": "1:1"}[row["dataset"]]
+    assert "7.5 EC1:5" in t.loc[t["dataset"] == "LUCAS.SSL", "ec_rule"].iloc[0]

@@ -240,14 +240,17 @@ def _resampled_sites(d: Path, cov: Path, tmp: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def soc_run(world, native, tmp_path_factory):
-    """A second target, trained from the native inputs named in one TOML config (the tiny preset, shortened)."""
+    """A second target, defined by a [target] table and trained from the native inputs named in one TOML config (the
+    tiny preset, shortened); no mir_grid: the lab table's own (OSSL's 600-4000 cm-1, 1701 channels)."""
     d, _ = native
     run = tmp_path_factory.mktemp("soc") / "run"
     cfg = d / "soc.toml"
     sections = "\n".join(f"[{k}]\n" + "\n".join(f"{kk} = {json.dumps(vv) if not isinstance(vv, tuple) else json.dumps(list(vv))}"
                                                  for kk, vv in v.items()) for k, v in FAST.items() if isinstance(v, dict))
-    cfg.write_text(f'target = "soc"\npreset = "tiny"\nseeds = [0]\ncheckpoint_every = 2\nmir_grid = [600, 4000, 1701]\n'
+    cfg.write_text(f'preset = "tiny"\nseeds = [0]\ncheckpoint_every = 2\n'
                    f'variants = ["deepsalt"]\n'
+                   '[target]\nname = "soc"\ncolumn = "soc"\nunits = "%"\nvalid_range = [0.01, 30.0]\nlog = true\n'
+                   'thresholds = [0.5, 1.5, 3.0]\nclass_names = ["low", "medium", "high", "very high"]\nshort = "SOC"\n'
                    f'[inputs]\nlab = "{d / "lab.parquet"}"\nsites = "{d / "sites.parquet"}"\nstac = "{world / "stac"}"\n'
                    f'covariates = "{world / "covariates"}"\n{sections}\n')
     r = _cli("train", "--config", cfg, "--out", run)
@@ -273,6 +276,8 @@ def test_a_second_target_trains_from_a_config_and_maps_with_its_own_name_and_uni
     ds = open_cube(str(out))
     assert {"soc", "soc_sd"} <= set(ds.data_vars) and "ece" not in ds.data_vars
     assert ds["soc"].attrs["units"] == "%" and ds.attrs["target"]["name"] == "soc"
+    assert list(ds["threshold"].values) == [0.5, 1.5, 3.0] and ds.attrs["target"]["classes"][-1] == [None, "very high"]
+    assert json.loads((run / "config.json").read_text())["mir_grid"] is None
     ys, xs = mapped_extent(str(out))
     v = ds["soc"][0, ys, xs].values
     assert np.isfinite(v).sum() > 10_000 and 0.01 <= np.nanmin(v) and np.nanmax(v) <= 30

@@ -58,7 +58,8 @@ def check_lat_lon(lat, lon, where: str) -> None:
 
 def read_lab_table(path: str | Path, target_grid: np.ndarray | None = None, storage_options: dict | None = None,
                    target: str = "ece_dsm") -> LabTable:
-    """Read a lab table and resample its spectra onto ``target_grid`` (default: the model's 1765-channel grid). Rows
+    """Read a lab table and resample its spectra onto ``target_grid`` (default: the model's 1765-channel grid; "own":
+    the table's own grid). Rows
     without a value of the ``target`` column are left out (counted in ``dropped``)."""
     where = str(path)
     try:
@@ -92,7 +93,11 @@ def read_lab_table(path: str | Path, target_grid: np.ndarray | None = None, stor
     if not np.isfinite(spectra).all():
         bad = int((~np.isfinite(spectra).all(axis=1)).sum())
         raise DeepSaltInputError(where, f"{bad} samples have missing absorbance values", "drop or re-scan them")
-    grid = mir_grid() if target_grid is None else np.asarray(target_grid)
-    spectra = resample(wn, spectra, grid, where)
+    if isinstance(target_grid, str) and target_grid == "own":  # the table's own grid, ascending
+        order = np.argsort(wn)
+        grid, spectra = wn[order], spectra[:, order]
+    else:
+        grid = mir_grid() if target_grid is None else np.asarray(target_grid)
+        spectra = resample(wn, spectra, grid, where)
     meta = df.drop(columns=spec_cols).reset_index(drop=True)
     return LabTable(meta=meta, wavenumbers=grid, spectra=spectra, dropped=dropped)

@@ -65,6 +65,27 @@ EC_RULES = {
 R_FORMATS = (".qs", ".rds", ".rda", ".rdata")
 
 
+#: the extract each OSSL dataset's EC (``ec_usda.a364_ds.m``) comes from: OSSL harmonises KSSL's 1:2 and LUCAS's ISO
+#: 11265 (1:5) EC into one column, so the rule is chosen per dataset (``dataset.code_ascii_txt``)
+DATASET_EC = {"KSSL.SSL": "1:2", "LUCAS.SSL": "1:5", "LUCAS.WOODWELL.SSL": "1:5"}
+
+
+def parse_ec_methods(spec: str | None) -> tuple[str | None, dict[str, str]]:
+    """``"1:2"`` or ``"KSSL.SSL=1:2,LUCAS.SSL=1:5"`` (or both kinds) -> (the method for datasets not named, {dataset:
+    method}); each method must be one of ``EC_RULES``."""
+    default, per = None, {}
+    for part in [p.strip() for p in (spec or "").split(",") if p.strip()]:
+        name, sep, method = part.rpartition("=")
+        method = method.strip()
+        if method not in EC_RULES:
+            raise DeepSaltInputError("--ec-method", f"unknown EC method {method!r}", f"declare one of {', '.join(EC_RULES)}")
+        if sep:
+            per[name.strip()] = method
+        else:
+            default = method
+    return default, per
+
+
 def _read_csv(fs, path: str, usecols=None) -> pd.DataFrame:
     if path.lower().endswith(R_FORMATS):
         raise DeepSaltInputError(path, "is an R serialisation (.qs/.rds), which only R reads",
@@ -119,16 +140,16 @@ def read_ossl(src: str, read: list | None = None) -> pd.DataFrame:
     return _read_csv(fs, path)
 
 
-def import_ossl(src: str, out: str, ec_method: str | None = "1:2", depth: tuple[float, float] = (0.0, 12.0),
+def import_ossl(src: str, out: str, ec_method: str | None = None, depth: tuple[float, float] = (0.0, 12.0),
                 ec_rule: ECRule | None = None, log=print) -> dict:
     """Write a DeepSalt lab table (Parquet) from an OSSL download; returns a summary with the counts of what was
-    left out and why. ``ec_method`` declares the extract OSSL's EC comes from (1:1, 1:2, 1:5 or paste); ``ec_rule``
-    replaces the built-in rule for it (a local calibration)."""
+    left out and why. ``ec_method`` declares the extract each dataset's EC comes from (``parse_ec_methods``: 1:1, 1:2,
+    1:5 or paste, for all or per dataset); a dataset not named takes ``DATASET_EC``'s method, else the one given for
+    all, else (a download of one dataset) 1:2, OSSL's; a mixed download with a dataset of no known method is refused.
+    ``ec_rule`` replaces the built-in rule of the method given for all (a local calibration)."""
     from deepsalt.data.lab import write_lab_table
 
-    if ec_method not in EC_RULES:
-        raise DeepSaltInputError("--ec-method", f"unknown EC method {ec_method!r}", f"declare one of {', '.join(EC_RULES)}")
-    rule = ec_rule or EC_RULES[ec_method]
+    default_method, per_dataset = parse_ec_methods(ec_method)
     top_d, bot_d = depth
     if not 0 <= top_d < bot_d:
         raise DeepSaltInputError("--depth", f"{top_d}-{bot_d} cm is not a depth interval", "e.g. --depth 0,12")
@@ -165,8 +186,23 @@ def import_ossl(src: str, out: str, ec_method: str | None = "1:2", depth: tuple[
     has_mir = np.isfinite(spec).all(1)
     has_loc = np.isfinite(df[OSSL["lat"]].to_numpy(float)) & np.isfinite(df[OSSL["lon"]].to_numpy(float))
     values = {}
+    methods = pd.Series("", index=df.index, dtype=object)
+    rules: dict[str, ECRule] = {}
     if OSSL["ec"] in df:
-        values["ece_dsm"] = rule.to_ece(pd.to_numeric(df[OSSL["ec"]], errors="coerce").to_numpy(float))
+        ec = pd.to_numeric(df[OSSL["ec"]], errors="coerce").to_numpy(float)
+        has_ec = np.isfinite(ec)
+        ece = np.full(len(df), np.nan)
+        for d in sorted(dataset[has_ec].unique()):
+            method = per_dataset.get(d) or DATASET_EC.get(d) or default_method or (None if several else "1:2")
+            if method is None:
+                raise DeepSaltInputError(src, f"dataset {d} has EC ({OSSL['ec']}) but no known extract method, in a download "
+                                         f"of {dataset.nunique()} datasets", f"declare it: --ec-method {d}=1:2 (or 1:1, 1:5, paste)")
+            rule = ec_rule if (ec_rule and method == default_method) else EC_RULES[method]
+            rows = (dataset == d).to_numpy() & has_ec
+            ece[rows] = rule.to_ece(ec[rows])
+            methods[rows] = method
+            rules[method] = rule
+        values["ece_dsm"] = ece
     if OSSL["soc"] in df:
         values["soc"] = pd.to_numeric(df[OSSL["soc"]], errors="coerce").to_numpy(float)
     if not values:
@@ -184,12 +220,13 @@ def import_ossl(src: str, out: str, ec_method: str | None = "1:2", depth: tuple[
     idx = pd.Series(np.flatnonzero(use)).groupby(profile.to_numpy()[use], sort=True)
     for sid, members in idx:
         m = members.to_numpy()
+        used = sorted({methods.iloc[i] for i in m if methods.iloc[i]})
         w = overlap[m]
         coverage = float(w.sum() / (bot_d - top_d))
         if coverage < 0.5:
             counts["profiles_under_half_covered"] = counts.get("profiles_under_half_covered", 0) + 1
             continue
-        rec = {"sample_id": sid, "dataset": str(dataset.iloc[m[0]]), "latitude": float(df[OSSL["lat"]].iloc[m[0]]), "longitude": float(df[OSSL["lon"]].iloc[m[0]]),
+        rec = {"sample_id": sid, "dataset": str(dataset.iloc[m[0]]), "ec_method": ",".join(used) or None, "latitude": float(df[OSSL["lat"]].iloc[m[0]]), "longitude": float(df[OSSL["lon"]].iloc[m[0]]),
                "depth_top_cm": top_d, "depth_bottom_cm": bot_d, "depth_coverage": round(coverage, 4), "n_layers": len(m),
                "_spec": (spec[m] * w[:, None]).sum(0) / w.sum()}
         for name, v in values.items():
@@ -206,14 +243,16 @@ def import_ossl(src: str, out: str, ec_method: str | None = "1:2", depth: tuple[
     counts["profiles_without_any_target"] = int((~keep).sum())
     table = table.loc[keep].reset_index(drop=True)
     if "ece_dsm" in values:
-        table["ec_method"] = ec_method
-        table["ec_rule"] = rule.source
+        table["ec_rule"] = [", ".join(rules[x].source for x in str(m_).split(",")) if m_ else None for m_ in table["ec_method"]]
+    else:
+        table = table.drop(columns="ec_method")
     spectra = np.stack(table.pop("_spec").to_numpy()).astype(np.float32)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     write_lab_table(out, table, wn, spectra)
     summary = {"out": str(out), "tables": tables, "samples": len(table), "channels": int(len(wn)),
-               "wavenumbers_cm1": [float(wn[0]), float(wn[-1])], "depth_cm": [top_d, bot_d], "ec_method": ec_method,
-               "ec_rule": rule.source, **counts}
+               "wavenumbers_cm1": [float(wn[0]), float(wn[-1])], "depth_cm": [top_d, bot_d],
+               "ec_method": ",".join(sorted(rules)) or None, "ec_rule": "; ".join(r.source for _, r in sorted(rules.items())) or None,
+               "ec_method_by_dataset": {d: m_ for d, m_ in sorted(zip(dataset, methods)) if m_}, **counts}
     log(f"lab import: read {', '.join(tables)}")
     log(f"lab import: {len(table)} samples ({summary['wavenumbers_cm1'][0]:.0f}-{summary['wavenumbers_cm1'][1]:.0f} cm-1, "
         f"{len(wn)} channels) from {n_layers} layers; left out: "

@@ -124,7 +124,7 @@ class DeepSaltBundle:
         except (KeyError, TypeError, ValueError):
             raise DeepSaltInputError(f"{url}/bundle.json", "the bundle does not say which soil property it predicts",
                                      "do not edit bundle.json; retrain") from None
-        if target.name != meta["config"].get("target", "ece"):
+        if target.name != get_target(meta["config"].get("target", "ece")).name:
             raise DeepSaltInputError(f"{url}/bundle.json", f"the bundle's target {target.name!r} is not the one it was "
                                      f"trained for ({meta['config'].get('target')!r})", "do not edit bundle.json; retrain")
         weights_range = stu.head.out_range.tolist()

@@ -248,7 +248,7 @@ def load_training_data(inputs: TrainInputs | str | Path, cfg: TrainConfig, seed:
 
     inputs = inputs if isinstance(inputs, TrainInputs) else TrainInputs.world(inputs)
     target = get_target(cfg.target)
-    lab = read_lab_table(inputs.lab, target_grid=mir_grid(*cfg.mir_grid), target=target.column)
+    lab = read_lab_table(inputs.lab, target_grid=mir_grid(*cfg.mir_grid) if cfg.mir_grid else "own", target=target.column)
     sat = read_table(inputs.sites, "site table")
     bands = enmap_bands()
     keep = bands.model_band_mask(cfg.exclude_bands)

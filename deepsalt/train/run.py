@@ -311,7 +311,7 @@ def _applicability(data: TrainingData, cfg: TrainConfig, models: dict, seed: int
                              "exceedance_decision": decision,
                              "mc_samples": cfg.mc_samples, "n_val": int(len(val)),
                              "log": log_space,
-                             "method": f"split conformal on the validation blocks, {'ln ' if log_space else ''}{cfg.target}; "
+                             "method": f"split conformal on the validation blocks, {'ln ' if log_space else ''}{get_target(cfg.target).name}; "
                              "scaled: by the MC-dropout sd (in log units for a log target), else one width (the narrower "
                              "on validation); either times 1 + di_slope * DI"},
               "aoa": consts, "reference": xs[tr]}
