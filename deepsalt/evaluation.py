@@ -57,16 +57,40 @@ def by_category(y, pred, categories) -> dict:
     return {str(c): metrics(np.asarray(y)[categories == c], np.asarray(pred)[categories == c]) for c in np.unique(categories)}
 
 
-def fit_baseline(kind: str, x: np.ndarray, y: np.ndarray, seed: int, out_range: tuple[float, float] = OUT_RANGE):
-    """A classical baseline fitted on ``x, y``; returns its predictor, clipped to ``out_range`` as the models are."""
+def plsr_components(x: np.ndarray, z: np.ndarray, groups=None, max_components: int = 20, seed: int = 0) -> int:
+    """PLSR's number of components with the lowest CV RMSE of ``z``: 5 folds of whole ``groups`` (the training
+    blocks) where there are at least 5, else 5 shuffled folds (seeded)."""
+    from sklearn.model_selection import GroupKFold, KFold, cross_val_predict
+
+    groups = None if groups is None or len(np.unique(groups)) < 5 else np.asarray(groups)
+    cv = GroupKFold(5) if groups is not None else KFold(5, shuffle=True, random_state=seed)
+    top = max(1, min(max_components, x.shape[1], len(x) - len(x) // 5 - 1))
+    rmse = [float(np.sqrt(np.mean((cross_val_predict(PLSRegression(c, scale=False), x, z, cv=cv, groups=groups).ravel() - z) ** 2)))
+            for c in range(1, top + 1)]
+    return int(np.argmin(rmse)) + 1
+
+
+def fit_baseline(kind: str, x: np.ndarray, y: np.ndarray, seed: int, out_range: tuple[float, float] = OUT_RANGE,
+                 log: bool = True, groups=None):
+    """A classical baseline fitted on ``x, y``; returns its predictor. Both learn the target in its own space (ln y
+    for a log target) and predict within the training range (clipped to it, and to ``out_range``), so one seed's
+    extrapolation cannot blow up: PLSR takes its number of components from a CV over the training ``groups``
+    (``plsr_components``)."""
+    z = np.log(np.clip(y, 1e-3, None)) if log else np.asarray(y, float)
     if kind == "plsr":
-        model = PLSRegression(n_components=min(15, x.shape[1], len(x) - 1), scale=False)
+        model = PLSRegression(n_components=plsr_components(x, z, groups, seed=seed), scale=False)
     elif kind == "random_forest":
         model = RandomForestRegressor(n_estimators=200, min_samples_leaf=2, n_jobs=-1, random_state=seed)
     else:
         raise ValueError(kind)
-    model.fit(x, y)
-    return lambda xx: np.clip(np.asarray(model.predict(xx)).ravel(), *out_range)
+    model.fit(x, z)
+    lo, hi = max(float(np.min(y)), out_range[0]), min(float(np.max(y)), out_range[1])
+
+    def predict(xx):
+        p = np.asarray(model.predict(xx), float).ravel()
+        return np.clip(np.exp(p) if log else p, lo, hi)
+
+    return predict
 
 
 def fit_location_baseline(kind: str, lat: np.ndarray, lon: np.ndarray, y: np.ndarray, seed: int,

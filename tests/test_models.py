@@ -528,3 +528,25 @@ def test_metrics_report_ln_skill_rank_and_class_figures():
     assert m["classes"]["4"] == {"recall": 1.0, "precision": 1.0, "f1": 1.0, "n_above": 3, "n": 7, "auc": 1.0}
     low = metrics(y, np.full(7, 2.0), thresholds=(4.0,))
     assert low["classes"]["4"]["recall"] == 0.0 and np.isnan(low["classes"]["4"]["precision"]) and low["classes"]["4"]["auc"] == 0.5
+
+
+def test_baselines_learn_in_log_space_choose_plsr_components_by_block_cv_and_stay_in_the_training_range():
+    """PLSR's components come from a CV over whole training blocks (not a fixed 15), PLSR and the random forest
+    learn ln ECe, and neither predicts outside the training range, however far a new input lies."""
+    from deepsalt.evaluation import fit_baseline, plsr_components
+
+    rng = np.random.default_rng(3)
+    n, d = 300, 40
+    latent = rng.normal(size=(n, 3))
+    x = latent @ rng.normal(size=(3, d)) + 0.05 * rng.normal(size=(n, d))
+    y = np.exp(latent @ np.array([0.8, -0.5, 0.3]) + 0.1 * rng.normal(size=n))
+    blocks = np.arange(n) // 30
+    k = plsr_components(x, np.log(y), blocks)
+    assert 2 <= k <= 6  # three latent factors, not the old fixed 15
+    far = x[:5] * 50  # inputs far outside the training data
+    for kind in ("plsr", "random_forest"):
+        f = fit_baseline(kind, x[:250], y[:250], seed=0, groups=blocks[:250])
+        p = f(np.concatenate([x[250:], far]))
+        assert (p >= y[:250].min() - 1e-9).all() and (p <= y[:250].max() + 1e-9).all()
+        r2_ln = 1 - np.sum((np.log(p[:50]) - np.log(y[250:])) ** 2) / np.sum((np.log(y[250:]) - np.log(y[250:]).mean()) ** 2)
+        assert r2_ln > 0.7, (kind, r2_ln)

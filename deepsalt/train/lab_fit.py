@@ -6,8 +6,9 @@ property, as soil labs use MIR with or without a satellite), with PLSR beside it
   wavenumber). Coordinates and depths are optional. The spectral grid is the table's own unless ``mir_grid`` is given.
 - Folds: spatial blocks (``block_km`` squares, shuffled into ``folds`` groups) where every sample has coordinates,
   else shuffled random folds; seeded.
-- Per fold, on the training folds only: the sparse auto-encoder learns to reconstruct the spectra (min-max scaled
-  per channel) while a linear read-out of its code learns the target (the ``aux`` term, as in DeepSalt's training);
+- Per fold, on the training folds only: the sparse auto-encoder learns to reconstruct the spectra (their
+  Savitzky-Golay first derivative, window ``sg_window``, quadratic: it removes the baseline offsets of bench scans;
+  then min-max scaled per channel) while a linear read-out of its code learns the target (the ``aux`` term, as in DeepSalt's training);
   then the teacher transformer learns the target from the code, the encoder fine-tuned with it at a lower rate.
   The loss is the squared error of ln(1 + y), the space soil spectroscopy fits SOC in. 10 % of the training folds
   (seeded) stop the teacher early.
@@ -61,6 +62,7 @@ class LabFitConfig:
     dropout: float = 0.1
     patience: int = 40
     plsr_max_components: int = 25
+    sg_window: int = 11  # Savitzky-Golay first derivative of the teacher's input (channels; odd); 0: raw absorbance
     extra: dict = field(default_factory=dict)
 
 
@@ -144,14 +146,11 @@ def _space(y):
 def fit_plsr(x: np.ndarray, y: np.ndarray, max_components: int, seed: int):
     """PLSR on ln(1 + y), its components chosen by 5-fold CV inside ``x``; returns (predict, n_components)."""
     from sklearn.cross_decomposition import PLSRegression
-    from sklearn.model_selection import KFold, cross_val_predict
+
+    from deepsalt.evaluation import plsr_components
 
     z = _space(y)
-    top = max(1, min(max_components, x.shape[1], len(x) - len(x) // 5 - 1))
-    cv = KFold(5, shuffle=True, random_state=seed)
-    rmse = [float(np.sqrt(np.mean((cross_val_predict(PLSRegression(c, scale=False), x, z, cv=cv).ravel() - z) ** 2)))
-            for c in range(1, top + 1)]
-    best = int(np.argmin(rmse)) + 1
+    best = plsr_components(x, z, None, max_components, seed)
     model = PLSRegression(best, scale=False).fit(x, z)
     lo, hi = float(z.min()), float(z.max())
     return (lambda xx: np.expm1(np.clip(model.predict(xx).ravel(), lo, hi))), best
@@ -173,7 +172,8 @@ class LabTeacher:
     def scale(self, x):
         import torch
 
-        return torch.as_tensor(np.clip((np.asarray(x, np.float32) - self.lo) / np.maximum(self.hi - self.lo, 1e-6), 0, 1))
+        x = preprocess(x, self.cfg.sg_window)
+        return torch.as_tensor(np.clip((x - self.lo) / np.maximum(self.hi - self.lo, 1e-6), 0, 1))
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         import torch
@@ -183,6 +183,14 @@ class LabTeacher:
         with torch.no_grad():
             return np.concatenate([self.teacher(self.ae.encode(self.scale(x[i:i + 4096])))[0].numpy()
                                    for i in range(0, len(x), 4096)]).astype(float)
+
+
+def preprocess(x: np.ndarray, window: int) -> np.ndarray:
+    """The teacher's input: the Savitzky-Golay first derivative along the channels (``window`` odd; 0: ``x``)."""
+    from scipy.signal import savgol_filter
+
+    x = np.asarray(x, np.float32)
+    return savgol_filter(x, window, 2, deriv=1, axis=1).astype(np.float32) if window else x
 
 
 def fit_teacher(x: np.ndarray, y: np.ndarray, wavenumbers, target: Target, cfg: LabFitConfig, seed: int) -> LabTeacher:
@@ -197,7 +205,8 @@ def fit_teacher(x: np.ndarray, y: np.ndarray, wavenumbers, target: Target, cfg: 
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    lo, hi = x.min(0).astype(np.float32), x.max(0).astype(np.float32)
+    px = preprocess(x, cfg.sg_window)
+    lo, hi = px.min(0).astype(np.float32), px.max(0).astype(np.float32)
     m = LabTeacher(cfg, target, wavenumbers, lo, hi)
     perm = rng.permutation(len(x))
     n_val = max(1, len(x) // 10)
@@ -266,6 +275,9 @@ def lab_fit(lab: str | Path, out: str | Path, target: str = "soc", cfg: LabFitCo
     t0 = time.time()
     tgt = get_target(target)
     d = read_lab(lab, tgt, cfg.mir_grid)
+    if cfg.sg_window and (cfg.sg_window % 2 == 0 or cfg.sg_window < 3 or cfg.sg_window > len(d.wavenumbers)):
+        raise DeepSaltInputError("sg_window", f"{cfg.sg_window} is not an odd window of 3 to {len(d.wavenumbers)} channels",
+                                 "use e.g. 11, or 0 for raw absorbance")
     folds, how = make_folds(d, cfg.folds, cfg.seed, cfg.block_km)
     out = Path(out)
     if out.exists() and not out.is_dir():

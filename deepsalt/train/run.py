@@ -230,7 +230,8 @@ def evaluate_seed(data: TrainingData, cfg: TrainConfig, state: dict, seed: int) 
     x_base = np.concatenate([data.sat_x, data.sat_cov], 1)
     tr = data.idx("sat", "train")
     for b in BASELINES:
-        keep(b, ev.fit_baseline(b, x_base[tr], data.sat_y[tr], seed, cfg.out_range)(x_base))
+        keep(b, ev.fit_baseline(b, x_base[tr], data.sat_y[tr], seed, cfg.out_range, log=get_target(cfg.target).log,
+                                groups=data.sat_block[tr])(x_base))
     lat, lon = meta["latitude"].to_numpy(), meta["longitude"].to_numpy()
     out.update(_applicability(data, cfg, models, seed, ctx))
     for b in LOCATION_BASELINES:  # location alone: how much of the test is interpolation
