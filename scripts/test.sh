@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-bash scripts/services.sh .venv/bin/python -m pytest -q --durations=10 "$@"
+bash scripts/services.sh .venv/bin/python -m pytest -q --durations=20 "$@"

@@ -162,3 +162,27 @@ def assert_tiles_equal(a: dict, b: dict) -> None:
     for k in a:
         for v in a[k]:
             np.testing.assert_array_equal(a[k][v], b[k][v], err_msg=f"tile {k} variable {v}")
+
+
+def delivery_zips(world) -> list:
+    """The world's DLR-style product ZIPs, sorted (the first and third GeoTIFF, the second ENVI BSQ)."""
+    return sorted((world / "deliveries").glob("*.ZIP"))
+
+
+def zip_members(z) -> dict:
+    """``{member name: bytes}`` of a ZIP."""
+    import zipfile
+
+    with zipfile.ZipFile(z) as f:
+        return {i.filename: f.read(i) for i in f.infolist()}
+
+
+def rezip(members: dict, dst):
+    """A ZIP at ``dst`` holding ``members`` (DEFLATE), as a user re-zipping a product would write it."""
+    import zipfile
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as f:
+        for name, data in members.items():
+            f.writestr(name, data)
+    return dst

@@ -13,7 +13,7 @@ import pytest
 import rasterio
 import rasterio.shutil
 
-from conftest import assert_tiles_equal, map_cfg, tile_arrays
+from conftest import assert_tiles_equal, delivery_zips, map_cfg, rezip, tile_arrays, zip_members
 from deepsalt.data.ingest import catalogue_items, find_sources, ingest_product, post_items
 from deepsalt.data.l2a_product import parse_metadata
 from deepsalt.data.stac import search_items
@@ -27,28 +27,15 @@ def _cli(*args, env=None):
                           env={**os.environ, **(env or {})}, timeout=600)
 
 
-def _zips(world) -> list[Path]:
-    return sorted((world / "deliveries").glob("*.ZIP"))
 
-
-def _members(z: Path) -> dict[str, bytes]:
-    with zipfile.ZipFile(z) as f:
-        return {i.filename: f.read(i) for i in f.infolist()}
-
-
-def _rezip(members: dict[str, bytes], dst: Path) -> Path:
-    with zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as f:
-        for name, data in members.items():
-            f.writestr(name, data)
-    return dst
 
 
 def test_metadata_xml_is_read_as_dlr_writes_it(world):
     """The delivery's METADATA.XML, at the paths EnMAP-Box and SNAP read: band table, scaling, bad bands from the
     statistics, detector channel lists, times and cover, in agreement with the scene's STAC item."""
     items = {i.id: i for i in search_items(str(world / "stac"))}
-    for z in _zips(world):
-        xml = next(v for k, v in _members(z).items() if k.endswith("-METADATA.XML"))
+    for z in delivery_zips(world):
+        xml = next(v for k, v in zip_members(z).items() if k.endswith("-METADATA.XML"))
         m = parse_metadata(xml, z.name)
         item = items[m.name]
         assert z.name == f"{m.name}.ZIP"
@@ -93,15 +80,15 @@ def test_reingesting_unchanged_products_writes_nothing(world, catalogue):
 def test_bad_products_fail_one_line_each_and_the_rest_land(world, tmp_path):
     src = tmp_path / "orders"
     src.mkdir()
-    good, *others = _zips(world)
+    good, *others = delivery_zips(world)
     shutil.copy(good, src)
     broken = [z.name for z in others]
     # a damaged download: the ZIP cut short
     data = others[0].read_bytes()
     (src / others[0].name).write_bytes(data[: len(data) // 2])
     # a product without its cloud layer, and one whose XML describes 223 bands
-    m = _members(others[1])
-    _rezip({k: v for k, v in m.items() if not k.endswith("QL_QUALITY_CLOUD.TIF")}, src / others[1].name)
+    m = zip_members(others[1])
+    rezip({k: v for k, v in m.items() if not k.endswith("QL_QUALITY_CLOUD.TIF")}, src / others[1].name)
     third = tmp_path / "third"
     third.mkdir()
     old_id = others[1].name.removesuffix(".ZIP")
@@ -115,7 +102,7 @@ def test_bad_products_fail_one_line_each_and_the_rest_land(world, tmp_path):
         xml = f"{head}<{section}>{body}</{section}>{tail}"
     m3 = {k.replace(old_id, new_id): v for k, v in m.items()}
     m3[xml_name.replace(old_id, new_id)] = xml.encode()
-    _rezip(m3, third / f"{new_id}.ZIP")
+    rezip(m3, third / f"{new_id}.ZIP")
     broken.append(f"{new_id}.ZIP")
     r = _cli("ingest", str(src), str(third), "--out", str(tmp_path / "cat"))
     errors = [x for x in r.stderr.splitlines() if x.strip()]
@@ -134,8 +121,8 @@ def test_unzipping_gives_the_members_bytes_and_a_flipped_bit_is_a_damaged_zip(st
     fails its CRC-32 check with one line naming the file."""
     from deepsalt.data.ingest import staged
 
-    z = _zips(world)[0]
-    members = _members(z)
+    z = delivery_zips(world)[0]
+    members = zip_members(z)
     if stored:
         z = tmp_path / z.name
         with zipfile.ZipFile(z, "w", zipfile.ZIP_STORED) as f:
@@ -162,7 +149,7 @@ def test_unzipping_gives_the_members_bytes_and_a_flipped_bit_is_a_damaged_zip(st
 def test_every_image_format_dlr_offers_ingests_to_the_same_dn(fmt, world, tmp_path):
     """ENVI BIL/BIP and JPEG2000 images (GeoTIFF and BSQ come with the world), and EOLab's _COG file names, from an
     unzipped product folder."""
-    z = _zips(world)[0]
+    z = delivery_zips(world)[0]
     folder = tmp_path / "product"
     with zipfile.ZipFile(z) as f:
         f.extractall(tmp_path)
@@ -198,7 +185,7 @@ def test_every_image_format_dlr_offers_ingests_to_the_same_dn(fmt, world, tmp_pa
 
 def test_dlr_stac_items_find_their_downloads_under_assets_root(world, tmp_path):
     """Items saved from DLR's STAC API (their asset links need a login) plus the folder where the downloads are."""
-    ids = [z.name.removesuffix(".ZIP") for z in _zips(world)] + ["ENMAP01-____L2A-DT9999999999_20240101T000000Z_001_V010402_20240801T000000Z"]
+    ids = [z.name.removesuffix(".ZIP") for z in delivery_zips(world)] + ["ENMAP01-____L2A-DT9999999999_20240101T000000Z_001_V010402_20240801T000000Z"]
     feats = [{"type": "Feature", "stac_version": "1.0.0", "id": i, "geometry": None, "properties": {"datetime": "2024-01-01T00:00:00Z"},
               "links": [], "assets": {"image": {"href": f"https://download.geoservice.dlr.de/ENMAP/files/L2A/{i}-SPECTRAL_IMAGE_COG.TIF"}}}
              for i in ids]

@@ -15,7 +15,7 @@ import pytest
 import rasterio
 import rasterio.shutil
 
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, delivery_zips, rezip, zip_members
 from deepsalt.data.ingest import catalogue_items, find_sources, ingest, ingest_product
 from deepsalt.data.l2a_product import parse_metadata
 from deepsalt.errors import DeepSaltInputError
@@ -23,21 +23,7 @@ from deepsalt.errors import DeepSaltInputError
 REAL_XML = next((SHARED_DATA / "real" / "enmap_metadata").glob("*-METADATA.XML"))
 
 
-def _zips(world) -> list[Path]:
-    return sorted((world / "deliveries").glob("*.ZIP"))
 
-
-def _members(z: Path) -> dict[str, bytes]:
-    with zipfile.ZipFile(z) as f:
-        return {i.filename: f.read(i) for i in f.infolist()}
-
-
-def _rezip(members: dict[str, bytes], dst: Path) -> Path:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as f:
-        for name, data in members.items():
-            f.writestr(name, data)
-    return dst
 
 
 def _key(members: dict, ending: str) -> str:
@@ -74,18 +60,18 @@ def test_a_crafted_name_can_neither_delete_nor_write_outside_the_catalogue(world
     victim = tmp_path / "victim"
     victim.mkdir()
     (victim / "keep.txt").write_text("the user's data")
-    z = _zips(world)[0]
+    z = delivery_zips(world)[0]
     pid = z.name.removesuffix(".ZIP")
-    m = _members(z)
+    m = zip_members(z)
     xml = _key(m, "-METADATA.XML")
     orders = tmp_path / "orders"
     for i, name in enumerate(("../victim", str(tmp_path / "abs"))):
         bad = dict(m)
         bad[xml] = m[xml].replace(f"<name>{pid}-METADATA.XML</name>".encode(), f"<name>{name}-METADATA.XML</name>".encode())
         assert bad[xml] != m[xml]
-        _rezip(bad, orders / f"crafted{i}.ZIP")  # (two ZIPs of one name would be one product to find_sources)
+        rezip(bad, orders / f"crafted{i}.ZIP")  # (two ZIPs of one name would be one product to find_sources)
     # every file named for another "product" (the id the files carry decides the catalogue path)
-    _rezip({k.replace(f"{pid}/{pid}", "../../victim"): v for k, v in m.items()}, orders / "renamed.ZIP")
+    rezip({k.replace(f"{pid}/{pid}", "../../victim"): v for k, v in m.items()}, orders / "renamed.ZIP")
     item = {"type": "Feature", "stac_version": "1.0.0", "id": "../victim", "geometry": None, "links": [], "assets": {},
             "properties": {"datetime": "2024-01-01T00:00:00Z"}}
     (orders / "item.json").write_text(json.dumps(item))
@@ -108,8 +94,8 @@ def test_a_crafted_name_can_neither_delete_nor_write_outside_the_catalogue(world
 def test_a_zip_bomb_stops_in_one_line_before_memory_or_disk_run_out(world, tmp_path):
     """An image member declaring more than the scene the XML describes can need is refused before inflating; one
     that declares little and inflates to more stops at its declared size. Neither leaves files behind."""
-    z = _zips(world)[0]
-    m = _members(z)
+    z = delivery_zips(world)[0]
+    m = zip_members(z)
     img = _key(m, "-SPECTRAL_IMAGE.TIF")  # the world's first and third deliveries are GeoTIFF, the second ENVI BSQ
     meta = parse_metadata(m[_key(m, "-METADATA.XML")], "x")
     cap = len(meta.bands) * (meta.height + 512) * (meta.width + 512) * 2 + (16 << 20)
@@ -141,8 +127,8 @@ def test_damaged_foreign_and_inconsistent_products_fail_alone_and_the_batch_land
     """Under Ray, one line per bad product and the good one lands with collection.json: a truncated image, a mask
     that is no TIFF, an encrypted member, Deflate64 (Windows-made ZIPs), two images, product A's XML with product B's
     files, and two products in one ZIP."""
-    (a, b, c) = _zips(world)
-    ma, mb = _members(a), _members(b)
+    (a, b, c) = delivery_zips(world)
+    ma, mb = zip_members(a), zip_members(b)
     pa, pb = a.name.removesuffix(".ZIP"), b.name.removesuffix(".ZIP")
     img = _key(ma, "-SPECTRAL_IMAGE.TIF")
     cloud = _key(ma, "QL_QUALITY_CLOUD.TIF")
@@ -156,7 +142,7 @@ def test_damaged_foreign_and_inconsistent_products_fail_alone_and_the_batch_land
         "twoproducts": {**ma, **mb},
     }
     for case, members in cases.items():  # a ZIP name each: two ZIPs of one name are one product to find_sources
-        _rezip(members, orders / case / f"{case}.ZIP")
+        rezip(members, orders / case / f"{case}.ZIP")
     for case, kw in (("encrypted", {"flags": 0x1}), ("deflate64", {"method": 9})):
         (orders / case).mkdir()
         shutil.copy(a, orders / case / f"{case}.ZIP")
@@ -181,7 +167,7 @@ def test_dlr_download_archives_and_jpeg2000_endings_ingest(world, tmp_path):
     """DLR's download (a .tar.gz of the product ZIPs) ingests like the ZIPs; a .JPEG2000 image (SNAP's and EnPT's
     ending) is read by the JPEG2000 driver to the same DN; the XML's correctionType reaches the Item, and covers the
     XML leaves out are computed from the quality layers."""
-    zips = _zips(world)
+    zips = delivery_zips(world)
     tgz = tmp_path / "dlr_order.tar.gz"
     with tarfile.open(tgz, "w:gz") as t:
         for z in zips[:2]:
@@ -193,7 +179,7 @@ def test_dlr_download_archives_and_jpeg2000_endings_ingest(world, tmp_path):
     assert all(d["properties"]["enmap:correction_type"] == "Land_Mode" for d in items.values())
     # a product without cover percentages in its XML, its image as .JPEG2000
     z = zips[2]
-    m = _members(z)
+    m = zip_members(z)
     xml_key = _key(m, "-METADATA.XML")
     xml = m[xml_key].decode()
     for tag in ("cloudCover", "hazeCover", "cirrusCover"):

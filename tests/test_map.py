@@ -395,7 +395,8 @@ def test_every_publish_describes_the_cube_in_valid_stac(cube):
     dims, variables = item.properties["cube:dimensions"], item.properties["cube:variables"]
     assert dims["x"]["type"] == dims["y"]["type"] == "spatial" and dims["x"]["reference_system"] == 5070
     assert dims["time"]["values"] == ["2024-01-01T00:00:00+00:00"] and item.properties["deepsalt:epochs"] == ["2024-01-01"]
-    assert set(variables) == {"ece", "ece_sd", "di", "aoa", "valid", "scene", "acq_date"} and variables["ece"]["unit"] == "dS m-1"
+    assert set(variables) == {"ece", "ece_sd", "di", "aoa", "valid", "scene", "acq_date", "exceedance"} and variables["ece"]["unit"] == "dS m-1"
+    assert variables["exceedance"]["dimensions"] == ["time", "threshold", "y", "x"] and dims["threshold"]["values"] == [4.0, 8.0, 16.0]
     ys, xs = mapped_extent(str(out))
     assert dims["x"]["extent"][0] == float(open_cube(str(out)).x[xs.start]) - 15  # the mapped extent, not the continent
     # the asset's open recipe reads the commit it describes

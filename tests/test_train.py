@@ -38,6 +38,8 @@ def test_run_writes_metrics_report_and_bundle(run):
         a = on_disk["aoa"][region]
         assert 0 <= a["inside_fraction"] <= 1 and a["n_inside"] + a["n_outside"] == r_n(on_disk, region)
     assert on_disk["calibration"]["coverage90_val"] >= 0.85  # conformal: at least nominal on its own sites
+    b = json.loads((out / "bundle" / "bundle.json").read_text())
+    assert b["interval90"]["q"] == pytest.approx(on_disk["calibration"]["q"]) and b["aoa"]["threshold"] == pytest.approx(on_disk["aoa"]["threshold"])
     # ln-space skill, rank and class figures on the test sites; exceedance calls at the decision probability chosen on
     # the validation sites, and their reliability on the validation and test sites
     seen = on_disk["results"]["deepsalt"]["seen"]
@@ -49,8 +51,6 @@ def test_run_writes_metrics_report_and_bundle(run):
         rel = ex[region]["reliability"]["4"]
         assert sum(d["n"] for d in rel["deciles"]) == ex[region]["classes"]["4"]["n"] and 0 <= rel["base_rate"] <= 1
     assert on_disk["protocol"]["block_km"][0] > 0 and on_disk["protocol"]["early_stopping"] == "validation blocks"
-    b = json.loads((out / "bundle" / "bundle.json").read_text())
-    assert b["interval90"]["q"] == pytest.approx(on_disk["calibration"]["q"]) and b["aoa"]["threshold"] == pytest.approx(on_disk["aoa"]["threshold"])
     for v, r in on_disk["results"].items():
         for region in ("seen", "unseen"):
             assert {"mae", "rmse", "r2", "mape", "mae_sd"} <= set(r[region]), (v, region)

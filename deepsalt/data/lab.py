@@ -46,6 +46,21 @@ def write_lab_table(path: str | Path, meta: pd.DataFrame, wavenumbers: np.ndarra
     pq.write_table(table, path, compression="zstd")
 
 
+def spectral_columns(columns, where: str) -> tuple[list, list[float]]:
+    """The absorbance columns of a lab table (``scan_mir.<wn>_abs``, OSSL's, or the bare wavenumber) and their
+    wavenumbers; fewer than ``MIN_CHANNELS`` is not a full MIR scan."""
+    cols, wns = [], []
+    for c in columns:
+        m = _OSSL.match(str(c)) or _BARE.match(str(c))
+        if m:
+            cols.append(c)
+            wns.append(float(m.group(1) if m.groups() else m.group(0)))
+    if len(cols) < MIN_CHANNELS:
+        raise DeepSaltInputError(where, f"found {len(cols)} spectral channels, need at least {MIN_CHANNELS}",
+                                 "name absorbance columns scan_mir.<wavenumber>_abs (cm-1) or by the bare wavenumber")
+    return cols, wns
+
+
 def check_lat_lon(lat, lon, where: str) -> None:
     lat, lon = np.asarray(lat, float), np.asarray(lon, float)
     bad = ~((np.abs(lat) <= 90) & (np.abs(lon) <= 180))
@@ -78,15 +93,7 @@ def read_lab_table(path: str | Path, target_grid: np.ndarray | None = None, stor
     keep = pd.to_numeric(df[target], errors="coerce").notna().to_numpy()
     dropped = int((~keep).sum())
     df = df.loc[keep].reset_index(drop=True)
-    spec_cols, wns = [], []
-    for c in df.columns:
-        m = _OSSL.match(str(c)) or _BARE.match(str(c))
-        if m:
-            spec_cols.append(c)
-            wns.append(float(m.group(1) if m.groups() else m.group(0)))
-    if len(spec_cols) < MIN_CHANNELS:
-        raise DeepSaltInputError(where, f"found {len(spec_cols)} spectral channels, need at least {MIN_CHANNELS}",
-                                 "name absorbance columns scan_mir.<wavenumber>_abs (cm-1) or by the bare wavenumber")
+    spec_cols, wns = spectral_columns(df.columns, where)
     check_lat_lon(df["latitude"], df["longitude"], where)
     wn = np.array(wns)
     spectra = df[spec_cols].to_numpy(np.float32)

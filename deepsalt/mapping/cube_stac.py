@@ -57,8 +57,13 @@ def cube_stac(url: str, storage_options: dict | None = None) -> pystac.Collectio
         "y": Dimension.from_dict({"type": "spatial", "axis": "y", "extent": [native[1], native[3]], "step": -g.res, "reference_system": epsg}),
         "time": Dimension.from_dict({"type": "temporal", "values": [e.isoformat() for e in epochs]} if epochs else
                                     {"type": "temporal", "extent": [None, None]}),
+        # the exceedance probabilities' thresholds: an additional dimension of the datacube extension
+        "threshold": Dimension.from_dict({"type": "threshold", "values": [float(v) for v in root["threshold"][:]],
+                                          "unit": target.units, "description": f"{target.short} threshold of the exceedance "
+                                                                               "probabilities"}),
     }
-    cube.variables = {name: Variable.from_dict({"dimensions": ["time", "y", "x"], "type": "data", "description": spec["attrs"]["long_name"],
+    cube.variables = {name: Variable.from_dict({"dimensions": ["time", "threshold", "y", "x"] if spec.get("threshold") else ["time", "y", "x"],
+                                                "type": "data", "description": spec["attrs"]["long_name"],
                                                 **({"unit": spec["attrs"]["units"]} if "units" in spec["attrs"] else {})})
                       for name, spec in cube_vars(target).items()}
     href = redact_url(url)

@@ -202,7 +202,7 @@ def quicklook(cube_url: str, png: str | Path, epoch: str | None = None, storage_
     n = len(regions)
     fig = plt.figure(figsize=(22, 4.4 * (n + 1)))
     gs = fig.add_gridspec(n + 1, 15)  # a region row: 5 panels of 3 columns; the top row: 3 panels of 5
-    rows, truths, values, probs, centres = [], [], [], [], []
+    truths, values, probs, centres = [], [], [], []
     for k, group in enumerate(regions, start=1):
         tys, txs = zip(*group)
         ys = slice(min(tys) * g.chunk, min((max(tys) + 1) * g.chunk, g.height))

@@ -78,7 +78,7 @@ class LabData:
 
 def read_lab(path: str | Path, target: Target, mir_grid=None, need_target: bool = True) -> LabData:
     """A lab table as it is (DeepSalt's names or OSSL's), its spectra on their own grid or on ``mir_grid``."""
-    from deepsalt.data.lab import _BARE, _OSSL
+    from deepsalt.data.lab import spectral_columns
     from deepsalt.spectra.mir import resample
 
     where = str(path)
@@ -88,14 +88,7 @@ def read_lab(path: str | Path, target: Target, mir_grid=None, need_target: bool 
         raise DeepSaltInputError(where, "does not exist", "check the path") from None
     except Exception as e:  # noqa: BLE001 - any parser failure means the table is unusable
         raise DeepSaltInputError(where, f"not a readable Parquet/CSV table ({type(e).__name__}: {str(e)[:100]})") from None
-    spec_cols, wns = [], []
-    for c in df.columns:
-        m = _OSSL.match(str(c)) or _BARE.match(str(c))
-        if m:
-            spec_cols.append(c)
-            wns.append(float(m.group(1) if m.groups() else m.group(0)))
-    if len(spec_cols) < 100:
-        raise DeepSaltInputError(where, f"found {len(spec_cols)} spectral columns", "name absorbance columns scan_mir.<wn>_abs or by the bare wavenumber")
+    spec_cols, wns = spectral_columns(df.columns, where)
     col = target.column if target.column in df.columns else OSSL_COLUMNS.get(target.name)
     if need_target and (col is None or col not in df.columns):
         raise DeepSaltInputError(where, f"has no {target.column} column" + (f" (nor OSSL's {OSSL_COLUMNS[target.name]})" if target.name in OSSL_COLUMNS else ""),
