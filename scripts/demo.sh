@@ -32,7 +32,7 @@ $ds map --stac "$CAT" --model "$OUT/run/bundle" --covariates "$OUT/inputs/covari
 echo "re-running the same map job: incremental, so nothing should be re-mapped"
 $ds map --stac "$CAT" --model "$OUT/run/bundle" --covariates "$OUT/inputs/covariates" \
         --out "$OUT/cube.zarr" --epoch 2024 --region seen
-$ds score --cube "$OUT/cube.zarr" --world "$OUT/world" | tee "$OUT/score.json"
+$ds score --cube "$OUT/cube.zarr" --world "$OUT/world" > "$OUT/score.json"  # every scene and threshold: summarised below
 $ds quicklook --cube "$OUT/cube.zarr" --out "$OUT/quicklook.png" --world "$OUT/world"
 .venv/bin/python - "$OUT" "$(( $(date +%s) - start ))" <<'PY'
 import json, sys

@@ -55,7 +55,7 @@ from deepsalt.errors import DeepSaltInputError
 from deepsalt.redact import redact_url
 
 #: bump when what ingest writes changes: every product is then written again
-INGEST_FORMAT = "deepsalt-ingest/1"
+INGEST_FORMAT = "deepsalt-ingest/2"  # 2: correctionType, covers from the quality layers
 #: the spectral image's COG layout: ZSTD level 1 with horizontal differencing, 256 px blocks, pixel-interleaved, no
 #: overviews (the map path reads full resolution). Of the layouts bench/ingest.py measured (pixel- and band-
 #: interleaved; DEFLATE, ZSTD, LZW; 256 and 512 px blocks), the fastest for the map path to read and the quickest to
