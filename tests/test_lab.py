@@ -77,6 +77,24 @@ def test_corrupt_and_missing_files(tmp_path):
         read_lab_table(tmp_path / "nope.parquet")
 
 
+def test_ec_rules_keep_low_ec_above_zero_and_follow_the_published_lines_above():
+    """Hogg & Henry's medium-texture 1:2 line gives ECe 0 below EC1:2 = 0.153 dS/m (OSSL's example value is 0.031):
+    at the low end the rule follows the published line that stays above 0; higher up the medium line, continuously;
+    the world's inverse gives back the extract's EC."""
+    import numpy as np
+
+    from deepsalt.data.ossl import EC_RULES
+
+    ec = np.array([0.0, 0.031, 0.153, 1.0, 2.05, 2.1, 5.0])
+    r12 = EC_RULES["1:2"].to_ece(ec)
+    assert r12[1] == pytest.approx(2.16 * 0.031 + 0.03) and r12[2] > 0.3 and (np.diff(r12) > 0).all()
+    assert r12[-1] == pytest.approx(2.35 * 5.0 - 0.36) and r12[4] == pytest.approx(2.35 * 2.05 - 0.36, abs=0.01)
+    r11 = EC_RULES["1:1"].to_ece(ec)
+    assert r11[0] == 0 and r11[1] == pytest.approx(2.11 * 0.031) and r11[-1] == pytest.approx(3.01 * 5 - 0.77)
+    for rule in EC_RULES.values():
+        np.testing.assert_allclose(rule.to_extract(rule.to_ece(ec[1:])), ec[1:], rtol=1e-12)
+
+
 def _ossl_subset(world, dst, n=12):
     """The first ``n`` 0-12 cm layers of the world's OSSL download (site, soil lab and MIR tables, OSSL's names)."""
     import pandas as pd
@@ -100,38 +118,42 @@ def _write_ossl(dst, site, lab, mir, lab_name="ossl_soillab_L1_v1.2.csv.gz"):
 def test_ossl_profiles_are_sites_of_a_dataset_and_every_left_out_layer_is_counted(world, tmp_path):
     """Site ids are unique only within a dataset: a LUCAS layer whose site id equals a KSSL pedon's is its own
     sample, not averaged into the pedon. Ids stay text ("1001", not "1001.0"); a layer without a site id is its own
-    profile; a layer without a lower depth or lost in the join is counted; with soil-lab tables at both levels,
+    profile; a layer without a lower depth or lost in the join, and a repeated row, are counted; with soil-lab tables at both levels,
     L1 is read and named."""
     import pandas as pd
 
-    from deepsalt.data.ossl import import_ossl
+    from deepsalt.data.ossl import EC_RULES, import_ossl
 
     d = tmp_path / "ossl"
     site, lab, mir = _ossl_subset(world, d)
-    site.loc[0:1, "id.dataset.site_ascii_txt"] = "1001"  # two layers, two datasets, one site id
-    site.loc[0, "dataset.code_ascii_txt"], site.loc[1, "dataset.code_ascii_txt"] = "KSSL.SSL", "LUCAS.SSL"
+    pair = site.index[site["id.dataset.site_ascii_txt"] == "1001"]  # the world mixes them: two datasets, one site id
+    assert sorted(site.loc[pair, "dataset.code_ascii_txt"]) == ["KSSL.SSL", "LUCAS.SSL"]
     site.loc[2, "id.dataset.site_ascii_txt"] = None  # no site id
     site.loc[3, "layer.lower.depth_usda_cm"] = None  # no lower depth
     mir = mir.iloc[:-1]  # the last layer has no spectrum: lost in the join
+    mir = pd.concat([mir, mir.iloc[[0]]])  # a repeated row: read once, counted
     l0 = lab.copy()
     l0["ec_usda.a364_ds.m"] = 99.0  # the unharmonised level, which must not be read
     _write_ossl(d, site, lab, mir)
     l0.to_csv(d / "ossl_soillab_L0_v1.2.csv.gz", index=False)
     lines = []
-    s = import_ossl(str(d), str(tmp_path / "lab.parquet"), ec_method="DEEPSALT.SYNTHETIC=1:2", log=lines.append)
+    s = import_ossl(str(d), str(tmp_path / "lab.parquet"), log=lines.append)
     assert s["tables"] == ["ossl_soilsite_L0_v1.2.csv.gz", "ossl_soillab_L1_v1.2.csv.gz", "ossl_mir_L0_v1.2.csv.gz"]
     assert "read ossl_soilsite_L0_v1.2.csv.gz, ossl_soillab_L1_v1.2.csv.gz" in lines[0]
     assert s["layers_lost_in_join"] == 1 and s["layers_without_depth"] == 1 and s["layers_without_site_id"] == 1
+    assert s["layer_rows_repeated"] == 1 and s["layers"] == 11
     assert s["samples"] == 12 - 1 - 1  # 12 layers, one lost in the join, one without depth
     t = pd.read_parquet(tmp_path / "lab.parquet", columns=["sample_id", "dataset", "ece_dsm", "n_layers"])
     ids = set(t["sample_id"])
     assert {"KSSL.SSL:1001", "LUCAS.SSL:1001"} <= ids and not any(i.endswith(".0") for i in ids)
     assert (t["n_layers"] == 1).all() and t["ece_dsm"].max() < 99 * 2  # no layer averaged into another; L0 not read
-    kssl, lucas = lab["ec_usda.a364_ds.m"][:2]  # KSSL's EC is of a 1:2 extract, LUCAS's of a 1:5 one (ISO 11265)
-    want = {"KSSL.SSL:1001": 2.35 * kssl - 0.36, "LUCAS.SSL:1001": 7.5 * lucas}
+    ec = dict(zip(site["dataset.code_ascii_txt"].to_numpy()[pair], lab.set_index("id.layer_uuid_txt").loc[
+        site.loc[pair, "id.layer_uuid_txt"], "ec_usda.a364_ds.m"]))
+    kssl, lucas = ec["KSSL.SSL"], ec["LUCAS.SSL"]  # KSSL's EC is of a 1:2 extract, LUCAS's of a 1:5 one (ISO 11265)
+    want = {"KSSL.SSL:1001": EC_RULES["1:2"].to_ece(kssl), "LUCAS.SSL:1001": 7.5 * lucas}
     for sid, v in want.items():
-        assert float(t.loc[t["sample_id"] == sid, "ece_dsm"].iloc[0]) == pytest.approx(max(v, 0), rel=1e-5)
-    assert any(i.startswith("DEEPSALT.SYNTHETIC:layer ") for i in ids)  # the layer without a site id
+        assert float(t.loc[t["sample_id"] == sid, "ece_dsm"].iloc[0]) == pytest.approx(v, rel=1e-5)
+    assert f"{site.loc[2, 'dataset.code_ascii_txt']}:layer {site.loc[2, 'id.layer_uuid_txt']}" in ids  # no site id
 
 
 @pytest.mark.parametrize("column, factor, match", [("ec_usda.a364_ds.m", 1000.0, r"ece_dsm outside 0-200 dS m-1 .*mS/m"),
@@ -156,7 +178,7 @@ def test_ossl_ec_rule_is_chosen_per_dataset_and_an_unknown_one_in_a_mix_is_refus
     recorded per sample; a dataset of no known method in a mixed download is refused, naming it, until declared."""
     import pandas as pd
 
-    from deepsalt.data.ossl import import_ossl
+    from deepsalt.data.ossl import EC_RULES, import_ossl
     from deepsalt.errors import DeepSaltInputError
 
     d = tmp_path / "ossl"
@@ -172,7 +194,7 @@ def test_ossl_ec_rule_is_chosen_per_dataset_and_an_unknown_one_in_a_mix_is_refus
     t = pd.read_parquet(tmp_path / "lab.parquet", columns=["sample_id", "dataset", "ece_dsm", "ec_method", "ec_rule"]).set_index("sample_id")
     ec = dict(zip(site["dataset.code_ascii_txt"] + ":" + site["id.dataset.site_ascii_txt"], lab["ec_usda.a364_ds.m"]))
     for sid, row in t.iterrows():
-        a, b = {"KSSL.SSL": (2.35, -0.36), "LUCAS.SSL": (7.5, 0.0), "AFSIS1.SSL": (3.01, -0.77)}[row["dataset"]]
-        assert row["ece_dsm"] == pytest.approx(max(a * ec[sid] + b, 0.0), rel=1e-6)
+        rule = EC_RULES[{"KSSL.SSL": "1:2", "LUCAS.SSL": "1:5", "AFSIS1.SSL": "1:1"}[row["dataset"]]]
+        assert row["ece_dsm"] == pytest.approx(float(rule.to_ece(ec[sid])), rel=1e-6)
         assert row["ec_method"] == {"KSSL.SSL": "1:2", "LUCAS.SSL": "1:5", "AFSIS1.SSL": "1:1"}[row["dataset"]]
     assert "7.5 EC1:5" in t.loc[t["dataset"] == "LUCAS.SSL", "ec_rule"].iloc[0]

@@ -68,7 +68,7 @@ def test_native_forms_are_laid_out_as_their_products_ship(world):
     assert {"id.layer_uuid_txt", "latitude.point_wgs84_dd", "longitude.point_wgs84_dd", "layer.upper.depth_usda_cm",
             "layer.lower.depth_usda_cm"} <= set(site.columns)
     assert {"id.layer_uuid_txt", "ec_usda.a364_ds.m", "oc_usda.c729_w.pct"} <= set(lab.columns)
-    spec = [c for c in mir.columns if c.startswith("scan_mir.")]
+    spec = [c for c in mir.columns if c.startswith("scan_mir.") and c.endswith("_abs")]
     assert len(spec) == 1701 and spec[0] == "scan_mir.600_abs" and spec[-1] == "scan_mir.4000_abs"
     for prop in ("sand", "clay"):
         for depth in ("0-5cm", "5-15cm"):
@@ -160,12 +160,21 @@ def test_the_mapping_reader_at_each_site_pixel_gives_the_same_dn_and_covariates(
 
 
 def test_lab_import_reads_ossl_as_shipped(world, native, tmp_path):
-    """Real OSSL names, separate tables joined by id; EC of the 1:2 extract converted to ECe by the declared rule
-    (recorded per sample); the 0-12 cm layer chosen over the deeper one; NaN targets dropped and counted."""
+    """Real OSSL names, separate tables joined by id, mixed as real downloads are: KSSL's EC of the 1:2 extract and
+    LUCAS's of the 1:5 one, each converted by its dataset's rule (recorded per sample), site ids that collide across
+    the two and some missing, the soil-lab table at both levels (L1 read), unused columns and unusable layers; the
+    0-12 cm layer chosen over the deeper one; NaN targets dropped and counted."""
     d, s = native
     lab = s["lab"]
-    assert lab["samples"] == 1000 and lab["layers"] == 2000 and lab["layers_outside_depth"] == 1000
-    assert lab["ec_method"] == "1:2" and "2.35" in lab["ec_rule"]
+    site = pd.read_csv(world / "native" / "ossl" / "ossl_soilsite_L0_v1.2.csv.gz", dtype=str)
+    assert set(site["dataset.code_ascii_txt"]) == {"KSSL.SSL", "LUCAS.SSL", "AFSIS1.SSL"}
+    ids = site.groupby("dataset.code_ascii_txt")["id.dataset.site_ascii_txt"].agg(set)
+    assert len(ids["KSSL.SSL"] & ids["LUCAS.SSL"]) > 250 and site["id.dataset.site_ascii_txt"].isna().sum() == 28
+    assert (world / "native" / "ossl" / "ossl_soillab_L0_v1.2.csv.gz").exists()
+    assert lab["tables"] == ["ossl_soilsite_L0_v1.2.csv.gz", "ossl_soillab_L1_v1.2.csv.gz", "ossl_mir_L0_v1.2.csv.gz"]
+    assert lab["samples"] == 1000 and lab["layers"] == 1704 and lab["layers_outside_depth"] == 700
+    assert lab["layers_without_depth"] == 4 and lab["layers_without_site_id"] == 28 and lab["layers_lost_in_join"] == 0
+    assert lab["ec_method_by_dataset"] == {"KSSL.SSL": "1:2", "LUCAS.SSL": "1:5"} and "2.35" in lab["ec_rule"]
     got = read_lab_table(d / "lab.parquet", target_grid=np.arange(600, 4001, 2.0))
     ref = read_lab_table(world / "lab" / "mir_library.parquet", target_grid=np.arange(600, 4001, 2.0))
     got.meta.index = got.meta["sample_id"]
@@ -174,12 +183,13 @@ def test_lab_import_reads_ossl_as_shipped(world, native, tmp_path):
     np.testing.assert_allclose(got.meta["soc"].to_numpy()[order], ref.meta["soc"], rtol=1e-6)
     # the world's own table names its 1,765 channels to 0.01 cm-1: the two resamplings agree to 1e-3 absorbance
     np.testing.assert_allclose(got.spectra[order], ref.spectra, atol=1e-3)
-    assert (got.meta["ec_method"] == "1:2").all()
+    assert (got.meta["ec_method"] == got.meta["dataset"].map({"KSSL.SSL": "1:2", "LUCAS.SSL": "1:5"})).all()
     # the joined table, a missing EC, a method nobody declared
     o = world / "native" / "ossl"
     joined = pd.read_csv(o / "ossl_soilsite_L0_v1.2.csv.gz").merge(pd.read_csv(o / "ossl_soillab_L1_v1.2.csv.gz")) \
         .merge(pd.read_csv(o / "ossl_mir_L0_v1.2.csv.gz"))
-    joined.loc[joined["id.layer_uuid_txt"].str.endswith("-0-12").to_numpy().nonzero()[0][:7], ["ec_usda.a364_ds.m", "oc_usda.c729_w.pct"]] = np.nan
+    top = (joined["layer.upper.depth_usda_cm"] == 0) & joined["layer.lower.depth_usda_cm"].notna()
+    joined.loc[top.to_numpy().nonzero()[0][:7], ["ec_usda.a364_ds.m", "oc_usda.c729_w.pct"]] = np.nan
     joined.to_csv(tmp_path / "ossl_all_L0_v1.2.csv", index=False)
     r = _cli("lab", "import", "--ossl", tmp_path / "ossl_all_L0_v1.2.csv", "--out", tmp_path / "lab.parquet", "--ec-method", "1:2")
     assert r.returncode == 0, r.stderr[-2000:]

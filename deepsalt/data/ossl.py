@@ -39,24 +39,46 @@ _MIR = re.compile(r"^scan_mir\.(\d+(?:\.\d+)?)_abs$")
 
 @dataclass(frozen=True)
 class ECRule:
-    """ECe = slope x EC_extract + intercept (dS/m), floored at 0."""
+    """ECe = slope x EC_extract + intercept (dS/m); where ``low`` (a second published line, slope and intercept) gives
+    more, ECe is that line's (the low end, where a negative intercept would otherwise turn low EC into ECe 0); floored
+    at 0."""
 
     slope: float
     intercept: float
     source: str
+    low: tuple[float, float] | None = None
 
     def to_ece(self, ec: np.ndarray) -> np.ndarray:
-        return np.maximum(self.slope * np.asarray(ec, float) + self.intercept, 0.0)
+        ec = np.asarray(ec, float)
+        ece = self.slope * ec + self.intercept
+        if self.low is not None:
+            ece = np.maximum(ece, self.low[0] * ec + self.low[1])
+        return np.maximum(ece, 0.0)
+
+    def to_extract(self, ece: np.ndarray) -> np.ndarray:
+        """The extract's EC that ``to_ece`` turns into ``ece`` (> 0): its inverse, as the synthetic world writes EC."""
+        ece = np.asarray(ece, float)
+        ec = (ece - self.intercept) / self.slope
+        if self.low is not None:
+            ec = np.minimum(ec, (ece - self.low[1]) / self.low[0])
+        return np.maximum(ec, 0.0)
 
 
 #: How an extract's EC becomes ECe. 1:1 and 1:2: Hogg & Henry (1984, Can. J. Soil Sci. 64), medium-textured soils, as
-#: tabulated with other published conversions in PLOS ONE 13(6): e0198290 (2018), Table 2. 1:5: the mean factor of
-#: 628 samples in a study of the texture dependence of the 1:5 factor (4.6 to 9.9 by sand content; "Conversion factors
-#: for electrical conductivity of 1:5 soil-water extracts to saturated paste", reclaimed tidelands, Korea): texture
-#: matters, so pass --ec-factor for a local calibration. paste: the EC is ECe already.
+#: tabulated with other published conversions in PLOS ONE 13(6): e0198290 (2018), Table 2. Their medium-texture lines
+#: have negative intercepts, so below EC1:2 = 0.153 (EC1:1 = 0.256) dS/m they give ECe 0 (OSSL's own example KSSL value
+#: is 0.031): at the low end the same table's line through (or next to) the origin takes over, where it is higher --
+#: for 1:2 Hogg & Henry's fine-texture line (2.16 EC1:2 + 0.03; above it from EC1:2 = 2.05 dS/m the medium line rules),
+#: for 1:1 the combined-texture line through the origin (2.11 EC1:1, the table's source [63]; the medium line rules from
+#: EC1:1 = 0.86 dS/m). The result is continuous and rising, and low EC stays low but above 0.
+#: 1:5: the mean factor of 628 samples in a study of the texture dependence of the 1:5 factor (4.6 to 9.9 by sand
+#: content; "Conversion factors for electrical conductivity of 1:5 soil-water extracts to saturated paste", reclaimed
+#: tidelands, Korea): texture matters, so pass --ec-factor for a local calibration. paste: the EC is ECe already.
 EC_RULES = {
-    "1:1": ECRule(3.01, -0.77, "Hogg & Henry 1984, 1:1 extract, medium texture: ECe = 3.01 EC1:1 - 0.77"),
-    "1:2": ECRule(2.35, -0.36, "Hogg & Henry 1984, 1:2 extract, medium texture: ECe = 2.35 EC1:2 - 0.36"),
+    "1:1": ECRule(3.01, -0.77, "Hogg & Henry 1984, 1:1 extract, medium texture: ECe = 3.01 EC1:1 - 0.77; "
+                               "at the low end 2.11 EC1:1 (PLOS ONE 13(6) e0198290, Table 2), whichever is higher", (2.11, 0.0)),
+    "1:2": ECRule(2.35, -0.36, "Hogg & Henry 1984, 1:2 extract: ECe = 2.35 EC1:2 - 0.36 (medium texture); "
+                               "at the low end 2.16 EC1:2 + 0.03 (fine texture), whichever is higher", (2.16, 0.03)),
     "1:5": ECRule(7.5, 0.0, "mean 1:5 factor of 628 samples (range 4.6-9.9 with sand content): ECe = 7.5 EC1:5"),
     "paste": ECRule(1.0, 0.0, "saturated-paste extract: ECe measured"),
 }
@@ -131,6 +153,10 @@ def read_ossl(src: str, read: list | None = None) -> pd.DataFrame:
         for k, t in tables.items():
             if OSSL["layer"] not in t:
                 raise DeepSaltInputError(parts[k], f"has no {OSSL['layer']} column", "the OSSL tables join on it")
+            dup = t[OSSL["layer"]].duplicated() & t[OSSL["layer"]].notna()
+            if dup.any():  # a repeated id would multiply its layer in the join: the first row is read, the rest counted
+                tables[k] = t.loc[~dup]
+                read.append(("duplicate", int(dup.sum())))
         out = tables["soilsite"].merge(tables["soillab"], on=OSSL["layer"], how="inner", suffixes=("", ".lab")) \
                                 .merge(tables["mir"], on=OSSL["layer"], how="inner", suffixes=("", ".mir"))
         every = set().union(*(set(t[OSSL["layer"]].dropna()) for t in tables.values()))
@@ -155,7 +181,8 @@ def import_ossl(src: str, out: str, ec_method: str | None = None, depth: tuple[f
         raise DeepSaltInputError("--depth", f"{top_d}-{bot_d} cm is not a depth interval", "e.g. --depth 0,12")
     read: list = []
     df = read_ossl(src, read)
-    lost = sum(n for r in read if isinstance(r, tuple) for n in r[1:])
+    lost = sum(r[1] for r in read if isinstance(r, tuple) and r[0] == "lost")
+    duplicates = sum(r[1] for r in read if isinstance(r, tuple) and r[0] == "duplicate")
     tables = [r for r in read if not isinstance(r, tuple)]
     need = [OSSL[k] for k in ("layer", "lat", "lon", "top", "bottom")]
     missing = [c for c in need if c not in df]
@@ -213,7 +240,7 @@ def import_ossl(src: str, out: str, ec_method: str | None = None, depth: tuple[f
         target = next(t for t in TARGETS.values() if t.column == name)
         target.check_plausible(v, f"{src} ({OSSL['ec'] if name == 'ece_dsm' else OSSL['soc']})", ids=("layer " + layer).to_numpy())
     use = (overlap > 0) & has_mir & has_loc
-    counts = {"layers": n_layers, "layers_lost_in_join": int(lost), "layers_without_depth": int((~has_depth).sum()),
+    counts = {"layers": n_layers, "layers_lost_in_join": int(lost), "layer_rows_repeated": int(duplicates), "layers_without_depth": int((~has_depth).sum()),
               "layers_outside_depth": int((has_depth & (overlap <= 0)).sum()), "layers_without_mir": int((~has_mir).sum()),
               "layers_without_location": int((~has_loc).sum()), "layers_without_site_id": int(no_site.sum())}
     rows = []

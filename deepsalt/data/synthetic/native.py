@@ -4,9 +4,11 @@ and `deepsalt covariates build` read, so that the demo and CI train from the sam
 - ``sites.csv``: field sites with a sampling date (``lon``, ``lat``, ``date``, ``ece_dsm``, ``soc``, ``region``,
   ``site_id``), a few days from the scene they were sampled beside.
 - ``ossl/``: the lab library in OSSL v1.2's layout, as its portal ships it: ``ossl_soilsite_L0_v1.2.csv.gz``,
-  ``ossl_soillab_L1_v1.2.csv.gz`` and ``ossl_mir_L0_v1.2.csv.gz``, joined by ``id.layer_uuid_txt``; MIR at
-  600-4000 cm-1 in 2 cm-1 steps; EC of the 1:2 extract derived from ECe by the rule ``data.ossl`` converts back with;
-  each sample is a 0-12 cm layer of its profile, with a deeper 12-30 cm layer that depth selection must leave out.
+  ``ossl_soillab_L0_v1.2.csv.gz`` and ``..._L1_...`` and ``ossl_mir_L0_v1.2.csv.gz``, joined by ``id.layer_uuid_txt``;
+  MIR at 600-4000 cm-1 in 2 cm-1 steps; mixed as real downloads are (``_ossl``): KSSL samples with EC of the 1:2
+  extract and a deeper layer that depth selection must leave out, LUCAS samples with EC of the 1:5 extract, site ids
+  colliding across the two and a few missing, columns the import does not use, a few unusable layers; each EC derived
+  from ECe by the rule ``data.ossl`` converts back with.
 - ``soilgrids/``: sand and clay as SoilGrids 2.0 ships them: int16 g/kg in Interrupted Goode Homolosine at 250 m,
   layers 0-5 and 5-15 cm, GeoTIFF tiles under a VRT per layer (``sand/sand_0-5cm_mean.vrt``).
 - ``worldclim/``: WorldClim 2.1's monthly files at 30 arc-seconds, ``wc2.1_30s_{tmin,tmax,tavg,prec}_{01..12}.tif``,
@@ -58,28 +60,86 @@ def _sites(d: Path, sites: pd.DataFrame) -> Path:
     return path
 
 
+#: the lab library's datasets as an OSSL download mixes them: (dataset, extract its EC comes from, share of samples);
+#: KSSL's samples are a 0-12 cm layer with a saltier 12-30 cm one below, LUCAS's one 0-20 cm layer
+OSSL_DATASETS = (("KSSL.SSL", "1:2", 0.7), ("LUCAS.SSL", "1:5", 0.3))
+#: every this-many-th KSSL sample has no site id (each such layer is a profile of its own)
+NO_SITE_EVERY = 50
+#: layers of a third dataset with SOC but no EC and no lower depth: read, counted and left out
+OSSL_UNUSABLE = 4
+
+
+def _uuid(*parts) -> str:
+    import hashlib
+
+    return hashlib.md5(":".join(map(str, parts)).encode()).hexdigest()  # OSSL's layer ids are hex digests too
+
+
+def ossl_layout(n: int) -> pd.DataFrame:
+    """Per lab sample: its dataset, its site id (numbered from 1001 within each dataset, so KSSL's and LUCAS's ids
+    collide; missing for every ``NO_SITE_EVERY``-th KSSL sample), its top layer's id, and the sample id that
+    `deepsalt lab import` gives it (``dataset:site``, or ``dataset:layer <uuid>`` without a site id)."""
+    i = np.arange(n)
+    share = np.cumsum([f for *_, f in OSSL_DATASETS])
+    k = np.searchsorted(share, (i % 10 + 0.5) / 10)
+    dataset = np.array([OSSL_DATASETS[j][0] for j in k], dtype=object)
+    site = np.empty(n, dtype=object)
+    for name, *_ in OSSL_DATASETS:
+        at = np.flatnonzero(dataset == name)
+        site[at] = [str(1001 + j) for j in range(len(at))]
+    kssl = np.flatnonzero(dataset == "KSSL.SSL")
+    site[kssl[NO_SITE_EVERY - 1::NO_SITE_EVERY]] = None
+    layer = [_uuid(d, f"sample{j}" if s is None else s, 0) for j, (d, s) in enumerate(zip(dataset, site))]
+    sample_id = [f"{d}:layer {u}" if s is None else f"{d}:{s}" for d, s, u in zip(dataset, site, layer)]
+    return pd.DataFrame({"dataset": dataset, "site": site, "layer": layer, "sample_id": sample_id})
+
+
 def _ossl(d: Path, meta: pd.DataFrame, wn: np.ndarray, spectra: np.ndarray) -> Path:
-    """Two layers per sample (0-12 cm, the sample itself; 12-30 cm, saltier and with more carbon, its spectrum shifted)."""
+    """The lab library as a real OSSL v1.2 download has it: several datasets (``OSSL_DATASETS``) in one EC column, each
+    from its own extract; site ids that collide across datasets and a few missing ones; KSSL's deeper 12-30 cm layer
+    (saltier, more carbon, its spectrum shifted) that depth selection must leave out; the soil-lab table at both levels
+    (L0 with LUCAS's EC in its reported mS/m, which L1 harmonises to dS/m); columns the import does not use; and a few
+    layers of a third dataset without EC or lower depth."""
     o = d / "ossl"
     o.mkdir()
-    a, b = EC_RULES["1:2"].slope, EC_RULES["1:2"].intercept
+    lay = ossl_layout(len(meta))
+    assert (lay["sample_id"].to_numpy() == meta["sample_id"].to_numpy()).all(), "the world's lab ids follow ossl_layout"
+    method = dict((name, m) for name, m, _ in OSSL_DATASETS)
     mir = np.stack([np.interp(OSSL_WN, wn, s) for s in spectra]).astype(np.float32)
     rows = []
     for deep in (False, True):
-        uuid = meta["sample_id"] + ("-12-30" if deep else "-0-12")
-        ece = meta["ece_dsm"].to_numpy(float) * (1.5 if deep else 1.0)
+        take = (lay["dataset"] == "KSSL.SSL").to_numpy() if deep else np.ones(len(meta), bool)
+        m, ly = meta[take], lay[take]
+        ece = m["ece_dsm"].to_numpy(float) * (1.5 if deep else 1.0)
+        ec = np.empty(len(m))
+        for name, rule in method.items():
+            at = (ly["dataset"] == name).to_numpy()
+            ec[at] = EC_RULES[rule].to_extract(ece[at])  # the extract's EC that the dataset's rule turns back into ECe
+        lucas = (ly["dataset"] == "LUCAS.SSL").to_numpy()
         rows.append(pd.DataFrame({
-            OSSL["layer"]: uuid, OSSL["site"]: meta["sample_id"], OSSL["lat"]: meta["latitude"], OSSL["lon"]: meta["longitude"],
-            OSSL["top"]: 12.0 if deep else 0.0, OSSL["bottom"]: 30.0 if deep else 12.0,
-            OSSL["ec"]: (ece - b) / a,  # the 1:2 extract's EC that the rule turns back into this ECe
-            OSSL["soc"]: meta["soc"].to_numpy(float) * (1.5 if deep else 1.0),
-            "_mir": list(mir + (0.02 if deep else 0.0))}))
-    layers = pd.concat(rows, ignore_index=True)
-    site = layers[[OSSL["layer"], OSSL["site"], OSSL["lat"], OSSL["lon"], OSSL["top"], OSSL["bottom"]]].assign(
-        **{"dataset.code_ascii_txt": "DEEPSALT.SYNTHETIC"})
+            OSSL["layer"]: [_uuid(dd, u if pd.isna(s) else s, 12) for dd, s, u in zip(ly["dataset"], ly["site"], ly["layer"])]
+            if deep else ly["layer"].to_numpy(),
+            OSSL["dataset"]: ly["dataset"].to_numpy(), OSSL["site"]: ly["site"].to_numpy(),
+            OSSL["lat"]: m["latitude"].to_numpy(), OSSL["lon"]: m["longitude"].to_numpy(),
+            OSSL["top"]: 12.0 if deep else 0.0, OSSL["bottom"]: 30.0 if deep else np.where(lucas, 20.0, 12.0),
+            OSSL["ec"]: ec, "_ec_l0": np.where(lucas, ec * 100.0, ec),  # LUCAS reports mS/m
+            OSSL["soc"]: m["soc"].to_numpy(float) * (1.5 if deep else 1.0),
+            "_mir": list(mir[take] + (0.02 if deep else 0.0))}))
+    extra = pd.DataFrame({OSSL["layer"]: [_uuid("AFSIS1.SSL", j) for j in range(OSSL_UNUSABLE)], OSSL["dataset"]: "AFSIS1.SSL",
+                          OSSL["site"]: [f"icr{j:06d}" for j in range(OSSL_UNUSABLE)], OSSL["lat"]: meta["latitude"].iloc[0],
+                          OSSL["lon"]: meta["longitude"].iloc[0], OSSL["top"]: 0.0, OSSL["bottom"]: np.nan,
+                          OSSL["ec"]: np.nan, "_ec_l0": np.nan, OSSL["soc"]: 1.0, "_mir": list(mir[:OSSL_UNUSABLE])})
+    layers = pd.concat(rows + [extra], ignore_index=True)
+    n = len(layers)
+    site = layers[[OSSL["layer"], OSSL["dataset"], OSSL["site"], OSSL["lat"], OSSL["lon"], OSSL["top"], OSSL["bottom"]]].assign(**{
+        "id.project_ascii_txt": layers[OSSL["dataset"]].str.replace(".SSL", "", regex=False) + " project",
+        "location.point.error_any_m": 30.0, "observation.date.begin_iso.8601_yyyy.mm.dd": "2019-06-01"})
     site.to_csv(o / "ossl_soilsite_L0_v1.2.csv.gz", index=False)
-    layers[[OSSL["layer"], OSSL["ec"], OSSL["soc"]]].to_csv(o / "ossl_soillab_L1_v1.2.csv.gz", index=False)
+    lab = layers[[OSSL["layer"], OSSL["ec"], OSSL["soc"]]].assign(**{"ph.h2o_usda.a268_index": np.full(n, 7.8)})
+    lab.to_csv(o / "ossl_soillab_L1_v1.2.csv.gz", index=False)
+    lab.assign(**{OSSL["ec"]: layers["_ec_l0"]}).to_csv(o / "ossl_soillab_L0_v1.2.csv.gz", index=False)
     _csv_gz(o / "ossl_mir_L0_v1.2.csv.gz", {OSSL["layer"]: layers[OSSL["layer"]].to_numpy(),
+                                            "scan_mir.model_name_utf8_txt": np.full(n, "Bruker Vertex 70 with HTS-XT accessory"),
                                             **dict(zip([MIR_COLUMN.format(int(w)) for w in OSSL_WN],
                                                        np.stack(layers["_mir"].to_numpy()).T))})
     return o

@@ -44,7 +44,7 @@ from deepsalt.data.stac import enmap_item, write_item_collection, write_static_c
 from deepsalt.data.synthetic import enmap_spectra, lab_spectra
 from deepsalt.data.synthetic.deliveries import (BAD_BANDS, FORMATS, NOTE, layer_arrays, scene_metadata,
                                                 write_delivery)
-from deepsalt.data.synthetic.native import native_bbox, write_native
+from deepsalt.data.synthetic.native import native_bbox, ossl_layout, write_native
 from deepsalt.data.synthetic.fields import (RandomFields, SoilPhysics, climate_product, koppen, soil_at, texture_product,
                                           usda_texture)
 from deepsalt.errors import DeepSaltInputError
@@ -245,7 +245,7 @@ def _lab_library(cfg, scenes_sites: pd.DataFrame, fields, phys, rng) -> pd.DataF
     wn = mir_grid()
     spectra = lab_spectra.lab_spectra(soil, wn, rng)
     meta = pd.DataFrame({
-        "sample_id": [f"LAB{i:06d}" for i in range(n)], "latitude": lat, "longitude": lon,
+        "sample_id": ossl_layout(n)["sample_id"].to_numpy(), "latitude": lat, "longitude": lon,
         "depth_top_cm": 0.0, "depth_bottom_cm": 12.0, "ece_dsm": ece.astype(np.float32), "soc": soc.astype(np.float32),
         "region": np.where(soil["unseen_weight"] > 0.5, "unseen", "seen"),
     })
