@@ -1,9 +1,6 @@
 """EnMAP L2A reads through rioxarray/GDAL, and the errors for bad scenes."""
 
-import json
-
 import numpy as np
-import pystac
 import pytest
 import rasterio
 from rasterio.windows import Window

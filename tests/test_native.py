@@ -4,7 +4,6 @@ The tiny world writes each of them in its native form (``WORLD/native/``); the c
 training table and covariates as the world's ready-made ones."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 
-from deepsalt import evaluation as ev
 from deepsalt.targets import get_target
 
 
