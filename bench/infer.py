@@ -91,10 +91,15 @@ def main() -> None:
     rates = {bs: _best_rate(lambda bs=bs: run(bs), n, dev) for bs in batches}
     best_bs = max(rates, key=rates.get)
     mc_rate = _best_rate(lambda: run(best_bs, a.mc_samples), n, dev, reps=2)
-    bf16 = None
+    print(f"infer: {best_bs} px per batch, {rates[best_bs]:.3f} Mpx/s; with {a.mc_samples} MC passes {mc_rate:.3f} Mpx/s", flush=True)
+    bf16 = bf16_error = None
     if cuda:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            bf16 = _best_rate(lambda: run(best_bs), n, dev)
+        try:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                bf16 = _best_rate(lambda: run(best_bs), n, dev)
+        except (RuntimeError, torch.AcceleratorError) as e:  # recorded, so that the rest of the run still lands
+            bf16_error = f"{type(e).__name__}: {str(e).splitlines()[0]}"
+            torch.cuda.synchronize()
 
     dn_t = torch.from_numpy(dn)
     cov_t = torch.from_numpy(cov)
@@ -117,7 +122,7 @@ def main() -> None:
     res = {**stamp(card), "device": str(dev), "torch": torch.__version__,
            "pixels": n, "bands": nb, "rate_by_batch_mpx_s": {str(k_): round(v, 4) for k_, v in rates.items()},
            "batch": best_bs, "infer_mpx_s": round(rates[best_bs], 4), "mc_samples": a.mc_samples,
-           "infer_mc_mpx_s": round(mc_rate, 4), "bf16_mpx_s": bf16 and round(bf16, 4),
+           "infer_mc_mpx_s": round(mc_rate, 4), "bf16_mpx_s": bf16 and round(bf16, 4), "bf16_error": bf16_error,
            "bytes_per_px": dn.itemsize * nb + cov.itemsize * cov.shape[1],
            "h2d_limit_mpx_s": round(h2d, 4), "flops_per_px": round(flops_px),
            "matmul_tflops": round(tflops, 2), "matmul_dtype": mm_dtype, "compute_limit_mpx_s": round(compute, 4),

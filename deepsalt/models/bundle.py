@@ -167,13 +167,18 @@ class DeepSaltBundle:
         a pixel is inside the area of applicability where ``di <= self.aoa_threshold``.
         """
         dev = self.device
-        x = torch.from_numpy(np.ascontiguousarray(reflectance)).to(dev, non_blocking=True)
+
+        def to_dev(a, dtype=None):  # to a GPU through page-locked memory: ~8x the rate of a pageable copy (H200)
+            t = torch.from_numpy(np.ascontiguousarray(a, dtype))
+            return t.pin_memory().to(dev, non_blocking=True) if dev.type == "cuda" else t
+
+        x = to_dev(reflectance)
         if scale is not None:
-            gain, offset, slot = (torch.from_numpy(np.ascontiguousarray(a)).to(dev) for a in scale)
+            gain, offset, slot = (to_dev(a) for a in scale)
             slot = slot.long()
             x = x.float() * gain[slot] + offset[slot]
         z = self.encoder.encode(self.scalers["enmap"].transform(x))
-        c = self.scalers["covariates"].transform(torch.from_numpy(np.ascontiguousarray(covariates, np.float32)).to(dev))
+        c = self.scalers["covariates"].transform(to_dev(covariates, np.float32))
         x = torch.cat([z, c], 1)
         pred, sd = (t.cpu().numpy() for t in mc_dropout(self.student, x, mc_samples, seed))
         if not di:

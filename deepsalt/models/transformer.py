@@ -23,6 +23,11 @@ class RangeHead(nn.Module):
         return self.lo + (self.hi - self.lo) * torch.sigmoid(logit if skip is None else logit + skip)
 
 
+#: CUDA's flash and memory-efficient attention kernels take at most 2**16 - 1 sequences per call ("invalid
+#: argument" beyond, seen on an H200 under bf16 autocast; pytorch/pytorch#146704): larger batches go through in pieces
+CUDA_ATTENTION_MAX_BATCH = 2**16 - 1
+
+
 class SpectralTransformer(nn.Module):
     """Transformer encoder over a feature vector.
 
@@ -73,7 +78,10 @@ class SpectralTransformer(nn.Module):
         h = self.embed(x)[:, None, :] if self.tokens == "one" else x[..., None] * self.value + self.pos
         feats = []
         for layer in self.layers:
-            h = layer(h)
+            if h.is_cuda and len(h) > CUDA_ATTENTION_MAX_BATCH:
+                h = torch.cat([layer(c) for c in h.split(CUDA_ATTENTION_MAX_BATCH)])
+            else:
+                h = layer(h)
             feats.append(h.mean(1))
         return self.head(feats[-1], skip), feats
 
