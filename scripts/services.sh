@@ -4,7 +4,7 @@
 # addresses in the environment, then stops exactly the processes it started (by PID), whatever COMMAND did.
 #   moto S3 server      -> AWS_ENDPOINT_URL, AWS_S3_ENDPOINT (GDAL)
 #   rustac STAC API     -> DEEPSALT_TEST_STAC_URL (serving the world's items)
-#   local Ray head      -> RAY_ADDRESS
+#   local Ray head(s)   -> RAY_ADDRESS (and one per pytest-xdist worker: DEEPSALT_TEST_RAY_ADDRESSES)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/local_env.sh
@@ -44,18 +44,27 @@ setsid rustac serve --addr "127.0.0.1:$STAC_PORT" "$WORK/collection.json" "$WORK
 PIDS+=($!)
 export DEEPSALT_TEST_STAC_URL="http://127.0.0.1:$STAC_PORT"
 
-RAY_PORT=$(free_port)
-DASH_PORT=$(free_port)
-setsid ray start --head --block --num-cpus=2 --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 \
-  --port="$RAY_PORT" --dashboard-port="$DASH_PORT" --include-dashboard=true --disable-usage-stats \
-  --temp-dir="$WORK/ray" > "$WORK/ray.log" 2>&1 &
-PIDS+=($!)
-export RAY_ADDRESS="127.0.0.1:$RAY_PORT" DEEPSALT_TEST_RAY_DASHBOARD="http://127.0.0.1:$DASH_PORT"
+# One Ray head per pytest-xdist worker (DEEPSALT_TEST_WORKERS, default 1): jobs of two tests on one 2-CPU cluster
+# can starve each other (one's actors hold every CPU its reads wait for); tests/conftest.py gives worker gwK the K-th.
+ADDRS=() DASHES=()
+for k in $(seq 0 $((${DEEPSALT_TEST_WORKERS:-1} - 1))); do
+  RAY_PORT=$(free_port)
+  DASH_PORT=$(free_port)
+  setsid ray start --head --block --num-cpus=2 --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 \
+    --port="$RAY_PORT" --dashboard-port="$DASH_PORT" --include-dashboard=true --disable-usage-stats \
+    --temp-dir="$WORK/ray$k" > "$WORK/ray$k.log" 2>&1 &
+  PIDS+=($!)
+  ADDRS+=("127.0.0.1:$RAY_PORT") DASHES+=("http://127.0.0.1:$DASH_PORT")
+done
+export RAY_ADDRESS="${ADDRS[0]}" DEEPSALT_TEST_RAY_DASHBOARD="${DASHES[0]}"
+export DEEPSALT_TEST_RAY_ADDRESSES=$(IFS=,; echo "${ADDRS[*]}") DEEPSALT_TEST_RAY_DASHBOARDS=$(IFS=,; echo "${DASHES[*]}")
 
 wait_http "$AWS_ENDPOINT_URL" 60
 wait_http "$DEEPSALT_TEST_STAC_URL" 60
-wait_http "$DEEPSALT_TEST_RAY_DASHBOARD/api/version" 120 || { cat "$WORK/ray.log"; exit 1; }
-echo "services: S3 $AWS_ENDPOINT_URL, STAC $DEEPSALT_TEST_STAC_URL, Ray $RAY_ADDRESS (dashboard $DEEPSALT_TEST_RAY_DASHBOARD)"
+for k in "${!DASHES[@]}"; do
+  wait_http "${DASHES[$k]}/api/version" 120 || { cat "$WORK/ray$k.log"; exit 1; }
+done
+echo "services: S3 $AWS_ENDPOINT_URL, STAC $DEEPSALT_TEST_STAC_URL, Ray $DEEPSALT_TEST_RAY_ADDRESSES (dashboards $DEEPSALT_TEST_RAY_DASHBOARDS)"
 set +e
 "$@"
 rc=$?

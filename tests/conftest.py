@@ -12,6 +12,13 @@ import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
+# Under pytest-xdist, worker gwK uses the K-th Ray head that scripts/services.sh started (one per worker), and every
+# subprocess a test starts inherits it: two tests' jobs never share a cluster's CPUs.
+if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("DEEPSALT_TEST_RAY_ADDRESSES"):
+    _k = int(os.environ["PYTEST_XDIST_WORKER"].removeprefix("gw"))
+    _addrs, _dashes = (os.environ[v].split(",") for v in ("DEEPSALT_TEST_RAY_ADDRESSES", "DEEPSALT_TEST_RAY_DASHBOARDS"))
+    os.environ["RAY_ADDRESS"], os.environ["DEEPSALT_TEST_RAY_DASHBOARD"] = _addrs[_k % len(_addrs)], _dashes[_k % len(_dashes)]
+
 
 def _env(name: str) -> str:
     value = os.environ.get(name)
@@ -71,26 +78,52 @@ FAST = dict(ae={"hidden": (64,), "epochs": 3}, sau={"epochs": 3}, teacher={"epoc
 TRAIN_LOG: list[str] = []  # what the shared training printed
 
 
+def shared(tmp_path_factory, name: str, build):
+    """``build(folder) -> value`` (picklable), run once for the whole session, also when pytest-xdist runs the suite in
+    several processes: the first to ask builds into a folder beside every worker's own temp folder, under a file
+    lock; the others wait for it and read what it wrote. Returns (folder, value)."""
+    import pickle
+
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder, done = root / f"shared-{name}", root / f"shared-{name}.pickle"
+    with FileLock(str(root / f"shared-{name}.lock")):
+        if not done.exists():
+            if folder.exists():
+                shutil.rmtree(folder)  # a build that failed part-way
+            folder.mkdir()
+            done.write_bytes(pickle.dumps(build(folder)))
+    return folder, pickle.loads(done.read_bytes())
+
+
 @pytest.fixture(scope="session")
 def moved_world(world, tmp_path_factory) -> Path:
     """The tiny world moved to another folder: its items.json still names the old folder, which is gone (hrefs
     rewritten to a path that does not exist), as after `mv`. Everything must read the relocatable collection."""
-    dst = tmp_path_factory.mktemp("moved") / "world"
-    shutil.copytree(world, dst, ignore=shutil.ignore_patterns("deliveries"))
-    items = dst / "stac" / "items.json"
-    items.write_text(items.read_text().replace(str(world), "/vanished/world"))
-    return dst
+    def build(d):
+        shutil.copytree(world, d / "world", ignore=shutil.ignore_patterns("deliveries"))
+        items = d / "world" / "stac" / "items.json"
+        items.write_text(items.read_text().replace(str(world), "/vanished/world"))
+
+    return shared(tmp_path_factory, "moved", build)[0] / "world"
 
 
 @pytest.fixture(scope="session")
 def trained(moved_world, tmp_path_factory):
     """(run folder, metrics) of one quick training on the tiny world (moved: training must not need the folder it
-    was built in), shared by training and mapping tests."""
+    was built in), shared by training and mapping tests; TRAIN_LOG holds what it printed."""
     from deepsalt.config import TrainConfig
     from deepsalt.train.run import train
 
-    out = tmp_path_factory.mktemp("run")
-    return out, train(moved_world, out, TrainConfig.for_preset("tiny", **FAST), log=TRAIN_LOG.append)
+    def build(out):
+        log: list[str] = []
+        return {"metrics": train(moved_world, out, TrainConfig.for_preset("tiny", **FAST), log=log.append), "log": log}
+
+    out, value = shared(tmp_path_factory, "run", build)
+    TRAIN_LOG[:] = value["log"]
+    return out, value["metrics"]
 
 
 @pytest.fixture(scope="session")
@@ -98,8 +131,7 @@ def catalogue(world, tmp_path_factory) -> tuple[Path, dict]:
     """(catalogue folder, summary) of `deepsalt ingest` over the tiny world's DLR-style deliveries (Ray tasks)."""
     from deepsalt.data.ingest import ingest
 
-    out = tmp_path_factory.mktemp("catalogue")
-    return out, ingest([str(world / "deliveries")], str(out), log=lambda *_: None)
+    return shared(tmp_path_factory, "catalogue", lambda out: ingest([str(world / "deliveries")], str(out), log=lambda *_: None))
 
 
 def map_cfg(world, bundle, out, **kw):
@@ -115,9 +147,9 @@ def cube(world, trained, tmp_path_factory):
     """(cube path, summary) of one uninterrupted mapping of the tiny world: the reference other runs must equal."""
     from deepsalt.mapping.pipeline import map_region
 
-    out = tmp_path_factory.mktemp("cube") / "ece.zarr"
-    summary = map_region(map_cfg(world, trained[0] / "bundle", out), log=lambda *_: None)
-    return out, summary
+    d, summary = shared(tmp_path_factory, "cube", lambda d: map_region(map_cfg(world, trained[0] / "bundle", d / "ece.zarr"),
+                                                                       log=lambda *_: None))
+    return d / "ece.zarr", summary
 
 
 #: a line of Ray's own C++ logging on a driver's stderr ("[2026-11-30 22:05:36,431 E 13628 13628] core_worker.cc:2465: ...");

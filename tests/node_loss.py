@@ -125,7 +125,7 @@ def run_train(world: str, out: str) -> dict:
     cluster, nodes = start_cluster(1)
     cfg = TrainConfig.for_preset("tiny", ae={"hidden": (64,), "epochs": 4}, sau={"epochs": 4}, teacher={"epochs": 8},
                                  student={"epochs": 8}, variants=("deepsalt",), kd={"transfer": False}, adapt_pixels=0,
-                                 checkpoint_every=2, seeds=(0,), max_failures=3)
+                                 checkpoint_every=2, seeds=(0,), max_failures=6)
     data = load_training_data(Path(world), cfg, 0)
     t0 = time.time()
     clean = fit_seed(data, cfg, 0, f"{out}/clean")
@@ -133,7 +133,10 @@ def run_train(world: str, out: str) -> dict:
     events, box = [], {}
 
     def train():
-        box["state"] = fit_seed(data, cfg, 0, f"{out}/chaos")
+        try:
+            box["state"] = fit_seed(data, cfg, 0, f"{out}/chaos")
+        except BaseException as e:  # noqa: BLE001 - raised by the main thread, whole
+            box["error"] = e
 
     th = threading.Thread(target=train)
     t0 = time.time()
@@ -147,6 +150,8 @@ def run_train(world: str, out: str) -> dict:
                 break
         time.sleep(0.1)
     th.join()
+    if "error" in box:
+        raise box["error"]
     chaos = box["state"]
     equal = all(torch.equal(clean["models"][m][k], chaos["models"][m][k]) for m in clean["models"] for k in clean["models"][m])
     history = [(h["stage"], h["epoch"]) for h in chaos["history"]]

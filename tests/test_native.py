@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import rasterio
 
-from conftest import FAST, deepsalt_lines
+from conftest import FAST, deepsalt_lines, shared
 from deepsalt.config import QUALITY_ASSETS
 from deepsalt.data.covariates import COVARIATE_NAMES, sample_covariates
 from deepsalt.data.lab import read_lab_table
@@ -43,18 +43,21 @@ def native(world, tmp_path_factory):
     from deepsalt.config import WorldConfig
     from deepsalt.data.synthetic.native import native_bbox
 
-    d = tmp_path_factory.mktemp("native")
     bbox = ",".join(str(v) for v in native_bbox(WorldConfig.for_preset("tiny", 7)))
-    runs = {
-        "covariates": _cli("covariates", "build", "--soilgrids", world / "native" / "soilgrids", "--worldclim",
-                           world / "native" / "worldclim", f"--bbox={bbox}", "--out", d / "cov"),
-        "lab": _cli("lab", "import", "--ossl", world / "native" / "ossl", "--out", d / "lab.parquet"),
-        "sites": _cli("sites", "--sites", world / "native" / "sites.csv", "--stac", world / "stac", "--covariates",
-                      world / "covariates", "--out", d / "sites.parquet"),
-    }
-    for name, r in runs.items():
-        assert r.returncode == 0, (name, r.stderr[-3000:])
-    return d, {k: json.loads(r.stdout.strip().splitlines()[-1]) for k, r in runs.items()}
+
+    def build(d):
+        runs = {
+            "covariates": _cli("covariates", "build", "--soilgrids", world / "native" / "soilgrids", "--worldclim",
+                               world / "native" / "worldclim", f"--bbox={bbox}", "--out", d / "cov"),
+            "lab": _cli("lab", "import", "--ossl", world / "native" / "ossl", "--out", d / "lab.parquet"),
+            "sites": _cli("sites", "--sites", world / "native" / "sites.csv", "--stac", world / "stac", "--covariates",
+                          world / "covariates", "--out", d / "sites.parquet"),
+        }
+        for name, r in runs.items():
+            assert r.returncode == 0, (name, r.stderr[-3000:])
+        return {k: json.loads(r.stdout.strip().splitlines()[-1]) for k, r in runs.items()}
+
+    return shared(tmp_path_factory, "native", build)
 
 
 def test_native_forms_are_laid_out_as_their_products_ship(world):
