@@ -94,12 +94,15 @@ def world(
     overwrite: bool = typer.Option(False, help="replace an existing world at --out"),
     deliveries: bool = typer.Option(False, help="also write deliveries/<id>.ZIP: each scene as DLR ships an L2A product "
                                     "(METADATA.XML, GeoTIFF or ENVI image, quality layers), for `deepsalt ingest`"),
+    second_epoch: bool = typer.Option(False, help="also render every scene a year later (2025, the same season) with ECe "
+                                      "changed in known patches (x6 salinised, /4 reclaimed; truth/<id>_CHANGE.TIF), "
+                                      "in the same catalogue: map each year with --datetime, compare with `deepsalt change`"),
 ):
     """Build the synthetic world: lab MIR library, EnMAP L2A-like scenes + STAC, covariates, truth, samples."""
     from deepsalt.config import WorldConfig
     from deepsalt.data.synthetic.world import build_world
 
-    cfg = WorldConfig.for_preset(preset.value, seed)
+    cfg = WorldConfig.for_preset(preset.value, seed, second_epoch=second_epoch)
     typer.echo(cfg.to_json())
     s = build_world(cfg, out, overwrite=overwrite, progress=sys.stderr.isatty(), deliveries=deliveries)
     typer.echo(f"wrote {out} in {s['seconds']} s: {len(s['scenes'])} scenes, {s['lab']['n']} lab samples "
@@ -566,14 +569,21 @@ def point_cmd(cube: str = typer.Option(..., help="cube URL (local folder or s3:/
               lon: float = typer.Option(..., min=-180, max=180, help="longitude (deg, WGS84)"),
               lat: float = typer.Option(..., min=-90, max=90, help="latitude (deg, WGS84)"),
               epoch: Optional[str] = typer.Option(None, help="one epoch (default: all)"),
-              version: Optional[str] = typer.Option(None, help="a tag, commit id or date (default: the latest)")):
+              version: Optional[str] = typer.Option(None, help="a tag, commit id or date (default: the latest)"),
+              change: Optional[str] = typer.Option(None, help="a change store (`deepsalt change --out`): adds the change "
+                                                   "at the point, its 90 % interval and the call")):
     """Print ECe, its uncertainty and the source scene at one point, per epoch (JSON).
 
     The same from Python: `deepsalt.point(CUBE, lon, lat)`.
     """
     from deepsalt.mapping.cube import point
 
-    typer.echo(json.dumps(point(cube, lon, lat, epoch, _storage_options(cube), version), indent=1))
+    out = point(cube, lon, lat, epoch, _storage_options(cube), version)
+    if change:
+        from deepsalt.mapping.change import change_at
+
+        out["change"] = change_at(change, lon, lat)
+    typer.echo(json.dumps(out, indent=1))
 
 
 @app.command("export")
@@ -599,6 +609,31 @@ def score_cmd(cube: str = typer.Option(..., help="cube URL"), world: Path = type
     from deepsalt.mapping.score import score
 
     typer.echo(json.dumps(score(cube, world, epoch, _storage_options(cube)), indent=1))
+
+
+@app.command("change")
+@_clean_errors
+def change_cmd(cube: str = typer.Option(..., help="cube URL (local folder or s3://bucket/prefix) with both epochs"),
+               e_from: str = typer.Option(..., "--from", help="the earlier epoch (YYYY or YYYY-MM-DD, as mapped)"),
+               e_to: str = typer.Option(..., "--to", help="the later epoch"),
+               out: str = typer.Option(..., help="Zarr store to create (a local path, or a URL): change, change_ln, "
+                                       "change_lo/_hi (90 % interval), call, flag; its attributes hold the summary"),
+               bbox: Optional[str] = typer.Option(None, help="minlon,minlat,maxlon,maxlat (deg): compare and summarise only "
+                                                  "this region (default: every tile mapped in both epochs)"),
+               confidence: float = typer.Option(0.99, help="two-sided confidence of the increase/decrease calls (about "
+                                                "1 - confidence of unchanged land is called changed)"),
+               season_days: int = typer.Option(45, min=0, help="acquisitions further apart than this in the year are "
+                                                "flagged, not compared"),
+               world: Optional[Path] = typer.Option(None, help="a synthetic world built with --second-epoch: scores the "
+                                                    "calls against its truth (false-change rate, detection)")):
+    """Where the mapped property rose or fell between two epochs: per pixel the change, its 90 % interval and a
+    call (increase, decrease, no detectable change); pixels outside the area of applicability in either epoch, or
+    acquired in different seasons, are flagged, not called. Prints the summary (JSON): the change's noise (sigma),
+    the pixels called and flagged, and the area that crossed each class threshold, with its 90 % range."""
+    from deepsalt.mapping.change import change
+
+    typer.echo(json.dumps(change(cube, e_from, e_to, out, _bbox(bbox), confidence, season_days, _storage_options(cube),
+                                 world=world, log=lambda m: typer.echo(m, err=True)), indent=1))
 
 
 @app.command("quicklook")

@@ -65,18 +65,20 @@ class WorldConfig(_Config):
     n_lab: int = Field(1000, ge=50, description="lab MIR samples in the library")
     lab_near_site_fraction: float = Field(0.35, ge=0, le=1, description="share of lab samples taken within 1.5 km of a satellite site")
     max_cloud_cover: float = Field(0.25, ge=0, le=0.9)
+    second_epoch: bool = Field(False, description="also render every scene a year later (same season), with ECe changed in "
+                               "known patches (truth/<id>_CHANGE.TIF), for `deepsalt change`")
     seen_bbox: tuple[float, float, float, float] = (-110.0, 37.5, -106.0, 39.5)
     unseen_bbox: tuple[float, float, float, float] = (-113.2, 40.6, -111.8, 41.6)
     covariate_bbox: tuple[float, float, float, float] = (-114.0, 36.5, -105.0, 42.5)
 
     @classmethod
-    def for_preset(cls, preset: Preset, seed: int = 7) -> "WorldConfig":
+    def for_preset(cls, preset: Preset, seed: int = 7, **kw) -> "WorldConfig":
         sizes = {
             "tiny": dict(scene_px=128, n_seen_scenes=2, n_unseen_scenes=1, sites_per_scene=60, n_lab=1000),
             "demo": dict(scene_px=256, n_seen_scenes=4, n_unseen_scenes=1, sites_per_scene=150, n_lab=5000),
             "benchmark": dict(scene_px=512, n_seen_scenes=8, n_unseen_scenes=2, sites_per_scene=400, n_lab=20000),
         }[preset]
-        return cls(preset=preset, seed=seed, **sizes)
+        return cls(preset=preset, seed=seed, **{**sizes, **kw})
 
 
 #: lab_labels is a control for distillation: the undistilled student trained on the sites plus the transfer

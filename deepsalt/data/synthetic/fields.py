@@ -41,7 +41,20 @@ FIELD_SCALES: dict[str, list[tuple[float, float]]] = {
     "err_clay": [(15.0, 1.0), (3.0, 0.5)],
     "err_temp": [(30.0, 1.0), (5.0, 0.5)],
     "err_precip": [(30.0, 1.0), (5.0, 0.5)],
+    # where the second epoch's salinity changed (WorldConfig.second_epoch): drawn last, so every field above is the
+    # same whether a world has a second epoch or not
+    "change": [(1.0, 1.0), (0.3, 0.3)],
 }
+#: the second epoch's known changes: where the "change" field exceeds CHANGE_AT, ECe rose CHANGE_UP-fold
+#: (salinisation: a rising water table, irrigation return flow); below -CHANGE_AT it fell CHANGE_DOWN-fold
+#: (reclamation: leaching, drainage); elsewhere it is the same soil, seen again
+CHANGE_AT, CHANGE_UP, CHANGE_DOWN = 1.3, 6.0, 4.0
+
+
+def ece_change(fields: "RandomFields", lon, lat, grid: bool = False) -> np.ndarray:
+    """The second epoch's change class at points or on a raster: +1 salinised, -1 reclaimed, 0 unchanged (int8)."""
+    f = _field_fn(fields, lon, lat, grid)("change")
+    return np.where(f > CHANGE_AT, 1, np.where(f < -CHANGE_AT, -1, 0)).astype(np.int8)
 N_FEATURES = 64
 LON0, LAT0 = -110.0, 39.0
 #: Longitude west of which the held-out "Great Basin" region's shifted climate and soils apply.

@@ -9,7 +9,8 @@ Layout of ``OUT``::
                                    scenes/<id>/<id>.json, whose asset hrefs are relative (./<file>)
     stac/items.json                FeatureCollection of the same Items with absolute hrefs (serve with `rustac serve`)
     scenes/<id>/<id>-*.TIF|XML     spectral image COG (224 x int16), quality COGs, metadata XML
-    truth/<id>_{ECE,SOC}.TIF       ground-truth ECe and SOC per scene (float32, same grid)
+    truth/<id>_{ECE,SOC}.TIF       ground-truth ECe and SOC per scene (float32, same grid); with a second epoch also
+                                   <id>_CHANGE.TIF for its scenes (+1 salinised, -1 reclaimed, 0 unchanged)
     covariates/<name>.tif          8 covariate COGs, EPSG:4326 at 0.01 deg
     samples/satellite_samples.parquet   labelled sites: 224 reflectances (NaN in the bad bands), 8 covariates, ECe, SOC,
                                    sampling date, region, Köppen, texture
@@ -45,8 +46,8 @@ from deepsalt.data.synthetic import enmap_spectra, lab_spectra
 from deepsalt.data.synthetic.deliveries import (BAD_BANDS, FORMATS, NOTE, layer_arrays, scene_metadata,
                                                 write_delivery)
 from deepsalt.data.synthetic.native import native_bbox, ossl_layout, write_native
-from deepsalt.data.synthetic.fields import (RandomFields, SoilPhysics, climate_product, koppen, soil_at, texture_product,
-                                          usda_texture)
+from deepsalt.data.synthetic.fields import (CHANGE_DOWN, CHANGE_AT, CHANGE_UP, RandomFields, SoilPhysics, climate_product,
+                                          ece_change, koppen, soil_at, texture_product, usda_texture)
 from deepsalt.errors import DeepSaltInputError
 from deepsalt.spectra.bands import enmap_bands
 from deepsalt.spectra.mir import mir_grid
@@ -99,7 +100,9 @@ def _masks(n: int, cover: float, rng: np.random.Generator) -> dict[str, np.ndarr
 
 
 def _render_scene(scene: dict, cfg: WorldConfig, fields: RandomFields, phys: SoilPhysics, basis, snr_b,
-                  rng: np.random.Generator, bands) -> dict:
+                  rng: np.random.Generator, bands, changed: bool = False) -> dict:
+    """One scene's DN, masks and truth; ``changed``: the second epoch's soil (``ece_change``: ECe x CHANGE_UP or
+    / CHANGE_DOWN in the changed patches, with everything that depends on it), the change class in ``r["change"]``."""
     n = cfg.scene_px
     to_utm = Transformer.from_crs("EPSG:4326", f"EPSG:{scene['epsg']}", always_xy=True)
     cx, cy = to_utm.transform(scene["lon"], scene["lat"])
@@ -119,7 +122,9 @@ def _render_scene(scene: dict, cfg: WorldConfig, fields: RandomFields, phys: Soi
     wv_anom /= wv_anom.std() + 1e-9
     refl = np.empty((len(bands), n, n), np.float32)
     ece = np.empty((n, n), np.float32)
-    soil = soil_at(fields, lon, lat, phys, grid=True)
+    change = ece_change(fields, lon, lat, grid=True) if changed else None
+    offset = 0.0 if change is None else np.select([change > 0, change < 0], [np.log(CHANGE_UP), -np.log(CHANGE_DOWN)], 0.0)
+    soil = soil_at(fields, lon, lat, phys, grid=True, ln_ece_offset=offset)
     ece[:] = soil["ece"]
     for r0 in range(0, n, CHUNK_ROWS):
         sl = slice(r0, min(r0 + CHUNK_ROWS, n))
@@ -140,7 +145,7 @@ def _render_scene(scene: dict, cfg: WorldConfig, fields: RandomFields, phys: Soi
     soc[~footprint] = np.nan
     return dict(dn=dn, ece=ece, soc=soc, masks={k: (v & footprint).astype(np.uint8) for k, v in masks.items()},
                 footprint=footprint, transform=transform, lon=lon, lat=lat, cloud_cover=cover,
-                haze_cover=float(masks["haze"][footprint].mean()))
+                haze_cover=float(masks["haze"][footprint].mean()), change=change)
 
 
 def _water_and_cirrus(r: dict, bands, site_rows, site_cols, rng: np.random.Generator) -> None:
@@ -312,6 +317,33 @@ def build_world(cfg: WorldConfig, out: str | Path, overwrite: bool = False, prog
     return summary
 
 
+def _second_epoch(out: Path, cfg: WorldConfig, scenes: list[dict], fields, phys, basis, snr_b, bands, items: list,
+                  progress: bool) -> dict:
+    """Every scene again one year later (the same season, other clouds, atmosphere and noise), over soil whose ECe
+    changed in the known patches of ``ece_change`` and nowhere else; appended to ``items`` (one catalogue), truth
+    as for the first epoch plus ``truth/<id>_CHANGE.TIF`` (int8: +1 salinised, -1 reclaimed, 0 unchanged, -128
+    outside the scene). Drawn from generators of their own: the first epoch is the same as without it."""
+    stats = []
+    for i, s1 in enumerate(tqdm(scenes, desc="second epoch", disable=not progress)):
+        scene = dict(s1, datetime=s1["datetime"] + timedelta(days=365))
+        scene["id"] = (f"ENMAP01-____L2A-DT{1000000000 + 500 + i:010d}_{scene['datetime'].strftime('%Y%m%dT%H%M%SZ')}"
+                       f"_{i + 1:03d}_V010402_20250801T000000Z")
+        rng = np.random.default_rng([cfg.seed, 41, i])
+        r = _render_scene(scene, cfg, fields, phys, basis, snr_b, rng, bands, changed=True)
+        _water_and_cirrus(r, bands, np.zeros(0, int), np.zeros(0, int), np.random.default_rng([cfg.seed, 43, i]))
+        files = _write_scene(out, scene, r, bands)
+        change = np.where(r["footprint"], r["change"], -128).astype(np.int8)
+        write_cog(out / "truth" / f"{scene['id']}_CHANGE.TIF", change, f"EPSG:{scene['epsg']}", r["transform"], -128)
+        items.append(enmap_item(scene["id"], scene["datetime"], scene["epsg"], r["transform"], r["dn"].shape[1:], bands, files,
+                                {"eo:cloud_cover": round(100 * r["cloud_cover"], 2), "enmap:haze_cover": round(100 * r["haze_cover"], 2),
+                                 "enmap:cirrus_cover": round(100 * r["cirrus_cover"], 2)}))
+        land = r["footprint"] & np.isfinite(r["ece"])
+        stats.append(dict(id=scene["id"], first_epoch_id=s1["id"], region=scene["region"], datetime=scene["datetime"].isoformat(),
+                          cloud_cover=round(r["cloud_cover"], 4), salinised_share=round(float((change[land] > 0).mean()), 4),
+                          reclaimed_share=round(float((change[land] < 0).mean()), 4)))
+    return {"scenes": stats, "change_at": CHANGE_AT, "salinised_factor": CHANGE_UP, "reclaimed_factor": CHANGE_DOWN}
+
+
 def _rewrite_hrefs(tmp: Path, final: Path) -> None:
     for name in ("items.json",):
         p = tmp / "stac" / name
@@ -369,6 +401,7 @@ def _build(cfg: WorldConfig, out: Path, progress: bool, deliveries: bool = False
                                 ece_median=float(np.nanmedian(r["ece"])), ece_p95=float(np.nanpercentile(r["ece"], 95))))
         if fig_args is None:
             fig_args = (scene, r)
+    second = _second_epoch(out, cfg, scenes, fields, phys, basis, snr_b, bands, items, progress) if cfg.second_epoch else None
     sites = pd.concat(site_tables, ignore_index=True)
     sites.insert(0, "site_id", [f"S{i:05d}" for i in range(len(sites))])
     cov = sample_covariates(out / "covariates", sites["longitude"].to_numpy(), sites["latitude"].to_numpy())
@@ -388,7 +421,7 @@ def _build(cfg: WorldConfig, out: Path, progress: bool, deliveries: bool = False
     return {
         "deepsalt_version": __version__, "config": cfg.model_dump(mode="json"), "physics": SoilPhysics().__dict__,
         "native_bbox": list(native_bbox(cfg)),  # what native/soilgrids and native/worldclim cover
-        "scenes": scene_stats,
+        "scenes": scene_stats, **({"second_epoch": second} if second else {}),
         "lab": {"n": len(lab_meta), "channels": int(wn.size), "wavenumber_range_cm1": [float(wn.min()), float(wn.max())],
                 "ece_percentiles": dict(zip(["p10", "p50", "p90", "p99"], np.percentile(ece_lab, [10, 50, 90, 99]).round(3).tolist())),
                 "share_below_4_dsm": float((ece_lab < 4).mean()), "n_above_30_dsm": int((ece_lab > 30).sum())},
