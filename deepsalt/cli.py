@@ -624,6 +624,11 @@ def change_cmd(cube: str = typer.Option(..., help="cube URL (local folder or s3:
                                                 "1 - confidence of unchanged land is called changed)"),
                season_days: int = typer.Option(45, min=0, help="acquisitions further apart than this in the year are "
                                                 "flagged, not compared"),
+               regions: Optional[str] = typer.Option(None, help="a vector file of polygons (GeoPackage, GeoJSON, "
+                                                     "Shapefile; read by GDAL): the calls and crossed areas per polygon"),
+               region_field: Optional[str] = typer.Option(None, help="the field that names each polygon (default: the "
+                                                          "first text field)"),
+               layer: Optional[str] = typer.Option(None, help="the layer of a --regions file of several"),
                world: Optional[Path] = typer.Option(None, help="a synthetic world built with --second-epoch: scores the "
                                                     "calls against its truth (false-change rate, detection)")):
     """Where the mapped property rose or fell between two epochs: per pixel the change, its 90 % interval and a
@@ -633,19 +638,22 @@ def change_cmd(cube: str = typer.Option(..., help="cube URL (local folder or s3:
     from deepsalt.mapping.change import change
 
     typer.echo(json.dumps(change(cube, e_from, e_to, out, _bbox(bbox), confidence, season_days, _storage_options(cube),
-                                 world=world, log=lambda m: typer.echo(m, err=True)), indent=1))
+                                 world=world, regions=regions, region_field=region_field, layer=layer,
+                                 log=lambda m: typer.echo(m, err=True)), indent=1))
 
 
 @app.command("quicklook")
 @_clean_errors
 def quicklook_cmd(cube: str = typer.Option(..., help="cube URL"), out: Path = typer.Option(..., help="PNG to write"),
                   epoch: Optional[str] = typer.Option(None, help="epoch (default: the latest)"),
-                  world: Optional[Path] = typer.Option(None, help="a world folder with truth/: adds residual maps")):
+                  world: Optional[Path] = typer.Option(None, help="a world folder with truth/: adds residual maps"),
+                  change: Optional[str] = typer.Option(None, help="a change store (`deepsalt change --out`): adds the "
+                                                       "change's calls per region")):
     """Draw an epoch per mapped region: ECe in FAO salinity classes, its uncertainty, and residuals against the
     truth (with --world) or the source scene; an overview locates the regions."""
     from deepsalt.mapping.score import quicklook
 
-    typer.echo(f"wrote {quicklook(cube, out, epoch, _storage_options(cube), world)}")
+    typer.echo(f"wrote {quicklook(cube, out, epoch, _storage_options(cube), world, change=change)}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,7 +10,9 @@ import subprocess
 import sys
 
 import numpy as np
+import pyogrio
 import pytest
+import shapely
 import xarray as xr
 import zarr
 from pyproj import CRS, Transformer
@@ -67,6 +69,9 @@ def test_bad_requests_are_one_line_and_nothing_is_written(two_epochs, tmp_path):
         with pytest.raises(DeepSaltInputError, match=match):
             change(str(two_epochs), *args[:2], str(tmp_path / "c.zarr"), bbox=args[2] if len(args) > 2 else None, **QUIET)
         assert not list(tmp_path.iterdir())
+    with pytest.raises(DeepSaltInputError, match=r"--regions .*nope.gpkg: not a readable vector file"):
+        change(str(two_epochs), "2024", "2025", str(tmp_path / "c.zarr"), regions=str(tmp_path / "nope.gpkg"), **QUIET)
+    assert not list(tmp_path.iterdir())
     r = subprocess.run([sys.executable, "-m", "deepsalt.cli", "change", "--cube", str(two_epochs), "--from", "2024", "--to", "2031",
                         "--out", str(tmp_path / "c.zarr")], capture_output=True, text=True)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "no such epoch" in r.stderr, r.stderr
@@ -103,8 +108,19 @@ def test_an_oracle_map_s_changes_are_called_and_nothing_else(world, two_epochs, 
             root["acq_date"][1, ys, xs] = np.where(acq >= 0, acq + 120, acq)
         truth[(ty, tx)] = (cls, e1, e2)
     session.commit("an oracle map with known changes")
+    # two regions, the west and east halves of the tiles compared, as a GeoPackage in the grid's CRS
+    x0, x1 = g.x0 + min(tx for _, tx in tiles) * g.chunk * g.res, g.x0 + (max(tx for _, tx in tiles) + 1) * g.chunk * g.res
+    y1, y0 = g.y0 - min(ty for ty, _ in tiles) * g.chunk * g.res, g.y0 - (max(ty for ty, _ in tiles) + 1) * g.chunk * g.res
+    xm = x0 + round((x1 - x0) / 2 / g.res) * g.res  # on a pixel edge: every pixel centre in exactly one half
+    halves = [shapely.box(x0, y0, xm, y1), shapely.box(xm, y0, x1, y1)]
+    pyogrio.raw.write(str(tmp_path / "regions.gpkg"), shapely.to_wkb(halves), [np.array(["west", "east"], dtype=object)],
+                      fields=["district"], crs=g.crs, geometry_type="Polygon")
     out = tmp_path / "change.zarr"
-    s = change(str(d), "2024", "2025", str(out), **QUIET)
+    s = change(str(d), "2024", "2025", str(out), regions=str(tmp_path / "regions.gpkg"), **QUIET)
+    assert set(s["regions"]) == {"west", "east"}
+    for k in ("increase", "decrease", "no detectable change"):
+        assert s["regions"]["west"]["pixels"][k] + s["regions"]["east"]["pixels"][k] == s["pixels"][k], k
+    assert s["regions"]["west"]["pixels"]["increase"] > 0 and s["regions"]["east"]["pixels"]["increase"] > 0
     raw = zarr.open_group(out, mode="r")
     sub = Grid(**raw.attrs["grid"])
     call, flag = raw["call"][:], raw["flag"][:]

@@ -1,15 +1,18 @@
 """`deepsalt change`: how the mapped property changed between two epochs of a cube, per pixel, with an interval, a
 three-way call and, per region, the area that crossed each class threshold.
 
-Per pixel mapped in both epochs: the change ``e2 - e1`` in the target's units and, for a log-scale target such as
-ECe, ``ln e2 - ln e1`` (the space the model learns in, where the call is made). The two epochs were mapped by the
-same model from the same soil: most of each epoch's predictive error is the model's error for that soil, which the
-difference cancels, so the epochs' own intervals would overstate the change's uncertainty many times over. The
-noise of the difference is instead measured where it shows, in the difference itself: ``sigma`` is the robust spread
-(1.4826 x the median absolute deviation) of the change over every pixel compared in the region, which is the spread
-of two looks at unchanged soil as long as less than half of the region changed (where more did, sigma grows and
-fewer pixels are called: the call errs towards "no detectable change"). The change's 90 % interval is
-``change +- 1.645 sigma``; a pixel is called ``increase`` (1) or ``decrease`` (-1) where the interval at the stated
+Per pixel mapped in both epochs: the change in the space the model learns in (``ln e2 - ln e1`` for a log-scale
+target such as ECe, where the call is made) and in the target's units. The two epochs were mapped by the same model
+from the same soil: most of each epoch's predictive error is the model's error for that soil, which the difference
+cancels, so the epochs' own intervals would overstate the change's uncertainty many times over. The noise of the
+difference is instead measured where it shows, in the difference itself, per pair of acquisitions (the scenes a
+pixel came from in each epoch): another atmosphere or calibration moves every pixel of a scene alike, so the pair's
+median change is its ``shift``, taken out, and the robust spread around it (1.4826 x the median absolute deviation)
+its ``sigma``. Both are what two looks at unchanged soil give as long as less than half of the pair's pixels
+changed: where more did, the shift hides part of the change and sigma grows, and fewer pixels are called (the call
+errs towards "no detectable change"; a change that moved a whole scene alike is taken for the acquisition's).
+Pairs with fewer than ``MIN_PAIR_PIXELS`` pixels take no shift and the spread of the whole region. The change's
+90 % interval is ``change +- 1.645 sigma``; a pixel is called ``increase`` (1) or ``decrease`` (-1) where the interval at the stated
 ``confidence`` (two-sided, 0.99 by default) excludes 0, else ``no detectable change`` (0): where the difference's
 noise is normal, about 1 - confidence of the unchanged land is called changed.
 
@@ -86,15 +89,20 @@ class _Pair:
         season = _doy_apart(np.where(d1 < 0, 0, d1).astype("datetime64[D]"), np.where(d2 < 0, 0, d2).astype("datetime64[D]")) <= season_days
         self.flag = np.select([~mapped, ~aoa, ~season], [1, 2, 3], 0).astype(np.uint8)
         self.e1, self.e2 = e1, e2
+        # the pair of acquisitions each pixel compares (scene indices of the two epochs, -1 where none)
+        self.pair = (read("scene", t1).astype(np.int64) << 32) | (read("scene", t2).astype(np.int64) & 0xFFFFFFFF)
         with np.errstate(divide="ignore", invalid="ignore"):
             self.d = np.where(mapped, (np.log(e2) - np.log(e1)) if log else (e2 - e1), np.nan)
 
 
 def change(url: str, e_from: str, e_to: str, out: str, bbox: tuple[float, float, float, float] | None = None,
            confidence: float = 0.99, season_days: int = 45, storage_options: dict | None = None, seed: int = 0,
-           world: str | Path | None = None, log=print) -> dict:
-    """Write the change store at ``out`` (see the module docstring) and return its summary; with ``world`` (a
-    synthetic world with a second epoch) the summary's ``truth`` scores the calls (``score_change``)."""
+           world: str | Path | None = None, regions: str | None = None, region_field: str | None = None,
+           layer: str | None = None, log=print) -> dict:
+    """Write the change store at ``out`` (see the module docstring) and return its summary; with ``regions`` (a
+    vector file of polygons, read by GDAL through pyogrio; ``region_field`` names them, ``layer`` picks a layer) the
+    summary's ``regions`` gives each polygon's calls and crossed areas; with ``world`` (a synthetic world with a
+    second epoch) its ``truth`` scores the calls (``score_change``)."""
     if not 0.5 <= confidence < 1:
         raise DeepSaltInputError(f"--confidence {confidence}", "is not a probability in [0.5, 1)", "e.g. --confidence 0.95")
     session = readonly_session(url, storage_options)
@@ -119,23 +127,26 @@ def change(url: str, e_from: str, e_to: str, out: str, bbox: tuple[float, float,
                min(grid.height - ty0 * grid.chunk, (ty1 - ty0 + 1) * grid.chunk), grid.chunk)
     pixel_km2 = grid.res * grid.res / 1e6
     region = _bbox_mask(bbox, grid) if bbox is not None else None
+    polygons = read_regions(regions, grid.crs, region_field, layer) if regions else {}
 
     # pass 1: the spread of the change where it could be called (a seeded sample per tile)
     rng = np.random.default_rng(seed)
-    sample = []
+    sample, keys = [], []
     for i, (ty, tx) in enumerate(sorted(tiles)):
         ys, xs = grid.tile_slices(ty, tx)
         p = _Pair(root, var, t1, t2, ys, xs, target.log, season_days)
-        ok = (p.flag == 0) & (region(ys, xs) if region else True)
-        d = p.d[ok]
-        sample.append(d if d.size <= SAMPLE_PER_TILE else rng.choice(d, SAMPLE_PER_TILE, replace=False))
-    sample = np.concatenate(sample)
+        ok = np.flatnonzero((p.flag == 0) & (region(ys, xs) if region else True))
+        pick = ok if ok.size <= SAMPLE_PER_TILE else rng.choice(ok, SAMPLE_PER_TILE, replace=False)
+        sample.append(p.d.ravel()[pick])
+        keys.append(p.pair.ravel()[pick])
+    sample, keys = np.concatenate(sample), np.concatenate(keys)
     if not sample.size:
         raise DeepSaltInputError(redact_url(url), f"no pixel can be compared between {e_from} and {e_to}: every pixel mapped "
                                  "in both is outside the area of applicability or from another season",
                                  "compare epochs acquired in the same season, or check the AOA with `deepsalt point`")
     centre = float(np.median(sample))
     sigma = float(1.4826 * np.median(np.abs(sample - centre)))
+    noise = _pair_noise(sample, keys, centre, sigma, list(root.attrs.get("scene_ids", [])))
     z_call, z90 = float(norm.ppf(0.5 + confidence / 2)), float(norm.ppf(0.95))
 
     # pass 2: per pixel, into a store that appears only when complete
@@ -145,8 +156,9 @@ def change(url: str, e_from: str, e_to: str, out: str, bbox: tuple[float, float,
         raise DeepSaltInputError(f"--out {out}", "exists", "choose a new path (a change store is written once)")
     tmp = str(dest.parent / f".{dest.name}.partial-{os.getpid()}") if local else out
     thresholds = list(target.thresholds)
-    counts = {v: 0 for k, v in FLAGS.items() if k} | {"increase": 0, "decrease": 0, "no detectable change": 0}
-    crossed = {f"{th:g}": {"up": [0, 0, 0], "down": [0, 0, 0]} for th in thresholds}  # [low, estimate, high] in pixels
+    counts = {v: 0 for k, v in FLAGS.items() if k}
+    tally = _Tally(thresholds)
+    per_region = {name: _Tally(thresholds) for name in polygons}
     try:
         g = _create(tmp, sub, target, storage_options, e_from, e_to)
         for ty, tx in sorted(tiles):
@@ -155,34 +167,43 @@ def change(url: str, e_from: str, e_to: str, out: str, bbox: tuple[float, float,
             if region:
                 p.flag[~region(ys, xs) & (p.flag == 0)] = 1  # outside the bbox: not compared
             called = p.flag == 0
-            lo, hi = p.d - z90 * sigma, p.d + z90 * sigma
-            call = np.where(p.d - z_call * sigma > 0, 1, np.where(p.d + z_call * sigma < 0, -1, 0)).astype(np.int8)
+            shift, sd = noise.at(p.pair)
+            p.d = p.d - shift  # the change of the soil: the acquisitions' common shift taken out
+            lo, hi = p.d - z90 * sd, p.d + z90 * sd
+            call = np.where(p.d - z_call * sd > 0, 1, np.where(p.d + z_call * sd < 0, -1, 0)).astype(np.int8)
             call[~called] = CALL_FILL
             for k, name in FLAGS.items():
                 if k:  # "not mapped in both": counted where one epoch mapped it (a tile's empty corners are no news)
                     counts[name] += int(((p.flag == k) & p.either).sum())
-            counts["increase"] += int((call == 1).sum())
-            counts["decrease"] += int((call == -1).sum())
-            counts["no detectable change"] += int((call == 0).sum())
-            for th in thresholds:
-                _crossings(crossed[f"{th:g}"], p, call, lo, hi, th, target.log)
+            tally.add(p, call, lo, hi, target.log)
+            if polygons:
+                import shapely
+
+                x = grid.x0 + (np.arange(xs.start, xs.stop) + 0.5) * grid.res
+                y = grid.y0 - (np.arange(ys.start, ys.stop) + 0.5) * grid.res
+                xx, yy = np.meshgrid(x, y)
+                for name, geom in polygons.items():
+                    inside = shapely.contains_xy(geom, xx, yy)
+                    if inside.any():
+                        per_region[name].add(p, np.where(inside, call, CALL_FILL), lo, hi, target.log)
             oy, ox = (ys.start - ty0 * grid.chunk, xs.start - tx0 * grid.chunk)
             sl = (slice(oy, oy + ys.stop - ys.start), slice(ox, ox + xs.stop - xs.start))
             keep = p.flag != 1
-            g["change"][sl] = np.where(keep, p.e2 - p.e1, np.nan).astype(np.float32)
+            g["change"][sl] = np.where(keep, p.e1 * np.expm1(p.d) if target.log else p.d, np.nan).astype(np.float32)
             if target.log:
                 g["change_ln"][sl] = np.where(keep, p.d, np.nan).astype(np.float32)
             g["change_lo"][sl] = np.where(keep, lo, np.nan).astype(np.float32)
             g["change_hi"][sl] = np.where(keep, hi, np.nan).astype(np.float32)
             g["call"][sl] = call
             g["flag"][sl] = p.flag
+        counts.update(tally.calls)
         summary = {"cube": redact_url(url), "from": e_from, "to": e_to, "target": var, "units": target.units,
                    "space": "ln" if target.log else target.units, "bbox": list(bbox) if bbox else None,
                    "confidence": confidence, "season_days": season_days, "sigma": round(sigma, 4), "median_change": round(centre, 4),
-                   "sigma_from_pixels": int(sample.size), "pixel_km2": pixel_km2, "pixels": counts,
-                   "share_called_change": round((counts["increase"] + counts["decrease"]) / max(1, counts["increase"] + counts["decrease"] + counts["no detectable change"]), 4),
-                   "crossed_km2": {th: {k: {"estimate": round(v[1] * pixel_km2, 4), "interval90": [round(v[0] * pixel_km2, 4), round(v[2] * pixel_km2, 4)]}
-                                        for k, v in c.items()} for th, c in crossed.items()}}
+                   "sigma_from_pixels": int(sample.size), "acquisition_pairs": noise.table, "pixel_km2": pixel_km2, "pixels": counts,
+                   **tally.summary(pixel_km2),
+                   **({"regions": {name: {"pixels": t.calls, **t.summary(pixel_km2)} for name, t in per_region.items()}}
+                      if polygons else {})}
         if world is not None:
             summary["truth"] = score_change(tmp, world)
         g.attrs["summary"] = summary
@@ -199,6 +220,98 @@ def change(url: str, e_from: str, e_to: str, out: str, bbox: tuple[float, float,
     return summary
 
 
+#: an acquisition pair with fewer compared pixels than this takes the region's shift (0) and spread
+MIN_PAIR_PIXELS = 500
+
+
+class _PairNoise:
+    """Per pair of acquisitions (the scenes a pixel came from in each epoch): the shift common to the whole pair (the
+    median change: another atmosphere, another calibration, moves every pixel of a scene alike) and the robust spread
+    around it; pairs with fewer than MIN_PAIR_PIXELS pixels take no shift and the region's spread."""
+
+    def __init__(self, shift: dict, sd: dict, sigma: float, table: list):
+        self.shift, self.sd, self.sigma, self.table = shift, sd, sigma, table
+
+    def at(self, pair: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        shift, sd = np.zeros(pair.shape), np.full(pair.shape, self.sigma)
+        for k in self.shift:
+            m = pair == k
+            shift[m], sd[m] = self.shift[k], self.sd[k]
+        return shift, sd
+
+
+def _pair_noise(sample: np.ndarray, keys: np.ndarray, centre: float, sigma: float, scene_ids: list) -> _PairNoise:
+    def name(i):
+        return scene_ids[i] if 0 <= i < len(scene_ids) else str(i)
+
+    shift, sd, table = {}, {}, []
+    for k in np.unique(keys):
+        d = sample[keys == k]
+        s1, s2 = int(k >> 32), int(np.int32(k & 0xFFFFFFFF))
+        if d.size >= MIN_PAIR_PIXELS:
+            shift[int(k)] = m = float(np.median(d))
+            sd[int(k)] = float(1.4826 * np.median(np.abs(d - m)))
+        table.append({"from_scene": name(s1), "to_scene": name(s2), "pixels_sampled": int(d.size),
+                      "shift": round(shift.get(int(k), 0.0), 4), "sigma": round(sd.get(int(k), sigma), 4)})
+    return _PairNoise(shift, sd, sigma, table)
+
+
+class _Tally:
+    """Calls and threshold crossings summed over tiles (for the whole comparison, or one region)."""
+
+    def __init__(self, thresholds):
+        self.thresholds = list(thresholds)
+        self.calls = {"increase": 0, "decrease": 0, "no detectable change": 0}
+        self.crossed = {f"{th:g}": {"up": [0, 0, 0], "down": [0, 0, 0]} for th in self.thresholds}  # [low, estimate, high] px
+
+    def add(self, p: "_Pair", call: np.ndarray, lo: np.ndarray, hi: np.ndarray, log: bool) -> None:
+        for k, v in (("increase", 1), ("decrease", -1), ("no detectable change", 0)):
+            self.calls[k] += int((call == v).sum())
+        for th in self.thresholds:
+            _crossings(self.crossed[f"{th:g}"], p, call, lo, hi, th, log)
+
+    def summary(self, pixel_km2: float) -> dict:
+        n = sum(self.calls.values())
+        return {"share_called_change": round((self.calls["increase"] + self.calls["decrease"]) / max(1, n), 4),
+                "crossed_km2": {th: {k: {"estimate": round(v[1] * pixel_km2, 4),
+                                         "interval90": [round(v[0] * pixel_km2, 4), round(v[2] * pixel_km2, 4)]}
+                                     for k, v in c.items()} for th, c in self.crossed.items()}}
+
+
+def read_regions(path: str, crs: str, field: str | None = None, layer: str | None = None) -> dict:
+    """{name: polygon in ``crs``} from a vector file (GeoPackage, GeoJSON, Shapefile...: GDAL/OGR through pyogrio);
+    named by ``field``, else by the first text field, else numbered."""
+    import pyogrio
+    import shapely
+    from pyproj import Transformer
+
+    try:
+        layers = [str(n) for n, _ in pyogrio.list_layers(path)]
+    except Exception as e:  # noqa: BLE001 - GDAL's errors: one line
+        raise DeepSaltInputError(f"--regions {path}", f"not a readable vector file ({' '.join(str(e).split())[:120]})",
+                                 "pass a GeoPackage, GeoJSON or Shapefile of polygons") from None
+    if layer is None and len(layers) > 1:
+        raise DeepSaltInputError(f"--regions {path}", f"holds {len(layers)} layers ({', '.join(layers[:6])})", "pass --layer NAME")
+    meta, _, geom, fields = pyogrio.raw.read(path, layer=layer)
+    geoms = shapely.from_wkb(geom) if geom is not None else np.array([])
+    if not len(geoms) or not all(g is not None and g.geom_type in ("Polygon", "MultiPolygon") for g in geoms):
+        raise DeepSaltInputError(f"--regions {path}", "holds no polygons, or geometries other than polygons",
+                                 "pass the regions as (multi)polygons")
+    names = list(meta["fields"])
+    if field is not None and field not in names:
+        raise DeepSaltInputError(f"--region-field {field}", f"is not a field of {path}", f"fields: {', '.join(names) or 'none'}")
+    col = field or next((n for n, f in zip(names, fields) if f.dtype == object), None)
+    labels = [str(v) for v in fields[names.index(col)]] if col else [f"region {i + 1}" for i in range(len(geoms))]
+    src = meta.get("crs") or "EPSG:4326"
+    tr = Transformer.from_crs(src, crs, always_xy=True)
+    out = {}
+    for label, g in zip(labels, geoms):
+        g = shapely.transform(g, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
+        shapely.prepare(g)
+        out[label] = shapely.union(out[label], g) if label in out else g
+    return out
+
+
 def _crossings(acc: dict, p: _Pair, call: np.ndarray, lo: np.ndarray, hi: np.ndarray, th: float, log: bool) -> None:
     """Pixels called increase (decrease) whose value crossed ``th`` upwards (downwards): the estimate, and the least and
     most that the change's 90 % interval allows, the first epoch's value held fixed."""
@@ -209,7 +322,7 @@ def _crossings(acc: dict, p: _Pair, call: np.ndarray, lo: np.ndarray, hi: np.nda
         up, down = (call == 1) & (p.e1 < th), (call == -1) & (p.e1 >= th)
         for k, sel, crossed in (("up", up, lambda v: v >= th), ("down", down, lambda v: v < th)):
             acc[k][0] += int((sel & crossed(after(lo if k == "up" else hi))).sum())
-            acc[k][1] += int((sel & crossed(p.e2)).sum())
+            acc[k][1] += int((sel & crossed(after(p.d))).sum())
             acc[k][2] += int((sel & crossed(after(hi if k == "up" else lo))).sum())
 
 

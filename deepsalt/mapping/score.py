@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import xarray as xr
+import zarr
 from rasterio.enums import Resampling
 from rasterio.warp import reproject
 
@@ -155,6 +156,40 @@ def _truth_on(world: Path, g: Grid, ys: slice, xs: slice, target) -> np.ndarray:
     return out
 
 
+def _change_panel(ax, chg, g: Grid, ys: slice, xs: slice, step: int, ext) -> None:
+    """The change store's calls over a window of the cube's grid (the store covers the tiles it compared)."""
+    from matplotlib.colors import ListedColormap
+
+    sub = Grid(**chg.attrs["grid"])
+    oy, ox = round((g.y0 - sub.y0) / g.res), round((sub.x0 - g.x0) / g.res)  # the store's origin, in grid cells
+    h, w = ys.stop - ys.start, xs.stop - xs.start
+    show = np.full((h, w), np.nan)
+    r0, r1 = max(ys.start, oy), min(ys.stop, oy + sub.height)
+    c0, c1 = max(xs.start, ox), min(xs.stop, ox + sub.width)
+    if r0 < r1 and c0 < c1:
+        call = chg["call"][r0 - oy:r1 - oy, c0 - ox:c1 - ox].astype(float)
+        flag = chg["flag"][r0 - oy:r1 - oy, c0 - ox:c1 - ox]
+        # 0 decrease, 1 no detectable change, 2 increase, 3 flagged (AOA, season); not compared: blank
+        code = np.where(flag == 0, call + 1, np.where(flag > 1, 3, np.nan))
+        show[r0 - ys.start:r1 - ys.start, c0 - xs.start:c1 - xs.start] = code
+    show = show[::step, ::step]
+    cmap = ListedColormap(["#2166ac", "#f0f0f0", "#b2182b", "#636363"])
+    ax.imshow(show, cmap=cmap, vmin=-0.5, vmax=3.5, extent=ext, interpolation="nearest")
+    seen = show[np.isfinite(show)]
+    names = ["decrease", "no detectable change", "increase", "flagged (AOA, season)"]
+    shares = [100 * float(np.mean(seen == i)) if seen.size else 0.0 for i in range(4)]
+    ax.legend([_rect(cmap(i)) for i in range(4)], [f"{nm} ({sh:.0f} %)" for nm, sh in zip(names, shares)], fontsize=7,
+              loc="lower left", framealpha=0.85)
+    s = chg.attrs["summary"]
+    ax.set_title(f"change {s['from']} -> {s['to']} at {100 * s['confidence']:g} % confidence", fontsize=9)
+
+
+def _rect(color):
+    import matplotlib.pyplot as plt
+
+    return plt.Rectangle((0, 0), 1, 1, color=color)
+
+
 def _km_axes(ax, crs: str) -> None:
     """Projected axes labelled in km, a few readable ticks."""
     from matplotlib.ticker import FuncFormatter, MaxNLocator
@@ -168,13 +203,14 @@ def _km_axes(ax, crs: str) -> None:
 
 
 def quicklook(cube_url: str, png: str | Path, epoch: str | None = None, storage_options: dict | None = None,
-              world: str | Path | None = None, max_px: int = 600) -> Path:
+              world: str | Path | None = None, max_px: int = 600, change: str | None = None) -> Path:
     """A picture of one epoch. Top row: an overview locating the mapped regions, and (with ``world``) the predicted
     against the true value on log axes with the 1:1 line and the exceedance probabilities' reliability, else the
     distribution of mapped values. One row per mapped region: the map's class calls (exceedance probability at the
     cube's decision probability; the value's classes for a cube without exceedance), the probability of exceeding
     the first threshold, the uncertainty (MC-dropout sd), the area of applicability (outside it the model
-    extrapolates), and the residual against the world's truth (``world``), else the source scene. Axes in km."""
+    extrapolates), and the residual against the world's truth (``world``), else the source scene; with ``change`` (a
+    store of `deepsalt change`) also the change's calls: increase, decrease, no detectable change, flagged. Axes in km."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -200,8 +236,10 @@ def quicklook(cube_url: str, png: str | Path, epoch: str | None = None, storage_
     labels = [f"< {thresholds[0]:g}"] + [f"{a:g}-{b:g}" for a, b in zip(thresholds[:-1], thresholds[1:])] + [f"> {thresholds[-1]:g}"]
     cmap = ListedColormap(["#2c7bb6", "#fee090", "#fc8d59", "#d7191c", "#67001f"][:len(labels)])
     n = len(regions)
-    fig = plt.figure(figsize=(22, 4.4 * (n + 1)))
-    gs = fig.add_gridspec(n + 1, 15)  # a region row: 5 panels of 3 columns; the top row: 3 panels of 5
+    chg = zarr.open_group(change, mode="r") if change else None
+    panels = 6 if chg is not None else 5
+    fig = plt.figure(figsize=(22 * panels / 5, 4.4 * (n + 1)))
+    gs = fig.add_gridspec(n + 1, 3 * panels)  # a region row: panels of 3 columns; the top row: 3 panels
     truths, values, probs, centres = [], [], [], []
     for k, group in enumerate(regions, start=1):
         tys, txs = zip(*group)
@@ -214,7 +252,7 @@ def quicklook(cube_url: str, png: str | Path, epoch: str | None = None, storage_
         ext = (g.x0 + xs.start * g.res, g.x0 + xs.stop * g.res, g.y0 - ys.stop * g.res, g.y0 - ys.start * g.res)
         lon, lat = to_ll.transform((ext[0] + ext[1]) / 2, (ext[2] + ext[3]) / 2)
         centres.append((lon, lat))
-        ax = [fig.add_subplot(gs[k, 3 * j:3 * j + 3]) for j in range(5)]
+        ax = [fig.add_subplot(gs[k, 3 * j:3 * j + 3]) for j in range(panels)]
         # the map's calls: how many thresholds each pixel is called above
         called = (prob >= dec[:, None, None] - 1e-9).sum(0) if has_p else np.searchsorted(thresholds, val, side="right")
         called = np.where(np.isfinite(val), called, np.nan)
@@ -260,10 +298,13 @@ def quicklook(cube_url: str, png: str | Path, epoch: str | None = None, storage_
             ax[4].imshow(sub["scene"].values[::step, ::step], cmap="tab10", extent=ext, interpolation="nearest")
             ax[4].set_title("source scene (index into scene_ids)", fontsize=9)
             values.append(val[np.isfinite(val)])
+        if chg is not None:
+            _change_panel(ax[5], chg, g, ys, xs, step, ext)
         for a in ax:
             a.set_aspect("equal")
             _km_axes(a, g.crs)
-    ov = fig.add_subplot(gs[0, 0:5])
+    w = panels  # the top row's three panels
+    ov = fig.add_subplot(gs[0, 0:w])
     lons, lats = zip(*centres)
     ov.scatter(lons, lats, s=80, c="#d7191c")
     for k, (lon, lat) in enumerate(centres, start=1):
@@ -273,7 +314,7 @@ def quicklook(cube_url: str, png: str | Path, epoch: str | None = None, storage_
     ov.set_xlabel("longitude (deg)")
     ov.set_ylabel("latitude (deg)")
     ov.set_title(f"DeepSalt {target.short}, epoch {day}: {n} mapped region(s)", fontsize=11)
-    ax1, ax2 = fig.add_subplot(gs[0, 5:10]), fig.add_subplot(gs[0, 10:15])
+    ax1, ax2 = fig.add_subplot(gs[0, w:2 * w]), fig.add_subplot(gs[0, 2 * w:3 * w])
     v = np.concatenate(values)
     rng = np.random.default_rng(0)
     if truths:
