@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -258,7 +259,11 @@ def test_ray_job_submit_map_region(world, trained, tmp_path):
     cmd = ["ray", "job", "submit", "--address", dash, "--working-dir", str(REPO), "--runtime-env-json", json.dumps({"env_vars": env}),
            "--", "python", "jobs/map_region.py", "--stac", str(world / "stac"), "--model", str(trained[0] / "bundle"),
            "--covariates", str(world / "covariates"), "--out", str(out), "--epoch", "2024", "--mc-samples", "0"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "RAY_ADDRESS": ""})
+    for _ in range(6):  # a head whose dashboard answers may not have registered its job agent yet: Ray says to retry
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "RAY_ADDRESS": ""})
+        if "No available agent to submit job" not in r.stdout + r.stderr:
+            break
+        time.sleep(5)
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     assert "published epoch 2024" in r.stdout
     ys, xs = mapped_extent(str(out))

@@ -1,6 +1,8 @@
 """Ray Train end to end on the tiny world, against the Ray head that scripts/services.sh started."""
 
 import json
+import shutil
+from pathlib import Path
 
 import fsspec
 import numpy as np
@@ -195,3 +197,20 @@ def test_two_workers_train_to_comparable_quality(world, tmp_path, run):
     two = train(world, tmp_path / "two", TrainConfig.for_preset("tiny", workers=2, **FAST), log=lambda *_: None)
     assert two["results"]["deepsalt"]["seen"]["n"] == one["results"]["deepsalt"]["seen"]["n"]
     assert abs(two["results"]["deepsalt"]["seen"]["mae"] - one["results"]["deepsalt"]["seen"]["mae"]) < 0.5
+
+
+def test_a_checkpoint_cut_short_is_passed_over_for_the_one_before(run, tmp_path):
+    """A kill while Ray Train copies a checkpoint into storage leaves a state file without its end: resuming (and
+    anyone watching the run) takes the newest whole one instead of failing on the torn file."""
+    out, _ = run
+    src = Path(_latest_checkpoint(out / "ray" / "seed0"))
+    runs = tmp_path / "seed0"
+    shutil.copytree(src, runs / "checkpoint_000001")
+    torn = runs / "checkpoint_000002"
+    torn.mkdir()
+    whole = (src / "state.pt").read_bytes()
+    (torn / "state.pt").write_bytes(whole[: len(whole) // 2])
+    assert _latest_checkpoint(runs) == str(runs / "checkpoint_000001")
+    load_state(_latest_checkpoint(runs))  # loads
+    (torn / "state.pt").write_bytes(whole)
+    assert _latest_checkpoint(runs) == str(torn)

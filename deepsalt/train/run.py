@@ -61,13 +61,26 @@ def _train_loop(config: dict) -> None:
     run_pipeline(ray.get(config["data"]), TrainConfig(**config["cfg"]), config["seed"], ctx, resume)
 
 
+def _whole(fs, path: str) -> bool:
+    """Whether a state file was written to its end: torch.save writes a ZIP, whose directory comes last, so a file
+    that Ray Train was still copying into storage (or that a kill cut short) has none."""
+    import zipfile
+
+    try:
+        with fs.open(path, "rb") as f:
+            return zipfile.is_zipfile(f)
+    except OSError:
+        return False
+
+
 def _latest_checkpoint(run_dir: str | Path) -> str | None:
-    """The newest ``checkpoint_*`` folder (with its state file) under a local path or fsspec URL, or None."""
+    """The newest ``checkpoint_*`` folder whose state file is whole, under a local path or fsspec URL, or None: a
+    checkpoint still being written, or cut short by a kill, is passed over for the one before it."""
     fs, path = fsspec.core.url_to_fs(str(run_dir))
-    cands = [p for p in fs.glob(f"{path.rstrip('/')}/checkpoint_*") if fs.exists(f"{p}/state.pt")]
-    if not cands:
+    cands = sorted(fs.glob(f"{path.rstrip('/')}/checkpoint_*"), key=lambda p: p.rsplit("/", 1)[-1], reverse=True)
+    best = next((p for p in cands if fs.exists(f"{p}/state.pt") and _whole(fs, f"{p}/state.pt")), None)
+    if best is None:
         return None
-    best = max(cands, key=lambda p: p.rsplit("/", 1)[-1])
     return best if "://" not in str(run_dir) else f"{str(run_dir).split('://', 1)[0]}://{best}"
 
 
