@@ -258,9 +258,10 @@ def evaluate_seed(data: TrainingData, cfg: TrainConfig, state: dict, seed: int) 
                      for v in out["predictions"] if v != "deepsalt"}
     target = get_target(cfg.target)
     out["categories"] = {"value_range": ev.by_category(y[seen_test], p[seen_test], target.range_class(y[seen_test]))}
-    for col in ("texture_class", "koppen"):  # where the site table carries them
+    for col in ("texture_class", "koppen"):  # where the site table carries them (a site without one: "unknown")
         if col in meta:
-            out["categories"][col] = ev.by_category(y[seen_test], p[seen_test], meta[col].astype(str).to_numpy()[seen_test])
+            cats = meta[col].astype(object).where(meta[col].notna(), "unknown").astype(str).to_numpy(dtype=object)
+            out["categories"][col] = ev.by_category(y[seen_test], p[seen_test], cats[seen_test])
     z_lab = encode(models["sau_ftir"], data.lab_x, ctx)
     tp, _ = predict(models["teacher"], z_lab, ctx)
     lt, lu = data.idx("lab", "test"), data.idx("lab", "unseen")
