@@ -143,3 +143,15 @@ def test_an_oracle_map_s_changes_are_called_and_nothing_else(world, two_epochs, 
     assert s["pixels"]["acquired in different seasons"] == (autumn == 3).sum()
     crossed = s["crossed_km2"]["4"]["up"]
     assert crossed["interval90"][0] <= crossed["estimate"] <= crossed["interval90"][1] and crossed["estimate"] > 0
+
+
+def test_quicklook_of_a_later_epoch_draws_the_change_from_the_earlier(two_epochs, tmp_path):
+    import matplotlib.image as mpimg
+
+    from deepsalt.mapping.score import quicklook
+
+    first = mpimg.imread(quicklook(str(two_epochs), tmp_path / "2024.png", epoch="2024-01-01"))
+    later = mpimg.imread(quicklook(str(two_epochs), tmp_path / "2025.png"))  # the latest: 2025, after 2024
+    assert later.shape[1] == pytest.approx(first.shape[1] * 6 / 5, rel=0.02)  # a sixth panel per row: the change
+    assert later.shape[0] == first.shape[0]
+    assert not list(tmp_path.glob("deepsalt-quicklook-*"))

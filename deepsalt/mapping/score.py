@@ -210,7 +210,9 @@ def quicklook(cube_url: str, png: str | Path, epoch: str | None = None, storage_
     cube's decision probability; the value's classes for a cube without exceedance), the probability of exceeding
     the first threshold, the uncertainty (MC-dropout sd), the area of applicability (outside it the model
     extrapolates), and the residual against the world's truth (``world``), else the source scene; with ``change`` (a
-    store of `deepsalt change`) also the change's calls: increase, decrease, no detectable change, flagged. Axes in km."""
+    store of `deepsalt change`), or where the cube holds an earlier epoch (then the change from it to this one, at
+    `deepsalt change`'s defaults), also the change's calls: increase, decrease, no detectable change, flagged. Axes
+    in km."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -236,6 +238,19 @@ def quicklook(cube_url: str, png: str | Path, epoch: str | None = None, storage_
     labels = [f"< {thresholds[0]:g}"] + [f"{a:g}-{b:g}" for a, b in zip(thresholds[:-1], thresholds[1:])] + [f"> {thresholds[-1]:g}"]
     cmap = ListedColormap(["#2c7bb6", "#fee090", "#fc8d59", "#d7191c", "#67001f"][:len(labels)])
     n = len(regions)
+    tmp = None
+    if change is None and t >= 1:  # a cube of two epochs or more: the change from the previous epoch to this one
+        import tempfile
+
+        from deepsalt.mapping.change import change as compute_change
+
+        tmp = tempfile.TemporaryDirectory(prefix="deepsalt-quicklook-")
+        try:
+            compute_change(cube_url, str(ds["time"].values[t - 1])[:10], day, f"{tmp.name}/change.zarr",
+                           storage_options=storage_options, log=lambda *_: None)
+            change = f"{tmp.name}/change.zarr"
+        except DeepSaltInputError:  # no tile mapped in both epochs: nothing to draw
+            change = None
     chg = zarr.open_group(change, mode="r") if change else None
     panels = 6 if chg is not None else 5
     fig = plt.figure(figsize=(22 * panels / 5, 4.4 * (n + 1)))
@@ -363,4 +378,6 @@ def quicklook(cube_url: str, png: str | Path, epoch: str | None = None, storage_
     fig.tight_layout()
     fig.savefig(png, dpi=80)
     plt.close(fig)
+    if tmp is not None:
+        tmp.cleanup()
     return Path(png)
