@@ -51,6 +51,7 @@ class Tokens(str, enum.Enum):
 ExportFormat = enum.Enum("ExportFormat", {"cog": "cog", "netcdf": "netcdf"}, type=str)
 GridName = enum.Enum("GridName", {k: k for k in ("conus", "europe", "global")}, type=str)  # mapping.grid.GRIDS
 Region = enum.Enum("Region", {k.replace("-", "_"): k for k in REGIONS}, type=str)
+SamplingMethod = enum.Enum("SamplingMethod", {k: k for k in ("coverage", "random")}, type=str)  # mapping.sampling.METHODS
 
 
 def _version(value: bool) -> None:
@@ -642,13 +643,46 @@ def change_cmd(cube: str = typer.Option(..., help="cube URL (local folder or s3:
                                  log=lambda m: typer.echo(m, err=True)), indent=1))
 
 
+@app.command("plan-sampling")
+@_clean_errors
+def plan_sampling_cmd(cube: str = typer.Option(..., help="cube URL (local folder or s3://bucket/prefix)"),
+                      model: str = typer.Option(..., help="the bundle that mapped the epoch (RUN/bundle)"),
+                      n: int = typer.Option(..., "--n", help="number of field sites to propose"),
+                      out: Path = typer.Option(..., help="GeoPackage to write (.gpkg): one point per site with its reasons; "
+                                               "fill in the measured value and `deepsalt sites` reads it as it is"),
+                      stac: str = typer.Option(..., help="the catalogue the cube was mapped from (the candidates' spectra "
+                                               "are read again from it)"),
+                      covariates: str = typer.Option(..., help="the covariates the cube was mapped with"),
+                      bbox: Optional[str] = typer.Option(None, help="minlon,minlat,maxlon,maxlat (deg): propose sites only "
+                                                         "here (default: every mapped tile)"),
+                      exclude: Optional[str] = typer.Option(None, help="a vector file (GeoPackage, GeoJSON, Shapefile) of "
+                                                            "polygons to keep out of (no access, water) and/or points (sites "
+                                                            "already sampled) to keep --spacing away from"),
+                      epoch: Optional[str] = typer.Option(None, help="the epoch to plan from (default: the latest)"),
+                      method: SamplingMethod = typer.Option("coverage", help="coverage: the sites that bring the most of the map "
+                                                 "inside the area of applicability, widest intervals first; random: a "
+                                                 "uniform random sample (for validation; the baseline)"),
+                      spacing: float = typer.Option(300.0, min=0, help="least distance between two proposed sites (m)"),
+                      pool: int = typer.Option(4000, min=10, max=20000, help="candidate pixels drawn from the map (seeded)"),
+                      seed: int = typer.Option(0, help="seed of the candidate draw (and of the random method)")):
+    """Where to sample next: N field sites that most reduce what the model does not know. Candidates are drawn from
+    the mapped pixels; each site is the one that, as a training site, would bring the most of the map inside the area
+    of applicability (weighted by interval width), kept --spacing apart. Prints the plan's summary (JSON)."""
+    from deepsalt.mapping.sampling import plan_sampling
+
+    typer.echo(json.dumps(plan_sampling(cube, model, n, out, stac, covariates, _bbox(bbox), exclude, epoch, method.value,
+                                        spacing, pool, seed, _storage_options(cube), log=lambda m: typer.echo(m, err=True)),
+                          indent=1))
+
+
 @app.command("quicklook")
 @_clean_errors
 def quicklook_cmd(cube: str = typer.Option(..., help="cube URL"), out: Path = typer.Option(..., help="PNG to write"),
                   epoch: Optional[str] = typer.Option(None, help="epoch (default: the latest)"),
                   world: Optional[Path] = typer.Option(None, help="a world folder with truth/: adds residual maps"),
                   change: Optional[str] = typer.Option(None, help="a change store (`deepsalt change --out`): adds the "
-                                                       "change's calls per region")):
+                                                       "change's calls per region (default: for a cube with an earlier "
+                                                       "epoch, the change from it, at `deepsalt change`'s defaults)")):
     """Draw an epoch per mapped region: ECe in FAO salinity classes, its uncertainty, and residuals against the
     truth (with --world) or the source scene; an overview locates the regions."""
     from deepsalt.mapping.score import quicklook

@@ -57,6 +57,8 @@ MAP = ["map", "--stac", "s", "--model", "m", "--covariates", "c", "--out", "o", 
     (MAP + ["--quality-masks", "cloud,smoke"], "use names from cloud, cloud_shadow, haze, snow, cirrus, water"),
     (["ingest", "/no/such/orders", "--out", "o"], "/no/such/orders: does not exist"),
     (["train", "--world", "w", "--out", "o", "--exclude-bands", "130,999"], "999 are not EnMAP band numbers"),
+    (["plan-sampling", "--cube", "c", "--model", "m", "--n", "5", "--out", "p.gpkg", "--stac", "s", "--covariates", "c",
+      "--method", "best"], "'best' is not one of 'coverage', 'random'"),
 ])
 def test_every_bad_value_is_one_line_and_exit_2(args, needle):
     r = _run(*args)

@@ -166,6 +166,15 @@ class DeepSaltBundle:
         with dropout on, seeded, otherwise zeros). ``interval`` turns ``ece, sd`` into the calibrated 90 % interval;
         a pixel is inside the area of applicability where ``di <= self.aoa_threshold``.
         """
+        x = self._inputs(reflectance, covariates, scale)
+        pred, sd = (t.cpu().numpy() for t in mc_dropout(self.student, x, mc_samples, seed))
+        if not di:
+            return pred, sd
+        xs = (x - self.student.in_shift) / self.student.in_scale
+        return pred, sd, dissimilarity(xs, self.reference.to(self.device), self.meta["aoa"]["mean_distance"]).cpu().numpy()
+
+    def _inputs(self, reflectance, covariates, scale=None) -> torch.Tensor:
+        """The student's inputs (the encoder's code of the scaled reflectance, then the scaled covariates)."""
         dev = self.device
 
         def to_dev(a, dtype=None):  # to a GPU through page-locked memory: ~8x the rate of a pageable copy (H200)
@@ -179,12 +188,15 @@ class DeepSaltBundle:
             x = x.float() * gain[slot] + offset[slot]
         z = self.encoder.encode(self.scalers["enmap"].transform(x))
         c = self.scalers["covariates"].transform(to_dev(covariates, np.float32))
-        x = torch.cat([z, c], 1)
-        pred, sd = (t.cpu().numpy() for t in mc_dropout(self.student, x, mc_samples, seed))
-        if not di:
-            return pred, sd
-        xs = (x - self.student.in_shift) / self.student.in_scale
-        return pred, sd, dissimilarity(xs, self.reference.to(dev), self.meta["aoa"]["mean_distance"]).cpu().numpy()
+        return torch.cat([z, c], 1)
+
+    @torch.no_grad()
+    def features(self, reflectance: np.ndarray, covariates: np.ndarray) -> np.ndarray:
+        """The space the dissimilarity index is measured in, ``(N, d)`` float32: the student's inputs standardised by
+        its own input normalisation (``self.reference`` holds the training sites in it; the AOA's
+        ``meta["aoa"]["mean_distance"]`` is its unit)."""
+        x = self._inputs(reflectance, covariates)
+        return ((x - self.student.in_shift) / self.student.in_scale).float().cpu().numpy()
 
     @property
     def target(self):
