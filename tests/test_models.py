@@ -477,6 +477,24 @@ def test_adaptation_moves_the_new_regions_latent_onto_the_training_moments():
     np.testing.assert_array_equal(np.argsort(moved[:, 0]), np.argsort(tgt[:, 0]))
 
 
+def test_adaptation_is_applied_only_where_the_unlabelled_criterion_and_the_validation_check_agree():
+    from deepsalt.models.adaptation import adaptation_gate
+
+    rng = np.random.default_rng(1)
+    src = rng.normal(0.0, 1.0, (1500, 8))
+    y = rng.lognormal(1.0, 1.0, 40)
+    good = y * np.exp(rng.normal(0, 0.3, 40))  # validation predictions
+    shifted = rng.normal(2.0, 2.5, (1000, 8))  # a region shifted and wider: alignment brings it in
+    g = adaptation_gate(src, shifted, y, good, good)
+    assert g["applied"] and g["di_median_after"] < 0.9 * g["di_median_before"], g
+    same = rng.normal(0.0, 1.0, (1000, 8))  # a region like the training one: nothing to gain
+    g = adaptation_gate(src, same, y, good, good)
+    assert not g["applied"] and g["di_median_after"] > 0.95 * g["di_median_before"], g
+    worse = good * 1.5  # the alignment, tried on the validation blocks, costs accuracy there
+    g = adaptation_gate(src, shifted, y, good, worse)
+    assert not g["applied"] and g["val_error_after"] > 1.05 * g["val_error_before"], g
+
+
 def test_exceedance_is_the_intervals_distribution_and_calls_where_f1_is_best():
     """P(y > t) comes from the distribution whose central 90 % is the calibrated interval (DI widening included):
     at the interval's ends it is 0.95 and 0.05. On heteroscedastic log-normal data the probabilities are reliable

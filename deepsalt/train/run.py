@@ -231,14 +231,22 @@ def evaluate_seed(data: TrainingData, cfg: TrainConfig, state: dict, seed: int) 
     for v in cfg.variants:
         keep(v, predict(models[f"student:{v}"], student_features(data, models, v, ctx), ctx)[0])
     if len(data.target_x):  # DeepSalt adapted to the held-out region with its unlabelled pixels (seen: unchanged)
-        from deepsalt.models.adaptation import align_latent, latent_moments
+        from deepsalt.models.adaptation import adaptation_gate, align_latent, latent_moments
 
         x = student_features(data, models, "deepsalt", ctx)
         z_train = np.concatenate([x[data.idx("sat", "train"), :cfg.latent],
                                   encode(models["sau_enmap"], data.transfer_x, ctx)])
-        x[unseen, :cfg.latent] = align_latent(x[unseen, :cfg.latent], latent_moments(z_train),
-                                              latent_moments(encode(models["sau_enmap"], data.target_x, ctx)))
-        keep("deepsalt_adapted", predict(models["student:deepsalt"], x, ctx)[0])
+        z_target = encode(models["sau_enmap"], data.target_x, ctx)
+        val = data.idx("sat", "val")
+        x_val = x[val].copy()  # the gate's check on labelled data: the validation blocks aligned onto the training moments
+        x_val[:, :cfg.latent] = align_latent(x_val[:, :cfg.latent], latent_moments(z_train), latent_moments(x_val[:, :cfg.latent]))
+        stu = models["student:deepsalt"]
+        gate = adaptation_gate(z_train, z_target, data.sat_y[val], predict(stu, x[val], ctx)[0], predict(stu, x_val, ctx)[0],
+                               log=get_target(cfg.target).log, seed=seed)
+        if gate["applied"]:
+            x[unseen, :cfg.latent] = align_latent(x[unseen, :cfg.latent], latent_moments(z_train), latent_moments(z_target))
+        out["adaptation"] = gate
+        keep("deepsalt_adapted", predict(stu, x, ctx)[0])
     # Classical baselines on the same inputs as the full student: scaled bands + covariates.
     x_base = np.concatenate([data.sat_x, data.sat_cov], 1)
     tr = data.idx("sat", "train")
@@ -401,6 +409,11 @@ def train(inputs, out: str | Path, cfg: TrainConfig, log=print) -> dict:
                # the same per seed, with each seed's 95 % bootstrap interval over its test sites
                "deepsalt_minus_per_seed": {v: {region: [r["paired"][v][region] for r in per_seed] for region in ("seen", "unseen")}
                                            for v in per_seed[0]["paired"]},
+               # each seed's MAE and MAE of ln values per model and region, to pair runs that differ in one setting
+               "per_seed": {v: {region: {m: [r["results"][v][region][m] for r in per_seed] for m in ("mae", "mae_ln")}
+                                for region in ("seen", "unseen")} for v in per_seed[0]["results"]},
+               # whether each seed's student was adapted to the held-out region (models/adaptation.adaptation_gate)
+               "adaptation": [r.get("adaptation") for r in per_seed],
                "seconds": round(time.time() - t0, 1)}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     write_report(out / "report", metrics, *first)
