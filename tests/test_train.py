@@ -34,6 +34,10 @@ def test_run_writes_metrics_report_and_bundle(run):
     # the held-out region's adaptation changes the unseen predictions only
     assert on_disk["results"]["deepsalt_adapted"]["seen"] == on_disk["results"]["deepsalt"]["seen"]
     assert set(on_disk["unseen_over_seen_mae"]) >= {"deepsalt", "deepsalt_adapted"}
+    # applied only where the gate said so; otherwise the adapted student is the student, unseen too
+    (gate,) = on_disk["adaptation"]
+    assert gate["applied"] == (on_disk["results"]["deepsalt_adapted"]["unseen"] != on_disk["results"]["deepsalt"]["unseen"])
+    assert on_disk["per_seed"]["deepsalt"]["unseen"]["mae"] == [on_disk["results"]["deepsalt"]["unseen"]["mae"]]
     # calibrated interval and area of applicability, seen and unseen, and the protocol that produced them
     for region in ("seen", "unseen"):
         assert 0 <= on_disk["calibration"][region]["coverage90"] <= 1

@@ -238,11 +238,16 @@ def evaluate_seed(data: TrainingData, cfg: TrainConfig, state: dict, seed: int) 
                                   encode(models["sau_enmap"], data.transfer_x, ctx)])
         z_target = encode(models["sau_enmap"], data.target_x, ctx)
         val = data.idx("sat", "val")
-        x_val = x[val].copy()  # the gate's check on labelled data: the validation blocks aligned onto the training moments
-        x_val[:, :cfg.latent] = align_latent(x_val[:, :cfg.latent], latent_moments(z_train), latent_moments(x_val[:, :cfg.latent]))
+        val = val if len(val) >= 2 else val[:0]  # moments of fewer than two sites mean nothing: no labelled check
         stu = models["student:deepsalt"]
-        gate = adaptation_gate(z_train, z_target, data.sat_y[val], predict(stu, x[val], ctx)[0], predict(stu, x_val, ctx)[0],
-                               log=get_target(cfg.target).log, seed=seed)
+        p_val = p_val_aligned = np.zeros(0)
+        if len(val):  # the gate's check on labelled data: the validation blocks aligned onto the training moments
+            x_val = x[val].copy()
+            x_val[:, :cfg.latent] = align_latent(x_val[:, :cfg.latent], latent_moments(z_train),
+                                                 latent_moments(x_val[:, :cfg.latent]))
+            p_val, p_val_aligned = predict(stu, x[val], ctx)[0], predict(stu, x_val, ctx)[0]
+        gate = adaptation_gate(z_train, z_target, data.sat_y[val], p_val, p_val_aligned, log=get_target(cfg.target).log,
+                               seed=seed)
         if gate["applied"]:
             x[unseen, :cfg.latent] = align_latent(x[unseen, :cfg.latent], latent_moments(z_train), latent_moments(z_target))
         out["adaptation"] = gate
