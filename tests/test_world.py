@@ -151,6 +151,39 @@ def test_lab_spectra_carry_more_salinity_information_than_enmap():
     assert 0.1 < r2_sat < r2_lab - 0.3, (r2_lab, r2_sat)
 
 
+def test_enmap_shows_salt_graded_from_low_levels_below_any_crust():
+    """Published soil spectra brighten in the VIS-NIR and deepen their 1450/1940 nm bands with the salt content from
+    low levels up (SoilPhysics.salt_*): the same bare, dry soil at 1, 3 and 8 dS/m (no crust), noise off, differs
+    in that direction and by the documented amounts; with both parameters 0 the old world (no response below the
+    crust) comes back."""
+    from dataclasses import replace
+
+    bands = enmap_bands()
+    basis = enmap_spectra.band_basis(bands)
+    c = bands.centers_nm
+    vis, b1940 = np.argmin(abs(c - 650)), np.argmin(abs(c - 1940))
+
+    def spectra(phys):
+        lon, lat = np.full(3, -108.5), np.full(3, 38.5)
+        soil = soil_at(RandomFields(3), lon, lat, phys, ln_ece_offset=np.log(np.array([1.0, 3.0, 8.0]) / soil_at(
+            RandomFields(3), lon[:1], lat[:1], phys)["ece"][0]))
+        soil.update(crust=np.zeros(3), veg=np.zeros(3), npv=np.zeros(3), moisture=np.zeros(3))  # bare dry soil
+        zero = np.zeros(len(bands))
+        return soil, enmap_spectra.render(soil, basis, np.full(len(bands), 1e12), zero, np.zeros(3), np.random.default_rng(0))
+
+    phys = SoilPhysics()
+    soil, r = spectra(phys)
+    np.testing.assert_allclose(soil["ece"], [1, 3, 8], rtol=1e-6)
+    assert r[0, vis] < r[1, vis] < r[2, vis], r[:, vis]  # brighter with salt
+    depth = 1 - r[:, b1940] / r[:, np.argmin(abs(c - 1800))]  # band depth against the shoulder
+    assert depth[0] < depth[1] < depth[2], depth
+    # the size: ln(reflectance) rises by salt_brightening x ln(1 + salt g/kg) in the VNIR against the zero-salt world
+    _, r0 = spectra(replace(phys, salt_brightening=0.0, salt_band_depth=0.0))
+    gain = np.log(r[:, vis] / r0[:, vis])
+    np.testing.assert_allclose(gain, soil["salt_bright"] * basis["salt_bright"][vis], rtol=0.02)
+    assert np.all(soil["salt_bright"] > 0) and (spectra(replace(phys, salt_brightening=0.0, salt_band_depth=0.0))[0]["salt_bright"] == 0).all()
+
+
 def test_realism_under_spatial_cv(world):
     """On the world's own sites: under the training's spatial blocks neither the covariates nor the location
     explain ln ECe well (no look-up by fingerprint), while location under a random CV explains clearly more

@@ -7,6 +7,8 @@ bands are 6-12 nm wide against features 20-100 nm wide):
 - dry soil: brightness (sand up, organic matter down) x convex continuum x absorptions:
   Fe oxide (870 nm, blue fall-off), clay Al-OH (2205 nm), carbonate (2340 nm), gypsum (1450/1490/1535,
   1750, 1940, 2215/2265 nm);
+- salt in the soil: a graded brightening (strongest in the VNIR) and hydrated-salt / hygroscopic-water bands
+  (1450, 1940 nm) that deepen with the salt content from low levels up (``SoilPhysics.salt_*``);
 - salt crust: linear mixture with a bright, hydrated-salt crust (ECe > ~3 dS/m, dry surfaces only);
 - moisture: Beer-Lambert darkening with water bands (970, 1200, 1450, 1940 nm);
 - cover: linear mixture with green vegetation and dry litter (cellulose/lignin 1730, 2100, 2300 nm);
@@ -47,6 +49,8 @@ def _basis_1nm() -> dict[str, np.ndarray]:
         gypsum=0.02 * _g(1450, 15) + 0.015 * _g(1490, 12) + 0.012 * _g(1535, 12) + 0.012 * _g(1750, 12)
         + 0.02 * _g(1940, 25) + 0.008 * _g(2215, 12) + 0.008 * _g(2265, 12),  # per % gypsum
         om_vis=0.1 * _sig((700 - WL) / 80),  # per % OM, darkening strongest in the visible
+        salt_bright=0.5 + 0.5 * _sig((1300 - WL) / 150),  # relative brightening: 1 in the VNIR, 0.5 in the SWIR
+        salt_bands=0.6 * _g(1450, 35) + 1.0 * _g(1940, 45) + 0.15 * _g(1200, 30),  # per unit optical depth at 1940 nm
         water=1.2 + 1.5 * _g(970, 30) + 2.5 * _g(1200, 40) + 8 * _g(1450, 40) + 12 * _g(1940, 50) + 4 * _sig((WL - 2300) / 80),
         atm_scene=0.008 + 0.02 * _g(760, 5) + 0.03 * _g(940, 25) + 0.03 * _g(1130, 25) + 0.10 * _g(1400, 35)
         + 0.15 * _g(1870, 60) + 0.05 * _sig((WL - 2380) / 30),  # sd of the per-scene residual
@@ -76,7 +80,8 @@ def render(soil: dict[str, np.ndarray], basis: dict[str, np.ndarray], snr_b: np.
     bright = np.clip(0.30 + 0.0025 * (col("sand") - 45) - 0.05 * np.log(col("om") / 1.2), 0.08, 0.6)
     ln_r = np.log(bright) + basis["ln_continuum"][None] - (
         col("fe") * basis["fe"] + col("clay") * basis["clay"] + col("caco3") * basis["caco3"]
-        + col("gypsum") * basis["gypsum"] + col("om") * basis["om_vis"])
+        + col("gypsum") * basis["gypsum"] + col("om") * basis["om_vis"]) + col("salt_bright") * basis["salt_bright"] \
+        - col("salt_bands") * basis["salt_bands"]
     dry = np.exp(ln_r)
     c = col("crust")
     surface = (1 - c) * dry + c * basis["crust"][None]

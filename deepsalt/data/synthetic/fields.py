@@ -166,6 +166,14 @@ class SoilPhysics:
     crust_onset_dsm: float = 4.0
     crust_full_dsm: float = 60.0
     gypsum_per_ece: float = 0.04
+    #: graded salt expression below any crust, per unit of ln(1 + soluble salt in g/kg) (0.2 at 1 dS/m, 0.6 at
+    #: 4, 1.5 at 16): salt-affected soils reflect more in the VIS-NIR than non-saline ones (Duan et al. 2016, Sci.
+    #: Cold Arid Reg. 8(6) 507-515), and their spectral features deepen with the salt concentration from low
+    #: levels up (Remote Sens. 2025, 17(14), 2486: EnMAP, early salinisation). Zero in both gives the world before
+    #: 2026-12-05, where only a patchy crust above 4 dS/m showed salt. Relative VNIR brightening; optical depth of
+    #: the hydrated-salt / hygroscopic-water bands at 1940 nm.
+    salt_brightening: float = 0.04
+    salt_band_depth: float = 0.05
 
 
 def _texture(f, w, phys: SoilPhysics):
@@ -234,12 +242,14 @@ def soil_at(fields: RandomFields, lon, lat, phys: SoilPhysics = SoilPhysics(), g
     # Surface crusts form only where the surface stayed undisturbed and dry since the last wetting
     # (tillage and rain dissolve them): a patchy occurrence field, so ECe shows at the surface only in part.
     crust_occurs = _sig(f("crustocc") / 0.3)
+    salt_ln = np.log1p(salt_gkg)
     crust = np.clip((ece - phys.crust_onset_dsm) / phys.crust_full_dsm, 0.0, 1.0) ** 0.8 * crust_occurs * np.clip(1.0 - 2.5 * moisture, 0.0, 1.0)
     return dict(
         elev_km=elev_km, tavg=tavg, tmin=tmin, tmax=tmax, pavg=pavg, pmin=pmin, pmax=pmax, aridity_index=ai,
         clay=clay, sand=sand, silt=100.0 - clay - sand, hidden=hidden, poor_drain=poor_drain, ece=ece, om=om,
         caco3=caco3, gypsum=gypsum, fe=fe, sp=sp, salt_gkg=salt_gkg, sulfate_frac=sulfate_frac,
         moisture=moisture, veg=veg, npv=npv, crust=crust, unseen_weight=w,
+        salt_bright=phys.salt_brightening * salt_ln, salt_bands=phys.salt_band_depth * salt_ln,
     )
 
 
