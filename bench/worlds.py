@@ -1,5 +1,6 @@
 """Does each part of the method earn its place across worlds? On each development world: train every seed three
-times, with the defaults (DeepSalt and its ablations), without the transfer set, and without the linear path, and
+times, with the defaults (DeepSalt and its ablations), without the transfer set, without the spectral path (the
+linear term reads the latent and covariates only), and without the linear path (and so without the spectral path), and
 pair the runs by seed (same split, same test sites). A part's gain is the MAE without it minus the MAE with it, on
 the seen test sites and in the held-out region: > 0, the part helps. Per world and pooled over worlds, each gain
 comes with its 95 % t-interval over the (world, seed) pairs; a part is "helps" or "hurts" where that interval
@@ -27,10 +28,12 @@ PARTS = {
     "sau": ("default", "student_no_sau", "deepsalt"),
     "distillation": ("default", "student_no_kd", "deepsalt"),
     "transfer_set": ("no_transfer", "deepsalt", "deepsalt"),
+    "spectral_path": ("no_spectral_path", "deepsalt", "deepsalt"),
     "linear_path": ("no_linear_path", "deepsalt", "deepsalt"),
     "adaptation": ("default", "deepsalt", "deepsalt_adapted"),  # the gate's choice (seen: unchanged)
 }
 RUNS = {"default": {}, "no_transfer": {"kd": {"transfer": False}, "variants": ("deepsalt",)},
+        "no_spectral_path": {"student": {"spectral_path": 0}, "variants": ("deepsalt",)},
         "no_linear_path": {"student": {"linear_skip": False}, "variants": ("deepsalt",)}}
 METRICS = ("mae", "mae_ln")
 

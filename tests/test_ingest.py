@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -134,15 +135,30 @@ def test_unzipping_gives_the_members_bytes_and_a_flipped_bit_is_a_damaged_zip(st
     assert got and all(got[Path(k).name] == v for k, v in members.items() if Path(k).name in got)
     with zipfile.ZipFile(z) as f:
         image = max(f.infolist(), key=lambda i: i.file_size)
-    data = bytearray(z.read_bytes())
+    raw = z.read_bytes()
+
+    def ingest_damaged(data: bytearray, match: str) -> None:
+        bad = tmp_path / f"bad{len(list(tmp_path.glob('bad*')))}" / z.name
+        bad.parent.mkdir()
+        bad.write_bytes(bytes(data))
+        (source,), _ = find_sources([str(bad)])
+        with pytest.raises(DeepSaltInputError, match=match):
+            with staged(source):
+                pass
+
+    # the image's bytes intact, its recorded CRC-32 (central directory, as zipfile reads it) off by one bit: the
+    # member inflates fully and fails the check
+    data, pos, name = bytearray(raw), 0, image.filename.encode()
+    while (pos := raw.find(b"PK\x01\x02", pos + 1)) >= 0 and raw[pos + 46:pos + 46 + len(name)] != name:
+        pass
+    assert pos >= 0, "the image's central directory record"
+    data[pos + 16] ^= 0x01
+    ingest_damaged(data, r"damaged ZIP \(BadZipFile: .*CRC-32")
+    # a flipped bit inside the compressed image: whichever check it trips first (the stream, the size or the
+    # CRC-32, depending on where it lands), the error names the product and says to download it again
+    data = bytearray(raw)
     data[image.header_offset + 200 + image.compress_size // 2] ^= 0xFF
-    bad = tmp_path / "bad" / z.name
-    bad.parent.mkdir()
-    bad.write_bytes(bytes(data))
-    (source,), _ = find_sources([str(bad)])
-    with pytest.raises(DeepSaltInputError, match=r"damaged ZIP \(BadZipFile: .*CRC-32"):
-        with staged(source):
-            pass
+    ingest_damaged(data, rf"{re.escape(z.name)}: .*(damaged ZIP|inflates past).*download (it|the product) again")
 
 
 @pytest.mark.parametrize("fmt", ["BIL", "BIP", "JP2", "COG"])

@@ -8,7 +8,7 @@ from deepsalt.config import TrainConfig
 from deepsalt.models.autoencoder import SparseAutoEncoder, alignment_loss, kl_sparsity
 from deepsalt.models.bundle import DeepSaltBundle
 from deepsalt.models.losses import check_layer_map, distillation_loss, response_kl
-from deepsalt.models.scalers import Scaler
+from deepsalt.models.scalers import Projection, Scaler
 from deepsalt.models.transformer import SpectralTransformer
 from deepsalt.errors import DeepSaltInputError
 from deepsalt.train.data import spatial_split, undersample_zero_ec
@@ -239,15 +239,16 @@ def test_transfer_set_is_lab_pixels_in_training_blocks_with_teacher_targets(worl
     # appended rows: the student's inputs at those pixels, the teacher's reading of each sample's own FTIR
     # spectrum as target, no task term
     models, ctx = build_models(cfg, d.lab_x.shape[1], d.sat_x.shape[1]), Ctx()
-    n = len(d.sat_y)
-    x, y, tp, tf, tm, tw = with_transfer_set(d, models, "deepsalt", ctx, np.zeros((n, 72), np.float32), d.sat_y,
+    n, w = len(d.sat_y), 72 + cfg.student.spectral_path  # latent, covariates, the spectral path's components
+    x, y, tp, tf, tm, tw = with_transfer_set(d, models, "deepsalt", ctx, np.zeros((n, w), np.float32), d.sat_y,
                                              np.ones(n, np.float32), [np.zeros((n, 64), np.float32)] * 3,
                                              np.zeros(n, np.float32))
     t, _ = predict(models["teacher"], encode(models["sau_ftir"], d.lab_x[d.transfer_lab], ctx), ctx)
-    assert x.shape == (n + n_tr, 72) and len(tf) == 3 and tf[0].shape == (n + n_tr, 64)
+    assert x.shape == (n + n_tr, w) and len(tf) == 3 and tf[0].shape == (n + n_tr, 64)
     np.testing.assert_allclose(tp[n:], t, rtol=1e-6)
     assert tm[n:].all() and not tm[:n].any() and tw[:n].all() and not tw[n:].any()
-    np.testing.assert_allclose(x[n:, 64:], d.transfer_cov)
+    np.testing.assert_allclose(x[n:, 64:72], d.transfer_cov)
+    np.testing.assert_allclose(x[n:, 72:], d.scalers["enmap_pcs"].transform(d.transfer_x), rtol=1e-5, atol=1e-6)
     assert len(load_training_data(world, TrainConfig.for_preset("tiny", kd={"transfer": False}), 0).transfer_lab) == 0
 
 
@@ -281,6 +282,8 @@ def _bundle(cfg):
     enc = SparseAutoEncoder(218, cfg.ae.hidden, cfg.latent)
     stu = build_student(cfg, "deepsalt")
     sc = {"enmap": Scaler.fit(np.random.rand(20, 218)), "covariates": Scaler.fit(np.random.rand(20, 8), "standard")}
+    if cfg.student.spectral_path:
+        sc["enmap_pcs"] = Projection.fit(np.random.default_rng(1).random((60, 218)), cfg.student.spectral_path)
     ref = np.random.default_rng(0).standard_normal((30, cfg.latent + 8)).astype(np.float32)
     return DeepSaltBundle.create(enc.state_dict(), stu.state_dict(), cfg=cfg, scalers=sc,
                                  band_names=[str(i) for i in range(218)], band_centers=np.linspace(420, 2400, 218),
@@ -320,13 +323,24 @@ def test_bundle_round_trip_and_refusals(tmp_path):
     import torch
 
     xs = torch.cat([b.reference[:3], b.reference[:3] + 100.0])
-    raw = xs * b.student.in_scale + b.student.in_shift
+    body = b.student.body_dim  # the DI's space: the body's inputs, not the spectral path's
+    assert body == cfg.latent + 8 == b.student.in_dim - cfg.student.spectral_path and b.features(x, c).shape == (7, body)
+    raw = xs * b.student.in_scale[:body] + b.student.in_shift[:body]
     from deepsalt.models.applicability import dissimilarity
 
-    di = dissimilarity((raw - b.student.in_shift) / b.student.in_scale, b.reference, 11.0).numpy()
+    di = dissimilarity((raw - b.student.in_shift[:body]) / b.student.in_scale[:body], b.reference, 11.0).numpy()
     np.testing.assert_allclose(di[:3], 0, atol=1e-3)
     assert (di[3:] > 10).all()
     assert b.predict(x, c, mc_samples=3, di=True)[2].shape == (7,)
+    # the spectral path's projection travels with the bundle: without it, or with another shape, it is refused
+    meta["aoa"]["n_reference"] = 30
+    for edit, match in ((lambda m: m["scalers"].pop("enmap_pcs"), "scalers are inconsistent"),
+                        (lambda m: m["scalers"]["enmap_pcs"]["components"].pop(), "spectral path's projection")):
+        bad = json.loads(json.dumps(meta))
+        edit(bad)
+        (tmp_path / "b" / "bundle.json").write_text(json.dumps(bad))
+        with pytest.raises(DeepSaltInputError, match=match):
+            DeepSaltBundle.load(str(tmp_path / "b"))
 
 
 def test_conformal_interval_and_aoa_threshold():
@@ -350,6 +364,41 @@ def test_conformal_interval_and_aoa_threshold():
     assert 0.1 < consts["threshold"] < 1.0 and consts["mean_distance"] > 2
     far = ap.aoa_metrics(np.ones(4), np.array([1.0, 1.1, 3.0, 4.0]), np.array([0.0, 0.1, 5.0, 9.0]), consts["threshold"])
     assert far["inside_fraction"] == 0.5 and far["mae_inside"] < far["mae_outside"]
+
+
+def test_spectral_path_reaches_the_output_through_the_linear_term_only():
+    """The last ``skip_only`` inputs (the spectral path's components) move the prediction through the linear term and
+    leave the body's layer features alone; a learnable signal carried only there is learnt; a student built from a
+    config has them exactly when the linear term is on."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    x = torch.as_tensor(rng.standard_normal((512, 6)), dtype=torch.float32)
+    m = SpectralTransformer(6, 16, 2, 2, 32, 0.0, linear_skip=True, skip_only=2)
+    m.fit_input_norm(x)
+    m.eval()
+    with torch.no_grad():
+        p0, f0 = m(x)
+        x2 = x.clone()
+        x2[:, 4:] += 3.0
+        p1, f1 = m(x2)
+    assert m.body_dim == 4 and torch.equal(p0, p1) and all(torch.equal(a, b) for a, b in zip(f0, f1))  # skip starts at 0
+    m.train()
+    opt = torch.optim.Adam(m.parameters(), 1e-2)
+    for _ in range(300):  # ln y follows input 5, which only the linear term reads
+        opt.zero_grad()
+        F.huber_loss(m(x)[0], torch.exp(0.5 + 0.6 * x[:, 5])).backward()
+        opt.step()
+    m.eval()
+    with torch.no_grad():
+        err = (torch.log(m(x)[0]) - (0.5 + 0.6 * x[:, 5])).abs().mean().item()
+    assert err < 0.1, err
+    with pytest.raises(ValueError, match="skip_only"):
+        SpectralTransformer(6, 16, 2, 2, 32, 0.0, linear_skip=False, skip_only=2)
+    on, off = TrainConfig.for_preset("tiny"), TrainConfig.for_preset("tiny", student={"linear_skip": False})
+    assert build_student(on, "deepsalt").in_dim == on.latent + 8 + on.student.spectral_path > on.latent + 8
+    assert build_student(off, "deepsalt").in_dim == on.latent + 8 and build_student(on, "ancillary_only").in_dim == 8
 
 
 def test_linear_skip_extrapolates_a_log_linear_trend():
@@ -427,6 +476,8 @@ def test_predict_from_int16_dn_scales_on_the_device_exactly_as_from_reflectance(
     # the scaler on a tensor (the device path) and on an array agree
     s = b.scalers["enmap"]
     np.testing.assert_allclose(s.transform(torch.from_numpy(refl)).numpy(), s.transform(refl), rtol=1e-6)
+    p = b.scalers["enmap_pcs"]
+    np.testing.assert_allclose(p.transform(torch.from_numpy(refl)).numpy(), p.transform(refl), rtol=1e-4, atol=1e-5)
 
 
 def test_location_baselines_know_only_where_a_site_is():

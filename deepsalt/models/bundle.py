@@ -22,12 +22,13 @@ from deepsalt.config import TrainConfig
 from deepsalt.errors import DeepSaltInputError
 from deepsalt.models.applicability import dissimilarity, mc_dropout
 from deepsalt.models.autoencoder import SparseAutoEncoder
-from deepsalt.models.scalers import Scaler
-from deepsalt.models.transformer import SpectralTransformer, build_student
+from deepsalt.models.scalers import Projection, scaler_from_dict
+from deepsalt.models.transformer import SpectralTransformer, build_student, spectral_path
 from deepsalt.spectra.bands import select_bands
 from deepsalt.targets import get_target
 
-FORMAT = "deepsalt-bundle/4"  # 2: interval90 and aoa; 3: the interval widens with the DI; 4: the target it predicts
+FORMAT = "deepsalt-bundle/5"  # 2: interval90 and aoa; 3: the interval widens with the DI; 4: the target it predicts;
+# 5: the students' spectral path (scaler "enmap_pcs")
 
 
 def exceedance_decision(meta: dict) -> dict[str, float]:
@@ -39,8 +40,8 @@ def exceedance_decision(meta: dict) -> dict[str, float]:
 class DeepSaltBundle:
     def __init__(self, meta: dict, encoder: SparseAutoEncoder, student: SpectralTransformer, reference: torch.Tensor):
         self.meta, self.encoder, self.student = meta, encoder.eval(), student.eval()
-        self.scalers = {k: Scaler.from_dict(v) for k, v in meta["scalers"].items()}
-        self.reference = reference  # (n_train_sites, in_dim): standardised student inputs, for the DI
+        self.scalers = {k: scaler_from_dict(v) for k, v in meta["scalers"].items()}
+        self.reference = reference  # (n_train_sites, body_dim): standardised student inputs, for the DI
 
     @property
     def band_names(self) -> list[str]:
@@ -109,7 +110,9 @@ class DeepSaltBundle:
         if str(meta["deepsalt_version"]).split(".")[:2] != __version__.split(".")[:2]:
             raise DeepSaltInputError(url, f"bundle made by deepsalt {meta['deepsalt_version']}, this is {__version__}",
                                      "use the matching deepsalt release or retrain")
-        if len(meta["band_names"]) != len(meta["band_centers_nm"]) or set(meta["scalers"]) != {"enmap", "covariates"}:
+        pcs = spectral_path(TrainConfig(**meta["config"]))
+        if len(meta["band_names"]) != len(meta["band_centers_nm"]) \
+                or set(meta["scalers"]) != {"enmap", "covariates", *(["enmap_pcs"] if pcs else [])}:
             raise DeepSaltInputError(f"{url}/bundle.json", "band list or scalers are inconsistent", "do not edit bundle.json; retrain")
         tensors = st_load(blob)
         enc, stu = cls._build(meta)
@@ -134,7 +137,7 @@ class DeepSaltBundle:
                                      f"records {meta['out_range']}", "do not edit out_range; retrain instead")
         ref = tensors.get("aoa.reference")
         aoa, iv = meta.get("aoa") or {}, meta.get("interval90") or {}
-        if ref is None or ref.ndim != 2 or ref.shape != (int(aoa.get("n_reference", -1)), stu.in_dim) \
+        if ref is None or ref.ndim != 2 or ref.shape != (int(aoa.get("n_reference", -1)), stu.body_dim) \
                 or not float(aoa.get("mean_distance", 0)) > 0 or not np.isfinite(float(aoa.get("threshold", np.nan))) \
                 or not float(iv.get("q", 0)) > 0 or int(iv.get("mc_samples", 0)) < 2 \
                 or not float(iv.get("di_slope", -1)) >= 0:
@@ -146,6 +149,12 @@ class DeepSaltBundle:
             if sc.kind not in ("minmax", "standard") or sc.shift.shape != (n,) or sc.scale.shape != (n,) \
                     or not (np.isfinite(sc.shift).all() and (sc.scale > 0).all()):
                 raise DeepSaltInputError(f"{url}/bundle.json", f"scaler '{name}' is not a valid {n}-column scaler", "do not edit bundle.json; retrain")
+        if pcs:
+            pr = bundle.scalers["enmap_pcs"]
+            if not isinstance(pr, Projection) or pr.components.shape != (pcs, len(meta["band_names"])) \
+                    or not np.isfinite(pr.components).all() or pr.mean.shape != (len(meta["band_names"]),):
+                raise DeepSaltInputError(f"{url}/bundle.json", f"the spectral path's projection is not {pcs} components of "
+                                         f"{len(meta['band_names'])} bands", "do not edit bundle.json; retrain")
         return bundle
 
     def select_bands(self, band_names, band_centers, where: str) -> np.ndarray:
@@ -170,7 +179,7 @@ class DeepSaltBundle:
         pred, sd = (t.cpu().numpy() for t in mc_dropout(self.student, x, mc_samples, seed))
         if not di:
             return pred, sd
-        xs = (x - self.student.in_shift) / self.student.in_scale
+        xs = ((x - self.student.in_shift) / self.student.in_scale)[:, :self.student.body_dim]
         return pred, sd, dissimilarity(xs, self.reference.to(self.device), self.meta["aoa"]["mean_distance"]).cpu().numpy()
 
     def _inputs(self, reflectance, covariates, scale=None) -> torch.Tensor:
@@ -186,9 +195,11 @@ class DeepSaltBundle:
             gain, offset, slot = (to_dev(a) for a in scale)
             slot = slot.long()
             x = x.float() * gain[slot] + offset[slot]
-        z = self.encoder.encode(self.scalers["enmap"].transform(x))
-        c = self.scalers["covariates"].transform(to_dev(covariates, np.float32))
-        return torch.cat([z, c], 1)
+        xs = self.scalers["enmap"].transform(x)
+        parts = [self.encoder.encode(xs), self.scalers["covariates"].transform(to_dev(covariates, np.float32))]
+        if "enmap_pcs" in self.scalers:  # the spectral path: the linear term reads it, the DI does not
+            parts.append(self.scalers["enmap_pcs"].transform(xs))
+        return torch.cat(parts, 1)
 
     @torch.no_grad()
     def features(self, reflectance: np.ndarray, covariates: np.ndarray) -> np.ndarray:
@@ -196,7 +207,7 @@ class DeepSaltBundle:
         its own input normalisation (``self.reference`` holds the training sites in it; the AOA's
         ``meta["aoa"]["mean_distance"]`` is its unit)."""
         x = self._inputs(reflectance, covariates)
-        return ((x - self.student.in_shift) / self.student.in_scale).float().cpu().numpy()
+        return ((x - self.student.in_shift) / self.student.in_scale)[:, :self.student.body_dim].float().cpu().numpy()
 
     @property
     def target(self):

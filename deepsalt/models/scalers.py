@@ -45,3 +45,42 @@ class Scaler:
     @classmethod
     def from_dict(cls, d: dict) -> "Scaler":
         return cls(d["kind"], np.asarray(d["shift"], np.float32), np.asarray(d["scale"], np.float32))
+
+
+@dataclass
+class Projection:
+    """Rows of ``x`` onto the leading principal components of the rows it was fitted on: ``(x - mean) @ components.T``
+    (the students' spectral path, ``TransformerConfig.spectral_path``). Each component's sign is fixed (its largest
+    loading positive), so the same rows give the same projection."""
+
+    mean: np.ndarray
+    components: np.ndarray  # (k, n_features)
+
+    @classmethod
+    def fit(cls, x: np.ndarray, k: int) -> "Projection":
+        x = np.asarray(x, np.float64)
+        if k < 1 or k > min(x.shape):
+            raise ValueError(f"{k} principal components need at least {k} rows and columns, got {x.shape}")
+        mean = x.mean(0)
+        _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+        vt = vt[:k] * np.sign(vt[:k][np.arange(k), np.abs(vt[:k]).argmax(1)])[:, None]
+        return cls(mean.astype(np.float32), vt.astype(np.float32))
+
+    def transform(self, x):
+        """Project rows of ``x`` (array-like, or a torch tensor: projected on its own device)."""
+        if isinstance(x, torch.Tensor):
+            return (x.float() - torch.from_numpy(self.mean).to(x.device)) @ torch.from_numpy(self.components).to(x.device).T
+        x = np.asarray(x, np.float32)
+        if x.shape[-1] != self.mean.size:
+            raise ValueError(f"projection expects {self.mean.size} features, got {x.shape[-1]}")
+        return (x - self.mean) @ self.components.T
+
+    def to_dict(self) -> dict:
+        return {"kind": "pca", "mean": self.mean.tolist(), "components": self.components.tolist()}
+
+
+def scaler_from_dict(d: dict) -> "Scaler | Projection":
+    """A ``Scaler`` or ``Projection`` from its ``to_dict``."""
+    if d.get("kind") == "pca":
+        return Projection(np.asarray(d["mean"], np.float32), np.asarray(d["components"], np.float32))
+    return Scaler.from_dict(d)

@@ -34,21 +34,26 @@ class SpectralTransformer(nn.Module):
     ``tokens="one"``: the whole vector is one token (as the authors did). ``tokens="per_dim"``: one token per
     input dimension (value x learned embedding + position), so attention runs across latent dimensions.
     Shapes: ``x (B, in_dim)`` -> ``pred (B,)`` and a list of per-layer features ``(B, d_model)``
-    (mean over tokens), one per layer.
+    (mean over tokens), one per layer. With ``skip_only`` > 0 the last ``skip_only`` inputs feed the linear term alone
+    (the spectral path: principal components of the EnMAP spectrum beside the latent); the transformer body reads
+    the first ``body_dim``, and the dissimilarity index is measured in those.
     """
 
     def __init__(self, in_dim: int, d_model: int, heads: int, layers: int, ff: int, dropout: float,
                  out_range: tuple[float, float] = OUT_RANGE, tokens: str = "one", input_proj: bool = True,
-                 linear_skip: bool = False):
+                 linear_skip: bool = False, skip_only: int = 0):
         super().__init__()
         if tokens not in ("one", "per_dim"):
             raise ValueError(f"tokens must be 'one' or 'per_dim', not '{tokens}'")
+        if skip_only and (not linear_skip or skip_only >= in_dim):
+            raise ValueError(f"skip_only={skip_only} needs linear_skip and fewer than in_dim={in_dim} inputs")
         self.tokens, self.in_dim, self.d_model = tokens, in_dim, d_model
+        self.body_dim = in_dim - skip_only
         if tokens == "one":
-            self.embed = nn.Linear(in_dim, d_model) if input_proj or in_dim != d_model else nn.Identity()
+            self.embed = nn.Linear(self.body_dim, d_model) if input_proj or self.body_dim != d_model else nn.Identity()
         else:
-            self.value = nn.Parameter(torch.randn(in_dim, d_model) * 0.02)
-            self.pos = nn.Parameter(torch.randn(in_dim, d_model) * 0.02)
+            self.value = nn.Parameter(torch.randn(self.body_dim, d_model) * 0.02)
+            self.pos = nn.Parameter(torch.randn(self.body_dim, d_model) * 0.02)
         self.layers = nn.ModuleList(
             nn.TransformerEncoderLayer(d_model, heads, ff, dropout, batch_first=True) for _ in range(layers))
         self.head = RangeHead(d_model, *out_range)
@@ -75,6 +80,7 @@ class SpectralTransformer(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         x = (x - self.in_shift) / self.in_scale
         skip = None if self.skip is None else self.skip(x).squeeze(-1)
+        x = x[:, :self.body_dim]
         h = self.embed(x)[:, None, :] if self.tokens == "one" else x[..., None] * self.value + self.pos
         feats = []
         for layer in self.layers:
@@ -86,13 +92,20 @@ class SpectralTransformer(nn.Module):
         return self.head(feats[-1], skip), feats
 
 
-def student_inputs(variant: str, latent: int) -> int:
-    """Input width of a student variant: EnMAP latent + the 8 covariates, or one of them for the ablations."""
-    return {"hsi_only": latent, "ancillary_only": 8}.get(variant, latent + 8)
+def spectral_path(cfg) -> int:
+    """Principal components of the EnMAP spectrum the students' linear term reads (0: none, or no linear term)."""
+    return cfg.student.spectral_path if cfg.student.linear_skip else 0
+
+
+def student_inputs(variant: str, latent: int, pcs: int = 0) -> int:
+    """Input width of a student variant: EnMAP latent + the 8 covariates, or one of them for the ablations; plus the
+    spectral path's ``pcs`` components for every variant that reads EnMAP."""
+    return {"hsi_only": latent + pcs, "ancillary_only": 8}.get(variant, latent + 8 + pcs)
 
 
 def build_student(cfg, variant: str) -> SpectralTransformer:
     """The student transformer for a ``TrainConfig`` and variant (training and the model bundle build the same)."""
-    d = cfg.latent + 8
-    return SpectralTransformer(student_inputs(variant, cfg.latent), d, cfg.student.heads, cfg.student.layers,
-                               cfg.student.ff, cfg.dropout, cfg.out_range, cfg.tokens, linear_skip=cfg.student.linear_skip)
+    d, k = cfg.latent + 8, 0 if variant == "ancillary_only" else spectral_path(cfg)
+    return SpectralTransformer(student_inputs(variant, cfg.latent, k), d, cfg.student.heads, cfg.student.layers,
+                               cfg.student.ff, cfg.dropout, cfg.out_range, cfg.tokens, linear_skip=cfg.student.linear_skip,
+                               skip_only=k)

@@ -16,7 +16,7 @@ from deepsalt.data.lab import check_lat_lon, read_lab_table
 from deepsalt.data.pairing import mutual_pairs
 from deepsalt.data.stac import search_items
 from deepsalt.errors import DeepSaltInputError
-from deepsalt.models.scalers import Scaler
+from deepsalt.models.scalers import Projection, Scaler
 from deepsalt.spectra.bands import enmap_bands
 from deepsalt.spectra.mir import mir_grid
 
@@ -306,6 +306,15 @@ def load_training_data(inputs: TrainInputs | str | Path, cfg: TrainConfig, seed:
         ok = np.isfinite(refl_all[cand]).all(1) & np.isfinite(cov_all[cand]).all(1)
         tr_lab = cand[ok]
         tr_refl, tr_cov = refl_all[tr_lab], cov_all[tr_lab]
+    from deepsalt.models.transformer import spectral_path
+
+    if k := spectral_path(cfg):  # the students' spectral path: components of the training sites' and transfer pixels'
+        rows = np.concatenate([scalers["enmap"].transform(sat_raw[tr_s]), scalers["enmap"].transform(tr_refl)])
+        if len(rows) <= k:
+            raise DeepSaltInputError(inputs.sites, f"{len(rows)} training spectra for {k} principal components of the "
+                                     "students' spectral path", "add sites, or set student.spectral_path below that "
+                                     "(0 turns it off)")
+        scalers["enmap_pcs"] = Projection.fit(rows, k)
     target_x = np.zeros((0, len(refl_cols)), np.float32)
     if cfg.adapt_pixels and inputs.stac and (sat_split == "unseen").any():
         target_x = target_pixels(_need_stac(inputs, "the adaptation pixels"), sat.loc[sat_split == "unseen"], cfg.adapt_pixels, seed,

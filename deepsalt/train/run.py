@@ -306,7 +306,7 @@ def _applicability(data: TrainingData, cfg: TrainConfig, models: dict, seed: int
     pred, sd = (t.numpy() for t in ap.mc_dropout(stu, x, cfg.mc_samples, seed))
     y, val, tr = data.sat_y, data.idx("sat", "val"), data.idx("sat", "train")
     regions = {"seen": data.idx("sat", "test"), "unseen": data.idx("sat", "unseen")}
-    xs = ((x - stu.in_shift) / stu.in_scale).numpy()
+    xs = ((x - stu.in_shift) / stu.in_scale).numpy()[:, :stu.body_dim]  # the DI's space: what the body reads
     # CV folds for the AOA threshold: the training blocks, shuffled (seeded) into at most 5 folds
     blocks = data.sat_block[tr]
     fold_of = {b: i % 5 for i, b in enumerate(np.random.default_rng(seed).permutation(np.unique(blocks)))}
@@ -383,7 +383,7 @@ def train(inputs, out: str | Path, cfg: TrainConfig, log=print) -> dict:
         per_seed.append(res)
         if seed == cfg.seeds[0]:
             DeepSaltBundle.create(state["models"]["sau_enmap"], state["models"]["student:deepsalt"], cfg=cfg,
-                                  scalers={"enmap": data.scalers["enmap"], "covariates": data.scalers["covariates"]},
+                                  scalers={k: v for k, v in data.scalers.items() if k != "ftir"},
                                   band_names=data.band_names, band_centers=data.band_centers,
                                   covariates={c.name: c.units for c in COVARIATES}, data_hash=data.data_hash,
                                   seed=seed, **res["bundle_extras"]).save(str(out / "bundle"))

@@ -96,13 +96,16 @@ def predict(model: SpectralTransformer, x: np.ndarray, ctx: Ctx) -> tuple[np.nda
 
 
 def student_features(data, models, variant: str, ctx: Ctx, transfer: bool = False) -> np.ndarray:
-    """Student inputs [EnMAP latent | covariates] (or one part, for ablations) for every satellite sample, or with
-    ``transfer`` for every transfer-set sample (the pixels at lab sample locations)."""
+    """Student inputs [EnMAP latent | covariates | spectral path] (or a part, for ablations) for every satellite
+    sample, or with ``transfer`` for every transfer-set sample (the pixels at lab sample locations)."""
     x, cov = (data.transfer_x, data.transfer_cov) if transfer else (data.sat_x, data.sat_cov)
     if variant == "ancillary_only":
         return cov
     z = encode(models["ae_enmap"] if variant == "student_no_sau" else models["sau_enmap"], x, ctx)
-    return z if variant == "hsi_only" else np.concatenate([z, cov], axis=1)
+    parts = [z] if variant == "hsi_only" else [z, cov]
+    if "enmap_pcs" in data.scalers:  # the spectral path (TransformerConfig.spectral_path): read by the linear term only
+        parts.append(data.scalers["enmap_pcs"].transform(x))
+    return np.concatenate(parts, axis=1).astype(np.float32)
 
 
 def _teacher_dims(models) -> list[int]:
