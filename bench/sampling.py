@@ -67,7 +67,7 @@ def run_arm(name: str, world: Path, sites: pd.DataFrame, work: Path, cfg, log) -
     for part in ("overall", "seen", "unseen"):
         if sc.get(part):
             res[part] = {k: sc[part][k] for k in ("mae", "mae_ln", "r2_ln", "spearman")} | \
-                {"f1_4": sc[part]["classes"]["4"]["f1"], "auc_4": sc[part]["classes"]["4"]["auc"]}
+                {f"{k}_4": sc[part]["classes"]["4"][k] for k in ("recall", "precision", "f1", "auc")}
     res["model_unseen_test"] = {k: metrics["results"]["deepsalt"].get("unseen", {}).get(k) for k in ("mae", "r2_ln", "n")}
     log(f"  {name}: {len(sites)} sites, outside AOA {100 * res['outside_aoa']:.1f} %, map MAE {res['overall']['mae']:.3f}, "
         f"MAE of ln {res['overall']['mae_ln']:.3f} ({res['seconds']} s)")

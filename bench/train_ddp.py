@@ -34,11 +34,12 @@ def _loop(config: dict) -> None:
     ctx = ray.train.get_context()
     world, rank = ctx.get_world_size(), ctx.get_world_rank()
     torch.manual_seed(rank)
-    model = ray.train.torch.prepare_model(build_student(cfg, "deepsalt"))
+    student = build_student(cfg, "deepsalt")
+    model = ray.train.torch.prepare_model(student)
     dev = ray.train.torch.get_device()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     local = max(1, config["batch"] // world)
-    x = torch.randn(local, cfg.latent + 8, device=dev)
+    x = torch.randn(local, student.in_dim, device=dev)  # latent, covariates, the spectral path
     y = torch.rand(local, device=dev) * 10
 
     def step():
