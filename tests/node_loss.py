@@ -123,8 +123,8 @@ def run_train(world: str, out: str) -> dict:
     from deepsalt.train.stages import load_state
 
     cluster, nodes = start_cluster(1)
-    cfg = TrainConfig.for_preset("tiny", ae={"hidden": (64,), "epochs": 4}, sau={"epochs": 4}, teacher={"epochs": 8},
-                                 student={"epochs": 8}, variants=("deepsalt",), kd={"transfer": False}, adapt_pixels=0,
+    cfg = TrainConfig.for_preset("tiny", ae={"hidden": (64,), "epochs": 4}, sau={"epochs": 4}, teacher={"epochs": 8, "ff": 32},
+                                 student={"epochs": 8, "ff": 32}, variants=("deepsalt",), kd={"transfer": False}, adapt_pixels=0,
                                  checkpoint_every=2, seeds=(0,), max_failures=6)
     data = load_training_data(Path(world), cfg, 0)
     t0 = time.time()

@@ -344,8 +344,8 @@ def quicklook(cube_url: str, png: str | Path, epoch: str | None = None, storage_
             ax1.axhline(th, color="#d7191c", lw=0.6, ls=":")
         ax1.set(xscale="log", yscale="log", xlabel=f"true {target.short} ({u})", ylabel=f"mapped {target.short} ({u})")
         sk = metrics(y, v)
-        ax1.set_title(f"mapped vs true, {len(y):,} px (20,000 shown): R2 of ln {sk['r2_ln']:.2f}, Spearman "
-                      f"{sk['spearman']:.2f}; dotted: thresholds", fontsize=9)
+        ax1.set_title(f"mapped vs true, the {len(y):,} px of the regions drawn below (20,000 shown; whole cube: deepsalt "
+                      f"score)\nR2 of ln {sk['r2_ln']:.2f}, Spearman {sk['spearman']:.2f}; dotted: thresholds", fontsize=9)
         ax1.legend(fontsize=8, loc="upper left")
         if probs:
             from deepsalt.models.applicability import reliability
