@@ -116,12 +116,13 @@ def transformer(src, dst) -> Transformer:
     return Transformer.from_crs(src, dst, always_xy=True)
 
 
-def _lookup(source, xs: np.ndarray, ys: np.ndarray, crs) -> np.ndarray:
+def _lookup(source, xs: np.ndarray, ys: np.ndarray, crs, project=None) -> np.ndarray:
     """Covariates at points given in ``crs`` (the cell containing each point), ``(n, 8)``, NaN outside or nodata.
 
     Exact per point (no warper approximation), so a site in training and the pixel at the same place in a
     map get the same value. Rasters on the same grid (the usual case) share one coordinate transform and
-    one cell lookup.
+    one cell lookup. ``project(dst_crs, dst_transform)``, if given, returns the points in a raster's CRS in place
+    of projecting each with PROJ; it must find the same cells (``mapping.centres.TileCentres.xy`` does).
     """
     out = np.full((len(xs), len(COVARIATE_NAMES)), np.nan, np.float32)
     cells: dict = {}
@@ -129,7 +130,7 @@ def _lookup(source, xs: np.ndarray, ys: np.ndarray, crs) -> np.ndarray:
         with open_raster(href, f"covariate '{name}'", DRIVERS) as ds:
             key = (ds.crs.to_wkt(), tuple(ds.transform), ds.height, ds.width)
             if key not in cells:
-                tx, ty = transformer(str(crs), key[0]).transform(xs, ys)
+                tx, ty = project(key[0], ds.transform) if project else transformer(str(crs), key[0]).transform(xs, ys)
                 rows, cols = rowcol(ds.transform, tx, ty, op=np.floor)
                 rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
                 inside = (rows >= 0) & (rows < ds.height) & (cols >= 0) & (cols < ds.width)
@@ -146,9 +147,10 @@ def _lookup(source, xs: np.ndarray, ys: np.ndarray, crs) -> np.ndarray:
     return out
 
 
-def sample_covariates(source, lon: np.ndarray, lat: np.ndarray, crs="EPSG:4326") -> np.ndarray:
-    """Covariates at points (lon/lat, or x/y in ``crs``), ``(n_points, 8)`` float32; NaN where a raster has no data."""
-    return _lookup(source, np.asarray(lon, float), np.asarray(lat, float), crs)
+def sample_covariates(source, lon: np.ndarray, lat: np.ndarray, crs="EPSG:4326", project=None) -> np.ndarray:
+    """Covariates at points (lon/lat, or x/y in ``crs``), ``(n_points, 8)`` float32; NaN where a raster has no data
+    (``project``: see ``_lookup``)."""
+    return _lookup(source, np.asarray(lon, float), np.asarray(lat, float), crs, project)
 
 
 def covariates_on_grid(source, crs, transform, shape: tuple[int, int]) -> np.ndarray:

@@ -17,10 +17,11 @@ import rasterio
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window, from_bounds
 
-from deepsalt.data.covariates import check_covariate_ranges, sample_covariates, transformer
+from deepsalt.data.covariates import check_covariate_ranges, sample_covariates
 from deepsalt.data.enmap import EnMAPScene
 from deepsalt.data.stac import priority
 from deepsalt.errors import DeepSaltInputError
+from deepsalt.mapping.centres import TileCentres
 from deepsalt.mapping.grid import Grid
 from deepsalt.spectra.bands import select_bands
 
@@ -99,14 +100,14 @@ def prepare_tile(task: dict, grid: Grid, covariates: str, band_names: list[str],
     tile_bounds = (tr.c, tr.f - h * grid.res, tr.c + w * grid.res, tr.f)
     nb = len(band_names)
     nq = len(quality)
-    rows, cols = np.divmod(np.arange(h * w), w)
-    xs, ys = tr.c + (cols + 0.5) * grid.res, tr.f - (rows + 0.5) * grid.res
+    centres = TileCentres(grid.crs, tr, (h, w))
     filled = np.zeros(h * w, bool)
     reason = np.zeros(h * w, np.int64)  # why an unfilled pixel is unfilled: index into drop_reasons(quality)
     band_nodata, swath_rows = np.zeros(nb, np.int64), 0
-    parts, gains, offsets, in_scene = [], [], [], {}
+    parts, gains, offsets = [], [], []
     for item_dict, gidx in zip(task["items"], task["scene_index"]):
-        scene = EnMAPScene.from_item(pystac.Item.from_dict(json.loads(item_dict), preserve_dict=False), allow_http)
+        item = pystac.Item.from_dict(json.loads(item_dict), migrate=False, preserve_dict=False)  # ours: nothing to migrate
+        scene = EnMAPScene.from_item(item, allow_http)
         sel = select_bands(band_names, band_centers, scene.bands.names, scene.bands.centers_nm, f"STAC item {scene.id}")
         with rasterio.Env(GDAL_CACHEMAX=READ_GDAL_CACHE_MB):
             got = scene.read_dn(quality=quality, window_for=lambda hdr: _window(hdr, tile_bounds, grid.crs))
@@ -114,10 +115,7 @@ def prepare_tile(task: dict, grid: Grid, covariates: str, band_names: list[str],
             continue
         dn, flags, win_tr, crs = got
         todo = np.flatnonzero(~filled)
-        key = str(crs)
-        if key not in in_scene:  # the tile's pixel centres in this CRS (scenes of one UTM zone share them)
-            in_scene[key] = transformer(grid.crs, key).transform(xs, ys)
-        c, r = ~win_tr * (in_scene[key][0][todo], in_scene[key][1][todo])
+        c, r = ~win_tr * centres.xy(crs, win_tr, todo)
         c, r = np.floor(c).astype(np.int64), np.floor(r).astype(np.int64)
         ok = (r >= 0) & (r < flags.shape[0]) & (c >= 0) & (c < flags.shape[1])
         todo, r, c = todo[ok], r[ok], c[ok]
@@ -127,15 +125,20 @@ def prepare_tile(task: dict, grid: Grid, covariates: str, band_names: list[str],
         todo, r, c = todo[ok], r[ok], c[ok]
         if dn is None or not len(todo):  # every pixel of the window masked
             continue
-        rows_dn = dn[:, r, c].T[:, sel]
+        # gathered along the flattened window (np.take: ~6x faster than dn[:, r, c] on a 3-D array), a view (n, nb)
+        rows_dn = np.take(dn.reshape(len(dn), -1), r * flags.shape[1] + c, axis=1)[sel].T
         missing = rows_dn == scene.nodata
-        all_missing = missing.all(axis=1)
-        reason[todo[all_missing]] = nq + 1
-        some = missing.any(axis=1) & ~all_missing
-        reason[todo[some]] = nq + 2
-        band_nodata += missing[~all_missing].sum(axis=0)
-        swath_rows += int((~all_missing).sum())
-        ok = ~missing.any(axis=1)
+        some = missing.any(axis=1)
+        ok = ~some
+        all_missing = 0
+        if some.any():  # only rows with a nodata band need the finer counts
+            sub, at = missing[some], todo[some]
+            every = sub.all(axis=1)
+            reason[at[every]] = nq + 1
+            reason[at[~every]] = nq + 2
+            band_nodata += sub[~every].sum(axis=0)
+            all_missing = int(every.sum())
+        swath_rows += len(todo) - all_missing
         if not ok.any():
             continue
         parts.append((todo[ok], rows_dn[ok], np.full(int(ok.sum()), len(gains), np.int16), np.full(int(ok.sum()), gidx, np.int32)))
@@ -152,7 +155,7 @@ def prepare_tile(task: dict, grid: Grid, covariates: str, band_names: list[str],
     pix, dn, slot, scene_idx = (np.concatenate(a) for a in zip(*parts))
     order = np.argsort(pix, kind="stable")
     pix = pix[order]
-    cov = sample_covariates(covariates, xs[pix], ys[pix], crs=grid.crs)
+    cov = sample_covariates(covariates, *centres.grid_xy(pix), crs=grid.crs, project=lambda dst, to_px: centres.xy(dst, to_px, pix))
     check_covariate_ranges(cov.T, covariates, f", tile {ty}_{tx}")
     missing = ~np.isfinite(cov).all(1)
     if missing.any():
