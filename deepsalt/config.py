@@ -305,6 +305,10 @@ class MapConfig(_Config):
                                "is seeded per tile and batch: the same batch size and device give the same ece_sd")
     tiles_per_read_task: int = Field(4, ge=1, le=64, description="tiles one read task prepares in turn: spreads Ray's "
                                      "fixed cost per task (~0.1 s) over more pixels; a task's output grows by a tile each")
+    reserve_stage_resources: bool = Field(False, description="Ray Data's per-stage resource reservation "
+                                          "(DataContext.op_resource_reservation_enabled, on in Ray by default). Off: on a "
+                                          "2-core VM it ran the read tasks one at a time (bench/README.md, mapping on CPU); "
+                                          "turn it on if a large run's reads outpace inference and fill the object store")
     read_memory_mb: int = Field(512, ge=64, description="memory a read task reserves: one scene window at a time "
                                 "(~30 MB of int16 DN per 256 px tile), GDAL's 64 MB block cache and its tiles' outputs "
                                 "(~30 MB each)")

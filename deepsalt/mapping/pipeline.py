@@ -233,10 +233,12 @@ def _scene_days(inp: RunInputs, scene_ids: list[str]) -> np.ndarray:
 def read_stage(inp: RunInputs, tasks: list[dict]):
     """Ray Data dataset of prepared shards (``tiles.combine`` rows, one per shard) from tile tasks: the tasks are
     grouped by shard (a write task must own a whole shard) and the shards packed, in the plan's order, into CPU
-    tasks of about ``tiles_per_read_task`` tiles each, spread over every node."""
+    tasks of about ``tiles_per_read_task`` tiles each, spread over every node. Sets the driver's Ray Data
+    ``op_resource_reservation_enabled`` to ``reserve_stage_resources`` for the datasets built from it."""
     import ray
 
     cfg, grid = inp.cfg, inp.grid
+    ray.data.DataContext.get_current().op_resource_reservation_enabled = cfg.reserve_stage_resources
     shards: dict = {}
     for task in tasks:
         shards.setdefault(grid.shard_of(task["ty"], task["tx"]), []).append(task)
