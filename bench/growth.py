@@ -2,11 +2,12 @@
 
     .venv/bin/python bench/growth.py --world WORLD --model RUN/bundle [--out bench/results/growth.json]
 
-WORLD should have scenes of real EnMAP size (about 1,200 x 1,300 px) and no clouds, e.g. one built with
-``WorldConfig(scene_px=1244, max_cloud_cover=0, ...)`` (the command used is recorded in the results). The regions
-are concentric squares inside the first seen scene's data, with areas in the ratio of ``--factors``, the largest
-spanning ``INNER`` of the scene's bounding box (so that pixels grow with area); each maps into a fresh cube on the same warm local Ray. Peak private memory (RssAnon) is
-sampled every 0.1 s for the driver and for every Ray worker process (the largest worker is reported).
+The regions are nested blocks of whole output tiles (256 x 256 px): one tile, 2 x 2 and 4 x 4 for ``--factors 1 4
+16``, the largest inside the first seen scene's data, so that the pixels mapped grow exactly with the area. A 4 x 4
+block (1,024 px a side, turned against the scene's UTM grid) needs a scene larger than a real EnMAP tile (about
+1,200 x 1,300 px) and no clouds, e.g. ``WorldConfig(scene_px=1800, max_cloud_cover=0, ...)`` (the command used is
+recorded in the results). Each region maps into a fresh cube on the same warm local Ray. Peak private memory
+(RssAnon) is sampled every 0.1 s for the driver and for every Ray worker process (the largest worker is reported).
 """
 
 from __future__ import annotations
@@ -74,29 +75,87 @@ def _by_task(workers: dict) -> dict:
     return dict(sorted(out.items()))
 
 
-#: the part of a scene's bounding box that lies inside its data (fractions from the west and north edges): the
-#: synthetic scenes, like real L2A tiles, have a nodata corner at the north-west, and the largest region must hold
-#: data everywhere, or its pixel count grows less than its area (an earlier run reached 6.1x instead of 16x)
-INNER = (0.3, 0.95)
+def _valid_lookup(item):
+    """``inside(xs, ys, crs)``: whether points lie on the scene's data (band 1 not nodata), from a decimated read."""
+    import numpy as np
+    import rasterio
+    from affine import Affine
+    from rasterio.enums import Resampling
+
+    from deepsalt.data.covariates import transformer
+    from deepsalt.data.enmap import EnMAPScene
+
+    scene = EnMAPScene.from_item(item)
+    with rasterio.open(scene.href("image")) as ds:
+        f = max(1, min(ds.width, ds.height) // 400)
+        band = ds.read(1, out_shape=(ds.height // f, ds.width // f), resampling=Resampling.nearest)
+        valid = band != ds.nodata
+        inv = ~(ds.transform * Affine.scale(ds.width / band.shape[1], ds.height / band.shape[0]))
+        scene_crs = str(ds.crs)
+
+    def inside(xs, ys, crs):
+        x, y = transformer(crs, scene_crs).transform(xs, ys)
+        c, r = inv * (np.asarray(x), np.asarray(y))
+        c, r = np.floor(c).astype(int), np.floor(r).astype(int)
+        ok = (r >= 0) & (r < valid.shape[0]) & (c >= 0) & (c < valid.shape[1])
+        return ok.all() and valid[r, c].all()
+
+    return inside
 
 
-def regions(item_bbox, factors, inner=INNER):
-    """Concentric lon/lat squares (in degrees of the scene's bbox) with areas proportional to ``factors``, the largest
-    spanning the ``inner`` part of the scene's bounding box."""
-    x0, y0, x1, y1 = item_bbox
-    a, b = inner
-    w, h = x1 - x0, y1 - y0
-    cx, cy, big = x0 + w * (a + b) / 2, y1 - h * (a + b) / 2, max(factors)
-    for f in factors:
-        k = math.sqrt(f / big) * (b - a) / 2
-        yield f, (cx - w * k, cy - h * k, cx + w * k, cy + h * k)
+def regions(item, grid, factors):
+    """Nested blocks of whole output tiles, ``sqrt(f)`` tiles a side for each area factor ``f`` (1, 4, 16: one
+    tile, 2 x 2, 4 x 4), the largest inside the scene's data, as lon/lat boxes that select exactly those tiles.
+    `deepsalt map --bbox` maps every tile the box touches, so a box that is not tile-aligned grows by whole tiles
+    and its pixels do not grow with its area (an earlier, fractional layout reached 11.5x for 16x)."""
+    import numpy as np
+
+    from deepsalt.data.covariates import transformer
+    from deepsalt.mapping.tiles import plan
+
+    sides = [round(math.sqrt(f)) for f in factors]
+    if any(s * s != f for s, f in zip(sides, factors)):
+        raise SystemExit(f"--factors must be square numbers of tiles (1 4 16), got {factors}")
+    big = max(sides)
+    inside = _valid_lookup(item)
+    keys = sorted(plan([item], grid))
+    c = grid.chunk * grid.res
+    u = (np.arange(33) + 0.5) / 33  # a 33 x 33 lattice of points over a block checks it is all data
+    cands = []
+    for ty, tx in keys:
+        x0, y1 = grid.x0 + tx * c, grid.y0 - ty * c
+        xs, ys = np.meshgrid(x0 + u * big * c, y1 - u * big * c)
+        if inside(xs.ravel(), ys.ravel(), grid.crs):
+            cands.append((ty, tx))
+    if not cands:
+        raise SystemExit(f"no block of {big} x {big} tiles lies inside the data of scene {item.id}: build a larger "
+                         "scene (WorldConfig scene_px)")
+    mid = np.mean(keys, axis=0)
+    ty0, tx0 = min(cands, key=lambda k: (k[0] + big / 2 - mid[0]) ** 2 + (k[1] + big / 2 - mid[1]) ** 2)
+    to_ll = transformer(grid.crs, "EPSG:4326")
+    for f, s in zip(factors, sides):
+        o = (big - s) // 2  # centred in the largest block
+        ty, tx = ty0 + o, tx0 + o
+        cx, cy = grid.x0 + (tx + s / 2) * c, grid.y0 - (ty + s / 2) * c
+        lon, lat = to_ll.transform(cx, cy)
+        half = s * c / 2
+        for _ in range(20):  # a lon/lat box whose projected envelope (the grid is rotated here) stays in the block
+            dy, dx = half / 110_574, half / (111_320 * math.cos(math.radians(lat)))
+            bbox = (lon - dx, lat - dy, lon + dx, lat + dy)
+            b = grid.tile_box(bbox, "EPSG:4326")
+            if (b.ty0, b.ty1, b.tx0, b.tx1) == (ty, ty + s - 1, tx, tx + s - 1):
+                break
+            half *= 0.9
+        else:
+            raise SystemExit(f"no lon/lat box selects exactly tiles {ty}..{ty + s - 1} x {tx}..{tx + s - 1}")
+        yield f, bbox
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--world", required=True, type=Path)
     ap.add_argument("--model", required=True)
-    ap.add_argument("--factors", type=float, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--factors", type=int, nargs="+", default=[1, 4, 16], help="areas in tiles: square numbers")
     ap.add_argument("--mc-samples", type=int, default=5)
     ap.add_argument("--world-command", default="", help="how WORLD was built, recorded in the results")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "growth.json")
@@ -104,15 +163,18 @@ def main() -> None:
 
     from deepsalt.config import MapConfig
     from deepsalt.data.stac import search_items
-    from deepsalt.mapping.pipeline import map_region
+    from deepsalt.mapping.pipeline import grid_for, map_region
     from deepsalt.raycluster import init_ray
 
     seen = [s["id"] for s in json.loads((a.world / "world.json").read_text())["scenes"] if s["region"] == "seen"]
     scene = next(i for i in search_items(str(a.world / "stac")) if i.id == seen[0])
     size = scene.assets["image"].extra_fields.get("proj:shape")
+    grid = grid_for(MapConfig(stac=str(a.world / "stac"), covariates=str(a.world / "covariates"), model=a.model,
+                              out="unused", epoch="2024"))
+    boxes = list(regions(scene, grid, a.factors))
     init_ray()
     rows = []
-    for f, bbox in regions(scene.bbox, a.factors):
+    for f, bbox in boxes:
         with tempfile.TemporaryDirectory() as tmp:
             cfg = MapConfig(stac=str(a.world / "stac"), covariates=str(a.world / "covariates"), model=a.model,
                             out=f"{tmp}/cube", epoch="2024", mc_samples=a.mc_samples, bbox=bbox)

@@ -300,7 +300,7 @@ def _execute(inp: RunInputs, p: Plan, session, log) -> int:
     return n_pix, stats
 
 
-#: end-to-end mapping rate per CPU core, 5 MC passes, for dry-run estimates: bench/map_cpu.py measured 6,854 px/s
+#: end-to-end mapping rate per CPU core, 5 MC passes, for dry-run estimates: bench/map_cpu.py measured 6,711 px/s
 #: on 2 cores (bench/results/map_cpu.json); GPUs and other machines differ, so the estimate is rough
 PX_PER_CORE_S = 3000
 
