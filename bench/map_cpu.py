@@ -134,7 +134,6 @@ def _profile(inp, tasks, repeats: int) -> dict:
     """Where the read stage's time goes: every tile prepared in turn in this process, timed by part (seconds per
     pass, median of ``repeats``), and the same prepare in a process pool, with the raw decode alternated beside it."""
     import pyproj
-    import rasterio
 
     from deepsalt.data.enmap import EnMAPScene
     from deepsalt.mapping import tiles
@@ -156,7 +155,8 @@ def _profile(inp, tasks, repeats: int) -> dict:
         patched.append((owner, name, real))
         setattr(owner, name, wrapper)
 
-    # nested parts are not double-counted: each wrapper adds its own span, the covariates' projections included
+    # the projections overlap the other parts (the covariates' own are inside their time); the rest is the total
+    # less the decode and the covariates
     timed(EnMAPScene, "read_dn", "decode: image and mask windows (read_dn)")
     timed(tiles, "sample_covariates", "covariates: open, project, read (sample_covariates)")
     timed(pyproj.Transformer, "transform", "exact projections (pyproj, all callers)")
