@@ -165,6 +165,9 @@ def test_cube_scores_like_the_model_and_quicklook(cube, world, trained, tmp_path
     assert s["exceedance_decision"] == open_cube(str(out)).attrs["exceedance_decision"]
     rel = s["reliability"]["overall"]["4"]
     assert sum(d["n"] for d in rel["deciles"]) == s["overall"]["n_pixels"] and np.isfinite(rel["brier"])
+    # in hindsight no decision probability beats the best one on the same pixels, the cube's own included
+    hind = s["hindsight_decision"]["overall"]["4"]
+    assert hind["best_f1"]["f1"] >= s["overall"]["classes"]["4"]["f1"] - 1e-9
     # the cube against the truth rasters vs the bundle on the labelled sites of the same scenes
     import pandas as pd
     sites = pd.read_parquet(world / "samples" / "satellite_samples.parquet")

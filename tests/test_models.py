@@ -586,6 +586,14 @@ def test_exceedance_is_the_intervals_distribution_and_calls_where_f1_is_best():
     assert called["auc"] == pytest.approx(roc_auc_score(y[10000:] > 4, prob[0, 10000:]), abs=1e-9)
     # too few sites above a threshold to choose: 0.5
     assert ap.choose_decision(np.ones(100), prob[:1, :100], [4.0]) == {"4": 0.5}
+    # in hindsight, on the cases themselves: the best F1 over the grid is at least the chosen decision's, the balanced
+    # decision's smaller of recall and precision at least that of any decision of the grid; all above: nothing to say
+    hind = ap.hindsight_decision(y[10000:], prob[:, 10000:], [4.0, 8.0])
+    best, bal = hind["4"]["best_f1"], hind["4"]["balanced"]
+    assert best["f1"] >= called["f1"] - 1e-12 and best["decision"] in ap.DECISION_GRID
+    assert min(bal["recall"], bal["precision"]) >= min(called["recall"], called["precision"]) - 1e-12
+    assert bal["f1"] == pytest.approx(ap.class_figures(y[10000:] > 4, prob[0, 10000:] >= bal["decision"])["f1"])
+    assert ap.hindsight_decision(np.full(10, 9.0), prob[:1, :10], [4.0]) == {"4": None}
 
 
 def test_metrics_report_ln_skill_rank_and_class_figures():

@@ -69,8 +69,9 @@ def score(cube_url: str, world: str | Path, epoch: str | None = None, storage_op
     region) and per scene (see ``_skill``); the class calls are the cube's (exceedance probability at the decision
     probability it records), the AUC ranks pixels by the value within each scene. ``reference_scene_median`` gives
     the same figures for a map that is each scene's true median everywhere (no skill within a scene), and
-    ``reliability`` the exceedance probabilities' calibration against the truth pixels (Brier skill, deciles)."""
-    from deepsalt.models.applicability import reliability
+    ``reliability`` the exceedance probabilities' calibration against the truth pixels (Brier skill, deciles), and
+    ``hindsight_decision`` what the best decision probability would have called (``hindsight_decision``)."""
+    from deepsalt.models.applicability import hindsight_decision, reliability
 
     ds = open_cube_dataset(cube_url, storage_options)
     g = Grid(**ds.attrs["grid"])
@@ -121,6 +122,9 @@ def score(cube_url: str, world: str | Path, epoch: str | None = None, storage_op
         out["reliability"] = {name: reliability(np.concatenate([p["y"] for p in ps]),
                                                 np.concatenate([p["prob"] for p in ps], axis=1), thresholds)
                               for name, ps in groups.items() if ps}
+        out["hindsight_decision"] = {name: hindsight_decision(np.concatenate([p["y"] for p in ps]),
+                                                              np.concatenate([p["prob"] for p in ps], axis=1), thresholds)
+                                     for name, ps in groups.items() if ps}
     out["exceedance_decision"] = {f"{v:g}": float(d) for v, d in zip(thresholds, dec[:, 0])}
     out["epoch"] = day
     return out

@@ -160,6 +160,27 @@ def choose_decision(y, prob, thresholds) -> dict:
     return out
 
 
+def hindsight_decision(y, prob, thresholds) -> dict:
+    """Per threshold, what the best decision probability of ``DECISION_GRID`` would have given against these cases,
+    known only in hindsight (the world's truth pixels): ``best_f1`` (its probability, recall, precision, F1) and
+    ``balanced``, the one whose smaller of recall and precision is largest. It tells whether a map's calls fall short
+    through the decision probability chosen on the validation sites or through the probabilities themselves."""
+    y = np.asarray(y, float)
+    out = {}
+    for t, p in zip(thresholds, prob):
+        above, p = y > t, np.asarray(p, float)
+        if not above.any() or above.all():
+            out[f"{t:g}"] = None
+            continue
+        rows = [{"decision": float(d), **{k: v for k, v in class_figures(above, p >= d - 1e-9).items()
+                                          if k in ("recall", "precision", "f1")}} for d in DECISION_GRID]
+        f1 = np.array([r["f1"] for r in rows], float)
+        low = np.array([min(r["recall"], r["precision"]) for r in rows], float)  # NaN (no call) counts as no balance
+        out[f"{t:g}"] = {"best_f1": rows[int(np.nanargmax(f1))],
+                         "balanced": rows[int(np.nanargmax(np.where(np.isfinite(low), low, -1)))]}
+    return out
+
+
 def reliability(y, prob, thresholds, bins: int = 10) -> dict:
     """Per threshold: observed frequency against mean predicted probability in ``bins`` equal-width probability bins
     (deciles of probability), the Brier score, and its skill against the base rate of these samples
