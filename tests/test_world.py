@@ -101,7 +101,7 @@ SMALL = dict(scene_px=64, n_lab=200, sites_per_scene=20, seen_bbox=(-108.6, 38.0
 
 
 def test_same_seed_same_world_other_seed_other_world(tmp_path):
-    cfg = WorldConfig.for_preset("tiny", 3).model_copy(update=SMALL)
+    cfg = WorldConfig.for_preset("tiny", 3).model_copy(update={**SMALL, "scene_px": 32, "n_lab": 60, "sites_per_scene": 10})
     build_world(cfg, tmp_path / "a", progress=False)
     build_world(cfg, tmp_path / "b", progress=False)
     build_world(cfg.model_copy(update={"seed": 4}), tmp_path / "c", progress=False)
