@@ -5,7 +5,9 @@ probability the validation sites chose, the median within-scene AUC, and in hind
 ``hindsight_decision``) what the best decision probability for these very pixels would have given: where that
 reaches a target and the chosen one does not, the decision rule falls short, not the probabilities.
 
-    python bench/targets.py [--worlds 7,11,12,13] [--preset demo] [--out bench/results/targets.json]
+    python bench/targets.py [--worlds 7,11,12,13] [--preset demo] [--seeds 0] [--out bench/results/targets.json]
+
+With several training seeds, each (world, seed) is one run: how far the seed alone moves the figures.
 
 Development world seeds only (7 is the demo's world; never the headline seed). Writes the results file after each
 world.
@@ -25,7 +27,7 @@ from common import stamp
 TARGETS = {"seen_recall": 0.6, "seen_precision": 0.6, "seen_auc": 0.85, "unseen_f1": 0.6}
 
 
-def one_world(seed: int, preset: str, work: Path, log) -> dict:
+def one_run(seed: int, preset: str, train_seed: int, work: Path, log) -> dict:
     from deepsalt.config import MapConfig, TrainConfig, WorldConfig
     from deepsalt.data.synthetic.world import build_world
     from deepsalt.mapping.pipeline import map_region
@@ -34,14 +36,16 @@ def one_world(seed: int, preset: str, work: Path, log) -> dict:
 
     t0 = time.time()
     world = work / "world"
-    build_world(WorldConfig.for_preset(preset, seed=seed), world, progress=False)
-    metrics = train(world, work / "run", TrainConfig.for_preset("tiny", seeds=(0,), variants=("deepsalt",)), log=lambda *_: None)
-    cube = str(work / "cube.zarr")
-    map_region(MapConfig(stac=str(world / "stac"), covariates=str(world / "covariates"), model=str(work / "run" / "bundle"),
+    if not (world / "world.json").exists():
+        build_world(WorldConfig.for_preset(preset, seed=seed), world, progress=False)
+    run = work / f"run{train_seed}"
+    metrics = train(world, run, TrainConfig.for_preset("tiny", seeds=(train_seed,), variants=("deepsalt",)), log=lambda *_: None)
+    cube = str(work / f"cube{train_seed}.zarr")
+    map_region(MapConfig(stac=str(world / "stac"), covariates=str(world / "covariates"), model=str(run / "bundle"),
                          out=cube, epoch="2024"), log=lambda *_: None)
     sc = score(cube, world)
     val = metrics["exceedance_per_seed"][0]["val"]["classes"]["4"]
-    out = {"world_seed": seed, "world_preset": preset, "decision": sc["exceedance_decision"]["4"],
+    out = {"world_seed": seed, "world_preset": preset, "train_seed": train_seed, "decision": sc["exceedance_decision"]["4"],
            "val_sites": val["n"], "val_sites_above_4": val["n_above"]}
     for region in ("seen", "unseen"):
         c = sc[region]["classes"]["4"]
@@ -55,7 +59,7 @@ def one_world(seed: int, preset: str, work: Path, log) -> dict:
     out["met_in_hindsight"] = {"seen_recall_and_precision": min(bal["recall"], bal["precision"]) >= TARGETS["seen_recall"],
                                "unseen_f1": u["hindsight"]["best_f1"]["f1"] >= TARGETS["unseen_f1"]}
     out["seconds"] = round(time.time() - t0, 1)
-    log(f"  world {seed}: decision {out['decision']:.3f} ({val['n_above']} of {val['n']} validation sites above 4); seen recall "
+    log(f"  world {seed}, training seed {train_seed}: decision {out['decision']:.3f} ({val['n_above']} of {val['n']} validation sites above 4); seen recall "
         f"{s['recall']:.2f} precision {s['precision']:.2f} AUC {s['auc']:.2f} (balanced in hindsight: {bal['recall']:.2f} / "
         f"{bal['precision']:.2f} at {bal['decision']:.3f}); held-out F1 {u['f1']:.2f} (best in hindsight "
         f"{u['hindsight']['best_f1']['f1']:.2f} at {u['hindsight']['best_f1']['decision']:.3f}); {out['seconds']} s")
@@ -68,17 +72,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--worlds", default="7,11,12,13", help="development world seeds (comma-separated)")
     ap.add_argument("--preset", default="demo", help="world preset")
+    ap.add_argument("--seeds", default="0", help="training seeds (comma-separated): one run each")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "targets.json")
     a = ap.parse_args()
     init_ray()
-    res = {**stamp(), "training": "preset tiny, seed 0, variant deepsalt (the demo's)", "targets": TARGETS, "worlds": []}
+    seeds = [int(v) for v in a.seeds.split(",")]
+    res = {**stamp(), "training": f"preset tiny, seeds {seeds} (one run each), variant deepsalt (the demo's)",
+           "targets": TARGETS, "worlds": []}
     for s in (int(v) for v in a.worlds.split(",")):
         print(f"world {s} ({a.preset})", flush=True)
         with tempfile.TemporaryDirectory() as d:
-            res["worlds"].append(one_world(s, a.preset, Path(d), lambda m: print(m, flush=True)))
+            for t in seeds:
+                res["worlds"].append(one_run(s, a.preset, t, Path(d), lambda m: print(m, flush=True)))
         n = len(res["worlds"])
-        res["met_on"] = {k: f"{sum(w['met'][k] for w in res['worlds'])} of {n} worlds" for k in TARGETS}
-        res["met_in_hindsight_on"] = {k: f"{sum(w['met_in_hindsight'][k] for w in res['worlds'])} of {n} worlds"
+        runs = "worlds" if len(seeds) == 1 else "runs (world, training seed)"
+        res["met_on"] = {k: f"{sum(w['met'][k] for w in res['worlds'])} of {n} {runs}" for k in TARGETS}
+        res["met_in_hindsight_on"] = {k: f"{sum(w['met_in_hindsight'][k] for w in res['worlds'])} of {n} {runs}"
                                       for k in res["worlds"][0]["met_in_hindsight"]}
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(res, indent=1) + "\n")
