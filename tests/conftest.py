@@ -73,7 +73,8 @@ def s3_bucket(s3_endpoint, request):
 # Small enough for CI, large enough that every stage and every variant really trains.
 # Feed-forward width 32 (the students' default 256) and two layers (default: teacher 3, students 4, each student layer
 # distilled from its own teacher layer): every stage and the MC-dropout passes of each map run cost a fraction (a
-# 38,783 px map's inference: 3.4 s with the defaults, 1.6 s with width 32), and nothing the tests check depends on them.
+# 38,783 px map's inference, one thread: 3.4 s with the defaults, 1.6 s with width 32; 2.2 s against 1.2 s for four
+# layers against two, side by side on 2026-12-06), and nothing the tests check depends on them.
 FAST = dict(ae={"hidden": (64,), "epochs": 3}, sau={"epochs": 3}, teacher={"epochs": 6, "ff": 32, "layers": 2},
             student={"epochs": 6, "ff": 32, "layers": 2}, kd={"layer_map": (0, 1), "layer_weights": (1.0, 1.0)},
             checkpoint_every=2, seeds=(0,))
