@@ -148,6 +148,33 @@ def test_read_tasks_of_one_or_many_tiles_make_the_same_cube(cube, world, trained
     assert objects[out] < objects[flat], objects
 
 
+
+def test_a_read_task_builds_one_aws_session_not_one_per_file(world, trained, tmp_path, monkeypatch):
+    """With AWS credentials in the environment (as for inputs on S3; the suite's services set them), rasterio builds
+    a boto3 session for every GDAL environment it enters (~20-30 ms each): a read task enters one for all its tiles,
+    not one per file it opens (a tile opens ~20: image, quality masks, covariates)."""
+    import pickle
+
+    import rasterio.session
+
+    from deepsalt.mapping.pipeline import prepare_inputs
+    from deepsalt.mapping.tiles import prepare_tiles
+
+    assert os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY")
+    cfg = _cfg(world, trained[0] / "bundle", tmp_path / "unused.zarr")
+    inp = prepare_inputs(cfg, log=lambda *_: None)
+    ids = sorted({i.id for its in inp.tiles.values() for i in its})
+    tasks = [{"ty": ty, "tx": tx, "fp": 1, "items": [json.dumps(i.to_dict(include_self_link=False)) for i in its],
+              "scene_index": [ids.index(i.id) for i in its]} for (ty, tx), its in inp.tiles.items()]
+    sessions = []
+    real = rasterio.session.AWSSession.__init__
+    monkeypatch.setattr(rasterio.session.AWSSession, "__init__", lambda self, *a, **k: (sessions.append(1), real(self, *a, **k))[1])
+    rows = prepare_tiles({"shards": pickle.dumps([tasks])}, grid=inp.grid, covariates=cfg.covariates,
+                         band_names=inp.meta["band_names"], band_centers=inp.meta["band_centers_nm"],
+                         quality=tuple(cfg.quality_masks))
+    assert len(tasks) == 7 and sum(len(r["pix"]) for r in rows) == 38_783  # every tile of the tiny world, read
+    assert len(sessions) == 1, f"{len(sessions)} AWS sessions for one read task of {len(tasks)} tiles"
+
 def test_cube_scores_like_the_model_and_quicklook(cube, world, trained, tmp_path):
     out, _ = cube
     s = score(str(out), world)

@@ -19,7 +19,7 @@ from pyproj import Transformer
 from rasterio.transform import rowcol
 from rasterio.windows import Window
 
-from deepsalt.data.cog import open_raster
+from deepsalt.data.cog import one_gdal_env, open_raster
 from deepsalt.errors import DeepSaltInputError
 
 
@@ -116,6 +116,7 @@ def transformer(src, dst) -> Transformer:
     return Transformer.from_crs(src, dst, always_xy=True)
 
 
+@one_gdal_env
 def _lookup(source, xs: np.ndarray, ys: np.ndarray, crs, project=None) -> np.ndarray:
     """Covariates at points given in ``crs`` (the cell containing each point), ``(n, 8)``, NaN outside or nodata.
 

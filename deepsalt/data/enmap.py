@@ -11,19 +11,21 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pystac
-import rioxarray  # noqa: F401 - registers the .rio accessor
-import xarray as xr
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
-from deepsalt.data.cog import check_href, open_raster
+from deepsalt.data.cog import check_href, one_gdal_env, open_raster
 from deepsalt.config import QUALITY_ASSETS
 from deepsalt.data.stac import priority
 from deepsalt.errors import DeepSaltInputError
 from deepsalt.spectra.bands import BandTable, select_bands
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 
 @dataclass
@@ -91,6 +93,7 @@ class EnMAPScene:
         with self.open_image() as ds:
             return {"crs": ds.crs, "transform": ds.transform, "height": ds.height, "width": ds.width}
 
+    @one_gdal_env
     def read_dn(self, window: Window | None = None, quality: tuple[str, ...] = QUALITY_MASKS, window_for=None):
         """The image's raw DN ``(band, y, x)`` (int16 for EnMAP L2A), the quality flags ``(y, x)`` as uint8 codes (0:
         clear; ``i + 1``: masked by ``quality[i]``, the first layer that flags it), and the window's transform and
@@ -153,6 +156,9 @@ class EnMAPScene:
              require_valid: bool = True) -> xr.DataArray:
         """Reflectance as a georeferenced ``DataArray (band, y, x)`` (see ``read_array``). With ``require_valid``
         an all-NaN result is an error naming the scene."""
+        import rioxarray  # noqa: F401 - registers the .rio accessor; imported here: the map's read tasks never need it
+        import xarray as xr
+
         refl, tr, crs = self.read_array(window, quality)
         if require_valid and np.isnan(refl).all():
             raise DeepSaltInputError(self.href(self.IMAGE_ASSET),

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from deepsalt.config import QUALITY_ASSETS
+from deepsalt.data.cog import one_gdal_env
 from deepsalt.data.covariates import COVARIATE_NAMES, COVARIATES, sample_covariates
 from deepsalt.errors import DeepSaltInputError
 from deepsalt.redact import redact_url
@@ -215,6 +216,7 @@ def read_sites(path: str, targets: list[str] | None = None, layer: str | None = 
     return out.reset_index(drop=True), found
 
 
+@one_gdal_env
 def _scene_pixels(item_json: str, lon, lat, quality, keep_names, allow_http: bool) -> dict:
     """One scene's pixels at the points (a Ray task): reflectance of every band, row/col, and the reason a pixel is
     unusable, by the mapping's rules."""

@@ -22,6 +22,7 @@ import zarr
 
 from deepsalt import __version__
 from deepsalt.config import MapConfig
+from deepsalt.data.cog import one_gdal_env
 from deepsalt.errors import DeepSaltInputError, find_input_error
 from deepsalt.mapping import cube as cube_mod
 from deepsalt.mapping.fingerprint import bundle_identity, run_identity, scene_identity, tile_fingerprint
@@ -133,6 +134,7 @@ def _lonlat_bounds(grid: Grid, keys) -> tuple[float, float, float, float]:
     return transform_bounds(grid.crs, "EPSG:4326", *b, densify_pts=21)
 
 
+@one_gdal_env
 def prepare_inputs(cfg: MapConfig, log=print) -> RunInputs:
     """Search, check and plan: every input fault surfaces here, before the cube is touched."""
     from deepsalt.data.covariates import check_covariate_ranges, sample_covariates

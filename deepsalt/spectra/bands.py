@@ -11,7 +11,6 @@ from functools import lru_cache
 from importlib import resources
 
 import numpy as np
-import pandas as pd
 
 #: 1-based band numbers the method drops: 1331-1390 nm, at the edge of the 1.4 µm water-vapour gap.
 EXCLUDED_BANDS = (130, 131, 132, 133, 134, 135)
@@ -70,6 +69,8 @@ class BandTable:
 @lru_cache(maxsize=1)
 def enmap_bands() -> BandTable:
     """The 224 EnMAP L2A bands (sorted by wavelength: VNIR and SWIR interleave near 900-1000 nm)."""
+    import pandas as pd  # here, not at the top: every Ray worker imports this module, few read the table
+
     with resources.files(__package__).joinpath("enmap_l2a_bands.csv").open() as f:
         df = pd.read_csv(f)
     return BandTable(
