@@ -35,7 +35,8 @@ def start_cluster(workers: int = 2):
     # each node's object store sized for this work (512 MB is ample): with Ray's default, 30 % of RAM per node, three
     # nodes beside the test suite's own Ray mapped the tiny world in 49 s instead of 15 s
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": True, "object_store_memory": STORE,
-                                                            "dashboard_host": "127.0.0.1", "node_ip_address": "127.0.0.1"})
+                                                            "dashboard_host": "127.0.0.1", "node_ip_address": "127.0.0.1",
+                                                            "dashboard_agent_listen_port": None})  # not Ray's fixed 52365
     nodes = [cluster.add_node(**NODE) for _ in range(workers)]
     os.environ["RAY_ADDRESS"] = cluster.address
     from deepsalt.raycluster import init_ray

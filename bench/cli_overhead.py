@@ -1,0 +1,109 @@
+"""Where the time of one small `deepsalt map` goes: the fixed costs a fresh process pays, which the test suite pays
+in every test that starts the CLI, a kill or a node loss in a new process.
+
+    bash scripts/services.sh .venv/bin/python bench/cli_overhead.py [--model RUN/bundle] [--runs 2]
+
+Under scripts/services.sh (a Ray head, the tiny world, as the suite has them). Without --model it first trains the
+suite's quick model (tests/conftest.py FAST) on the tiny world. Writes ``bench/results/cli_overhead.json``:
+- ``cli``: for each run of `deepsalt map` (3 MC passes, a new cube), the seconds from start at which the driver printed
+  each stage's line ([1/4] search done, [3/4] Ray Data starts, the first "tiles written", [4/4] published) and
+  at which the process had exited;
+- ``fixed``: in fresh processes on the same cluster, the costs behind them: Python importing the CLI module, torch,
+  the bundle module (torch with it) and Ray Data; a driver connecting to the cluster; its first task, and a second;
+  a trivial Ray Data map in a new driver, its first run and its second; a trivial one-actor Ray Data pool.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import stamp  # bench/common.py
+
+REPO = Path(__file__).resolve().parents[1]
+
+PROBE = r"""
+import json, os, sys, time
+t = time.time(); import ray; from deepsalt.raycluster import init_ray; init_ray(); out = {"ray_connect_s": time.time() - t}
+@ray.remote
+def f(): return os.getpid()
+t = time.time(); ray.get(f.remote()); out["first_task_s"] = time.time() - t
+t = time.time(); ray.get(f.remote()); out["second_task_s"] = time.time() - t
+import ray.data
+ray.data.DataContext.get_current().print_on_execution_start = False
+class A:
+    def __call__(self, r): return r
+for k in ("first", "second"):
+    t = time.time(); ray.data.from_items([{"a": 1}] * 4).map(lambda r: r).take_all(); out[f"ray_data_trivial_{k}_s"] = time.time() - t
+t = time.time()
+ray.data.from_items([{"a": 1}] * 4).map(A, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=1)).take_all()
+out["ray_data_one_actor_s"] = time.time() - t
+print("RESULT " + json.dumps({k: round(v, 2) for k, v in out.items()}))
+"""
+
+MARKERS = {"search_done": "[1/4]", "ray_data_starts": "[3/4]", "first_tiles_written": "tiles written ", "published": "[4/4]"}
+
+
+def _import_s(module: str) -> float:
+    """Seconds for a fresh interpreter to import ``module``, less its bare start-up."""
+    def run(code):
+        t = time.time()
+        subprocess.run([sys.executable, "-c", code], check=True)
+        return time.time() - t
+    return round(run(f"import {module}") - run("pass"), 2)
+
+
+def cli_run(world: Path, bundle: str, out: str) -> dict:
+    cmd = [sys.executable, "-m", "deepsalt.cli", "map", "--stac", str(world / "stac"), "--model", bundle, "--covariates",
+           str(world / "covariates"), "--out", out, "--epoch", "2024", "--mc-samples", "3"]
+    seen = {}
+    t0 = time.time()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in p.stdout:
+        for k, m in MARKERS.items():
+            if m in line and k not in seen:
+                seen[k] = round(time.time() - t0, 2)
+    rc = p.wait()
+    if rc != 0:
+        raise SystemExit(f"deepsalt map exited {rc}")
+    return {**seen, "exited": round(time.time() - t0, 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", help="bundle to map with (default: train the suite's quick model on the tiny world)")
+    ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "cli_overhead.json"))
+    a = ap.parse_args()
+    if not os.environ.get("DEEPSALT_TEST_WORLD") or not os.environ.get("RAY_ADDRESS"):
+        raise SystemExit("run under scripts/services.sh (it builds the tiny world and starts a Ray head)")
+    world = Path(os.environ["DEEPSALT_TEST_WORLD"])
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = a.model
+        if bundle is None:
+            sys.path.insert(0, str(REPO / "tests"))
+            from conftest import FAST
+            from deepsalt.config import TrainConfig
+            from deepsalt.train.run import train
+
+            train(world, Path(tmp) / "run", TrainConfig.for_preset("tiny", **FAST), log=lambda *_: None)
+            bundle = str(Path(tmp) / "run" / "bundle")
+        runs = [cli_run(world, bundle, f"{tmp}/c{k}.zarr") for k in range(a.runs)]
+        r = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True)
+        fixed = json.loads(r.stdout.split("RESULT ", 1)[1].splitlines()[0])
+    fixed.update({f"import_{m.replace('.', '_')}_s": _import_s(m)
+                  for m in ("deepsalt.cli", "torch", "deepsalt.models.bundle", "ray.data")})
+    res = {**stamp(), "world": "tiny, seed 7 (scripts/services.sh)", "model": "given" if a.model else "tests/conftest.py FAST",
+           "cli": runs, "fixed": fixed}
+    Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
+    print(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
