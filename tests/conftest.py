@@ -168,11 +168,12 @@ def deepsalt_lines(stderr: str) -> list[str]:
 
 
 def tile_arrays(url, storage_options=None, version=None, epoch_index=0) -> dict:
-    """{(ty, tx): {var: array}} for every recorded tile of one epoch, with ``scene`` as scene ids."""
+    """{(ty, tx): {var: array}} for every recorded tile of one epoch (the cube's own variables: ``ece`` or another
+    target's), with ``scene`` as scene ids."""
     import numpy as np
     import zarr
 
-    from deepsalt.mapping.cube import VARS, readonly_session, recorded_tiles
+    from deepsalt.mapping.cube import cube_target, cube_vars, readonly_session, recorded_tiles
 
     session = readonly_session(str(url), storage_options, version)
     try:
@@ -186,7 +187,7 @@ def tile_arrays(url, storage_options=None, version=None, epoch_index=0) -> dict:
     out = {}
     for ty, tx in sorted(recorded_tiles(session, epoch_index)):
         ys, xs = slice(ty * chunk, (ty + 1) * chunk), slice(tx * chunk, (tx + 1) * chunk)
-        d = {v: root[v][epoch_index, ..., ys, xs] for v in VARS}  # exceedance: (threshold, y, x)
+        d = {v: root[v][epoch_index, ..., ys, xs] for v in cube_vars(cube_target(root))}  # exceedance: (threshold, y, x)
         d["scene"] = ids[d["scene"]]  # -1 -> ""
         out[(ty, tx)] = d
     return out
