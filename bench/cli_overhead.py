@@ -10,7 +10,10 @@ suite's quick model (tests/conftest.py FAST) on the tiny world. Writes ``bench/r
   at which the process had exited;
 - ``fixed``: in fresh processes on the same cluster, the costs behind them: Python importing the CLI module, torch,
   the bundle module (torch with it) and Ray Data; a driver connecting to the cluster; its first task, and a second;
-  a trivial Ray Data map in a new driver, its first run and its second; a trivial one-actor Ray Data pool.
+  a trivial Ray Data map in a new driver, its first run and its second; a trivial one-actor Ray Data pool; a trivial
+  Ray Train fit (one worker, one report), twice in that driver: its whole time and when its loop started (a Ray Train
+  run pays a controller, a worker group and a torch process group before the first epoch, which every training in
+  the suite, one seed at a time, pays again).
 """
 
 from __future__ import annotations
@@ -44,6 +47,18 @@ for k in ("first", "second"):
 t = time.time()
 ray.data.from_items([{"a": 1}] * 4).map(A, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=1)).take_all()
 out["ray_data_one_actor_s"] = time.time() - t
+import tempfile, ray.train
+from ray.train.torch import TorchTrainer
+def loop(c):
+    open(c["stamp"], "w").write(str(time.time()))
+    ray.train.report({"epoch": 0})
+for k in ("first", "second"):
+    d = tempfile.mkdtemp()
+    t = time.time()
+    TorchTrainer(loop, train_loop_config={"stamp": f"{d}/started"}, scaling_config=ray.train.ScalingConfig(num_workers=1),
+                 run_config=ray.train.RunConfig(name=f"probe_{k}", storage_path=d)).fit()
+    out[f"ray_train_trivial_fit_{k}_s"] = time.time() - t
+    out[f"ray_train_trivial_loop_starts_{k}_s"] = float(open(f"{d}/started").read()) - t
 print("RESULT " + json.dumps({k: round(v, 2) for k, v in out.items()}))
 """
 
@@ -95,7 +110,9 @@ def main() -> None:
             train(world, Path(tmp) / "run", TrainConfig.for_preset("tiny", **FAST), log=lambda *_: None)
             bundle = str(Path(tmp) / "run" / "bundle")
         runs = [cli_run(world, bundle, f"{tmp}/c{k}.zarr") for k in range(a.runs)]
-        r = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True)
+        r = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise SystemExit(f"the probe failed:\n{r.stderr[-3000:]}")
         fixed = json.loads(r.stdout.split("RESULT ", 1)[1].splitlines()[0])
     fixed.update({f"import_{m.replace('.', '_')}_s": _import_s(m)
                   for m in ("deepsalt.cli", "torch", "deepsalt.models.bundle", "ray.data")})
