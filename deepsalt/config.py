@@ -275,6 +275,11 @@ class TrainConfig(_Config):
         return cls(preset=preset, **merged)
 
 
+def spectral_path(cfg: TrainConfig) -> int:
+    """Principal components of the EnMAP spectrum the students' linear term reads (0: none, or no linear term)."""
+    return cfg.student.spectral_path if cfg.student.linear_skip else 0
+
+
 class MapConfig(_Config):
     """One mapping run: which scenes, which model, where the cube goes."""
 

@@ -548,6 +548,27 @@ def test_bad_input_is_one_line_exit_2_and_commits_nothing(case, world_copy, trai
     assert (cube_mod.history(str(out)) if out.exists() else None) == before
 
 
+def test_weights_that_do_not_fit_the_architecture_are_refused_and_commit_nothing(world, trained, tmp_path):
+    """The driver checks bundle.json and the weights' own record without torch (prepare_inputs); that the weights fit
+    the networks bundle.json describes is checked where the networks are built, in the actors that predict."""
+    from safetensors.numpy import load_file, save_file
+
+    from deepsalt.models.bundle_meta import load_meta
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(trained[0] / "bundle", bundle)
+    t = load_file(bundle / "weights.safetensors")
+    k = sorted(k for k in t if k.startswith("student.") and k.endswith("weight"))[0]
+    t[k] = t[k][:-1]  # a row short: a tensor of another architecture
+    save_file(t, bundle / "weights.safetensors")
+    assert load_meta(str(bundle))["band_names"]  # what the driver can check without torch holds
+    out = tmp_path / "c.zarr"
+    with pytest.raises(DeepSaltInputError, match=rf"weights do not fit the recorded architecture \(.*{k.removeprefix('student.')}"):
+        map_region(map_cfg(world, bundle, out), log=lambda *_: None)
+    assert not [h for h in cube_mod.history(str(out)) if h["epoch"]]  # nothing published
+    assert not tile_arrays(out)
+
+
 @pytest.mark.parametrize("flag,value,needle", [("--chunk", "128", "chunk 256 (not 128)"), ("--shard", "1", "shard 2 (not 1)")])
 def test_chunk_or_shard_differing_from_the_cube_is_refused(cube, world, trained, flag, value, needle):
     before = cube_mod.history(str(cube[0]))

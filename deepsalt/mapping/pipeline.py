@@ -140,10 +140,10 @@ def prepare_inputs(cfg: MapConfig, log=print) -> RunInputs:
     from deepsalt.data.covariates import check_covariate_ranges, sample_covariates
     from deepsalt.data.enmap import EnMAPScene
     from deepsalt.data.stac import search_items
-    from deepsalt.models.bundle import DeepSaltBundle
+    from deepsalt.models.bundle_meta import load_meta
 
     grid = grid_for(cfg)
-    meta = DeepSaltBundle.load(cfg.model).meta  # refuse a bad bundle before any work
+    meta = load_meta(cfg.model)  # refuse a bad bundle before any work (without torch: the actors load the networks)
     quality = tuple(cfg.quality_masks)
 
     def search(bbox):
@@ -367,7 +367,7 @@ def map_region(cfg: MapConfig, log=print) -> dict:
                                      "train without the products' bad bands (--exclude-bands), or fix the scenes' nodata bands")
         if p.todo and n_pix == 0:  # every planned pixel masked or outside: the tiles are rewritten empty, and it says so
             log(f"      0 pixels mapped from {len(p.todo)} tile(s): {why}")
-        from deepsalt.models.bundle import exceedance_decision
+        from deepsalt.models.bundle_meta import exceedance_decision
 
         models = dict(zarr.open_group(session.store, mode="r").attrs.get("models", {}))
         models[cfg.epoch] = {"bundle": redact_url(cfg.model), "sha256": inp.bundle_sha, "data_hash": inp.meta.get("data_hash"),

@@ -28,7 +28,6 @@ import math
 from statistics import NormalDist
 
 import numpy as np
-import torch
 from scipy.special import ndtr
 
 LEVEL = 0.90
@@ -40,19 +39,21 @@ DECISION_GRID = np.round(np.arange(0.05, 0.951, 0.025), 3)
 MIN_DECISION_SITES = 5
 
 
-@torch.no_grad()
 def mc_dropout(student, x: torch.Tensor, passes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(pred, sd)`` for student inputs ``x (N, in_dim)``: ``pred`` with dropout off (the evaluated prediction);
     ``sd`` the spread of ``passes`` passes with dropout on, all in one batch, seeded (zeros for passes <= 1)."""
-    student.eval()
-    pred = student(x)[0].float()
-    if passes <= 1:
-        return pred, torch.zeros_like(pred)
-    torch.manual_seed(seed)
-    student.train()
-    runs = student(x.repeat(passes, 1))[0].float().reshape(passes, -1)
-    student.eval()
-    return pred, runs.std(0, unbiased=False)
+    import torch  # here and below: the scoring and decision rules of this module need numpy only
+
+    with torch.no_grad():
+        student.eval()
+        pred = student(x)[0].float()
+        if passes <= 1:
+            return pred, torch.zeros_like(pred)
+        torch.manual_seed(seed)
+        student.train()
+        runs = student(x.repeat(passes, 1))[0].float().reshape(passes, -1)
+        student.eval()
+        return pred, runs.std(0, unbiased=False)
 
 
 def _scale(pred, sd, scaled: bool, di=None, di_slope: float = 0.0, log: bool = True):
@@ -228,21 +229,27 @@ def _nearest(x: torch.Tensor, ref: torch.Tensor, chunk: int | None = None) -> to
     """Each row's distance to its nearest ``ref`` row, in chunks of rows whose distance matrix holds at most 2**22
     numbers on the CPU (16 MiB) and 2**26 on a GPU (256 MiB: a 262,144-pixel batch against a few hundred sites in
     one or two calls, where 4,096-row chunks cost 64 kernel launches)."""
+    import torch
+
     if chunk is None:
         chunk = max(1, (2**26 if x.is_cuda else 2**22) // max(len(ref), 1))
     out = [torch.cdist(x[i:i + chunk], ref).min(1).values for i in range(0, len(x), chunk)]
     return torch.cat(out) if out else torch.zeros(0, device=x.device)
 
 
-@torch.no_grad()
 def dissimilarity(x_std: torch.Tensor, reference: torch.Tensor, mean_distance: float) -> torch.Tensor:
     """DI of standardised inputs ``x_std (N, d)`` against the training sites ``reference (n, d)``."""
-    return _nearest(x_std.float(), reference.float()) / mean_distance
+    import torch
+
+    with torch.no_grad():
+        return _nearest(x_std.float(), reference.float()) / mean_distance
 
 
 def fit_aoa(reference: np.ndarray, folds: np.ndarray, seed: int, max_pairs_rows: int = 2000) -> dict:
     """The AOA's constants from the training sites' standardised inputs and their CV folds: the mean pairwise
     distance (over at most ``max_pairs_rows`` sites, seeded) and the DI threshold."""
+    import torch
+
     ref = torch.as_tensor(np.asarray(reference, np.float32))
     folds = np.asarray(folds)
     sub = ref[np.random.default_rng(seed).permutation(len(ref))[:max_pairs_rows]]

@@ -22,19 +22,11 @@ from deepsalt.config import TrainConfig
 from deepsalt.errors import DeepSaltInputError
 from deepsalt.models.applicability import dissimilarity, mc_dropout
 from deepsalt.models.autoencoder import SparseAutoEncoder
-from deepsalt.models.scalers import Projection, scaler_from_dict
-from deepsalt.models.transformer import SpectralTransformer, build_student, spectral_path
+from deepsalt.models.bundle_meta import FORMAT, check_meta, check_weights, checked, exceedance_decision, read_parts
+from deepsalt.models.scalers import scaler_from_dict
+from deepsalt.models.transformer import SpectralTransformer, build_student
 from deepsalt.spectra.bands import select_bands
 from deepsalt.targets import get_target
-
-FORMAT = "deepsalt-bundle/5"  # 2: interval90 and aoa; 3: the interval widens with the DI; 4: the target it predicts;
-# 5: the students' spectral path (scaler "enmap_pcs")
-
-
-def exceedance_decision(meta: dict) -> dict[str, float]:
-    """A bundle's (``bundle.json``'s) decision probability per threshold, 0.5 where it records none."""
-    got = meta["interval90"].get("exceedance_decision") or {}
-    return {f"{t:g}": float(got.get(f"{t:g}", 0.5)) for t in get_target(meta["target"]).thresholds}
 
 
 class DeepSaltBundle:
@@ -87,75 +79,27 @@ class DeepSaltBundle:
     @classmethod
     def load(cls, url: str) -> "DeepSaltBundle":
         """Load and check a bundle. Anything missing, damaged or edited is a DeepSaltInputError naming it."""
-        fs, path = fsspec.core.url_to_fs(str(url))
-        try:
-            raw = fs.cat(f"{path}/bundle.json")
-            blob = fs.cat(f"{path}/weights.safetensors")
-        except FileNotFoundError:
-            raise DeepSaltInputError(url, "not a model bundle (bundle.json or weights.safetensors missing)",
-                                     "pass the bundle folder written by `deepsalt train` (RUN/bundle)") from None
-        try:
-            return cls._from_parts(url, json.loads(raw), blob)
-        except DeepSaltInputError:
-            raise
-        except Exception as e:  # noqa: BLE001 - KeyError, pydantic ValidationError, shape and dtype errors: all "damaged"
-            raise DeepSaltInputError(f"{url}/bundle.json", f"damaged or edited bundle ({type(e).__name__}: {str(e).splitlines()[0][:160]})",
-                                     "use the bundle exactly as `deepsalt train` wrote it, or retrain") from None
+        meta, blob = read_parts(url)
+        return checked(url, lambda: cls._from_parts(url, meta, blob))
 
     @classmethod
     def _from_parts(cls, url: str, meta: dict, blob: bytes) -> "DeepSaltBundle":
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            fmt = meta.get("format") if isinstance(meta, dict) else None
-            raise DeepSaltInputError(url, f"bundle format {fmt!r} is not {FORMAT!r}", "retrain with this version")
-        if str(meta["deepsalt_version"]).split(".")[:2] != __version__.split(".")[:2]:
-            raise DeepSaltInputError(url, f"bundle made by deepsalt {meta['deepsalt_version']}, this is {__version__}",
-                                     "use the matching deepsalt release or retrain")
-        pcs = spectral_path(TrainConfig(**meta["config"]))
-        if len(meta["band_names"]) != len(meta["band_centers_nm"]) \
-                or set(meta["scalers"]) != {"enmap", "covariates", *(["enmap_pcs"] if pcs else [])}:
-            raise DeepSaltInputError(f"{url}/bundle.json", "band list or scalers are inconsistent", "do not edit bundle.json; retrain")
+        check_meta(url, meta)  # everything bundle.json says, as a map run's driver checks it (no torch there)
         tensors = st_load(blob)
+        check_weights(url, meta, tensors)
         enc, stu = cls._build(meta)
         for prefix, model in (("encoder.", enc), ("student.", stu)):
             sd = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
             try:
                 model.load_state_dict(sd, strict=True)
             except RuntimeError as e:
-                raise DeepSaltInputError(url, f"weights do not fit the recorded architecture ({str(e)[:200]})") from None
-        try:
-            target = get_target(meta["target"])
-        except (KeyError, TypeError, ValueError):
-            raise DeepSaltInputError(f"{url}/bundle.json", "the bundle does not say which soil property it predicts",
-                                     "do not edit bundle.json; retrain") from None
-        if target.name != get_target(meta["config"].get("target", "ece")).name:
-            raise DeepSaltInputError(f"{url}/bundle.json", f"the bundle's target {target.name!r} is not the one it was "
-                                     f"trained for ({meta['config'].get('target')!r})", "do not edit bundle.json; retrain")
-        weights_range = stu.head.out_range.tolist()
-        if not np.allclose(weights_range, meta["out_range"]) or not np.allclose(stu.out_range, meta["out_range"]):
-            # DESIGN defect 7: a head trained for one range silently loaded into another
-            raise DeepSaltInputError(url, f"weights were trained for output range {weights_range} {target.units} but the bundle "
-                                     f"records {meta['out_range']}", "do not edit out_range; retrain instead")
-        ref = tensors.get("aoa.reference")
-        aoa, iv = meta.get("aoa") or {}, meta.get("interval90") or {}
-        if ref is None or ref.ndim != 2 or ref.shape != (int(aoa.get("n_reference", -1)), stu.body_dim) \
-                or not float(aoa.get("mean_distance", 0)) > 0 or not np.isfinite(float(aoa.get("threshold", np.nan))) \
-                or not float(iv.get("q", 0)) > 0 or int(iv.get("mc_samples", 0)) < 2 \
-                or not float(iv.get("di_slope", -1)) >= 0:
-            raise DeepSaltInputError(f"{url}/bundle.json", "the area of applicability or the 90 % interval calibration is "
-                                     "missing or inconsistent with the weights", "do not edit bundle.json; retrain")
-        bundle = cls(meta, enc, stu, ref.float())
-        for name, n in (("enmap", len(meta["band_names"])), ("covariates", len(meta["covariates"]))):
-            sc = bundle.scalers[name]
-            if sc.kind not in ("minmax", "standard") or sc.shift.shape != (n,) or sc.scale.shape != (n,) \
-                    or not (np.isfinite(sc.shift).all() and (sc.scale > 0).all()):
-                raise DeepSaltInputError(f"{url}/bundle.json", f"scaler '{name}' is not a valid {n}-column scaler", "do not edit bundle.json; retrain")
-        if pcs:
-            pr = bundle.scalers["enmap_pcs"]
-            if not isinstance(pr, Projection) or pr.components.shape != (pcs, len(meta["band_names"])) \
-                    or not np.isfinite(pr.components).all() or pr.mean.shape != (len(meta["band_names"]),):
-                raise DeepSaltInputError(f"{url}/bundle.json", f"the spectral path's projection is not {pcs} components of "
-                                         f"{len(meta['band_names'])} bands", "do not edit bundle.json; retrain")
-        return bundle
+                raise DeepSaltInputError(url, f"weights do not fit the recorded architecture ({' '.join(str(e).split())[:240]})",
+                                         "use the bundle exactly as `deepsalt train` wrote it, or retrain") from None
+        ref = tensors["aoa.reference"]
+        if ref.shape[1] != stu.body_dim:
+            raise DeepSaltInputError(f"{url}/bundle.json", f"the area of applicability's reference sites have {ref.shape[1]} "
+                                     f"features, the student's body reads {stu.body_dim}", "do not edit bundle.json; retrain")
+        return cls(meta, enc, stu, ref.float())
 
     def select_bands(self, band_names, band_centers, where: str) -> np.ndarray:
         """Column indices of the bundle's bands in an input with ``band_names``; refuses a mismatch."""

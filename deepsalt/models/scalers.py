@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
-import torch
+
+
+def _tensor(x) -> bool:
+    """Whether ``x`` is a torch tensor; torch is imported only where one can exist (a map run's driver has none)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
 
 
 @dataclass
@@ -28,7 +34,9 @@ class Scaler:
 
     def transform(self, x):
         """Scale rows of ``x`` (array-like, or a torch tensor: scaled on its own device)."""
-        if isinstance(x, torch.Tensor):
+        if _tensor(x):
+            import torch
+
             lib, out = torch, x.float()
             shift, scale = torch.from_numpy(self.shift).to(x.device), torch.from_numpy(self.scale).to(x.device)
         else:
@@ -68,7 +76,9 @@ class Projection:
 
     def transform(self, x):
         """Project rows of ``x`` (array-like, or a torch tensor: projected on its own device)."""
-        if isinstance(x, torch.Tensor):
+        if _tensor(x):
+            import torch
+
             return (x.float() - torch.from_numpy(self.mean).to(x.device)) @ torch.from_numpy(self.components).to(x.device).T
         x = np.asarray(x, np.float32)
         if x.shape[-1] != self.mean.size:

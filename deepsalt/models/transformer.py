@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from deepsalt.config import OUT_RANGE
+from deepsalt.config import OUT_RANGE, spectral_path
 
 
 class RangeHead(nn.Module):
@@ -90,11 +90,6 @@ class SpectralTransformer(nn.Module):
                 h = layer(h)
             feats.append(h.mean(1))
         return self.head(feats[-1], skip), feats
-
-
-def spectral_path(cfg) -> int:
-    """Principal components of the EnMAP spectrum the students' linear term reads (0: none, or no linear term)."""
-    return cfg.student.spectral_path if cfg.student.linear_skip else 0
 
 
 def student_inputs(variant: str, latent: int, pcs: int = 0) -> int:

@@ -306,7 +306,7 @@ def load_training_data(inputs: TrainInputs | str | Path, cfg: TrainConfig, seed:
         ok = np.isfinite(refl_all[cand]).all(1) & np.isfinite(cov_all[cand]).all(1)
         tr_lab = cand[ok]
         tr_refl, tr_cov = refl_all[tr_lab], cov_all[tr_lab]
-    from deepsalt.models.transformer import spectral_path
+    from deepsalt.config import spectral_path
 
     if k := spectral_path(cfg):  # the students' spectral path: components of the training sites' and transfer pixels'
         rows = np.concatenate([scalers["enmap"].transform(sat_raw[tr_s]), scalers["enmap"].transform(tr_refl)])

@@ -21,7 +21,6 @@ from deepsalt.targets import get_target
 from deepsalt.raycluster import init_ray
 from deepsalt import evaluation as ev
 from deepsalt.train.data import TrainingData, load_training_data
-from deepsalt.train.stages import Ctx, check_resume, encode, load_state, make_ckpt_dir, predict, run_pipeline, student_features
 
 
 def _train_loop(config: dict) -> None:
@@ -29,6 +28,8 @@ def _train_loop(config: dict) -> None:
     import ray
     import ray.train
     import ray.train.torch
+
+    from deepsalt.train.stages import Ctx, load_state, make_ckpt_dir, run_pipeline
 
     ctx_ = ray.train.get_context()
     rank = ctx_.get_world_rank()
@@ -158,6 +159,8 @@ def fit_seed(data: TrainingData, cfg: TrainConfig, seed: int, storage: str, log=
     """Train all stages for one seed with Ray Train; resumes from the latest checkpoint under ``storage``
     (a local folder or an fsspec URL such as s3://bucket/run/ray). A lost worker or node restarts the worker group
     from the last checkpoint, up to ``cfg.max_failures`` times; past that a DeepSaltRunError says how to resume."""
+    from deepsalt.train.stages import check_resume, load_state  # torch: only once the inputs are read and checked
+
     latest = _latest_checkpoint(f"{storage}/seed{seed}")
     if latest is not None:
         check_resume(load_state(latest), cfg, latest)  # before any worker starts: one clear line, not a worker crash
@@ -211,7 +214,7 @@ def fit_seed(data: TrainingData, cfg: TrainConfig, seed: int, storage: str, log=
 
 
 def evaluate_seed(data: TrainingData, cfg: TrainConfig, state: dict, seed: int) -> dict:
-    from deepsalt.train.stages import build_models
+    from deepsalt.train.stages import Ctx, build_models, encode, predict, student_features
 
     models = build_models(cfg, data.lab_x.shape[1], data.sat_x.shape[1])
     for k, sd in state["models"].items():
@@ -294,12 +297,13 @@ def evaluate_seed(data: TrainingData, cfg: TrainConfig, state: dict, seed: int) 
     return out
 
 
-def _applicability(data: TrainingData, cfg: TrainConfig, models: dict, seed: int, ctx: Ctx) -> dict:
+def _applicability(data: TrainingData, cfg: TrainConfig, models: dict, seed: int, ctx) -> dict:
     """The DeepSalt student's calibrated 90 % interval (split conformal on the validation blocks) and its area of
     applicability (threshold from a cross-validation over the training blocks), scored on the test sites."""
     import torch
 
     from deepsalt.models import applicability as ap
+    from deepsalt.train.stages import predict, student_features
 
     stu = models["student:deepsalt"]
     x = torch.as_tensor(student_features(data, models, "deepsalt", ctx))
