@@ -102,3 +102,23 @@ print("SESSION " + ray._private.worker._global_node.get_session_dir_path())
     session = Path(r.stdout.split("SESSION ", 1)[1].splitlines()[0])
     logs = [f for f in session.rglob("*") if f.is_file() and f.stat().st_size < 50_000_000]
     assert logs and not [f for f in logs if marker.encode() in f.read_bytes()]
+
+
+def test_a_gdal_environment_takes_the_credentials_in_force_when_it_starts(world, s3_bucket, s3_endpoint, monkeypatch):
+    """`one_gdal_env` builds rasterio's credentials session once per set of AWS settings, not once per environment
+    it enters: credentials changed in the process must still be the ones GDAL gets (moto accepts any key, so the
+    read succeeds either way; what GDAL was given is what is checked)."""
+    from deepsalt.data.cog import one_gdal_env
+
+    _upload(world, s3_bucket, s3_endpoint)
+    href = f"/vsis3/{s3_bucket}/world/" + next((world / "scenes").rglob("*SPECTRAL_IMAGE*.TIF")).relative_to(world).as_posix()
+
+    @one_gdal_env
+    def read():
+        with rasterio.open(href) as ds:
+            return rasterio.env.getenv()["AWS_SECRET_ACCESS_KEY"], ds.read(1, window=Window(0, 0, 4, 4))
+
+    for secret in ("testing", "rotated", "testing"):
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+        key, a = read()
+        assert key == secret and a.shape == (4, 4)

@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 import fsspec
 import numpy as np
 
-from deepsalt.data.cog import gdal_path, write_cog
+from deepsalt.data.cog import gdal_path, one_gdal_env, write_cog
 from deepsalt.data.covariates import COVARIATE_NAMES, COVARIATES, check_covariate_ranges
 from deepsalt.errors import DeepSaltInputError
 
@@ -119,6 +119,7 @@ def _worldclim(worldclim: str, var: str, month: int) -> str:
                              "download WorldClim 2.1's 30s monthly data and unzip it here, or leave the ZIPs as they are")
 
 
+@one_gdal_env
 def build_covariates(soilgrids: str, worldclim: str, bbox, out: str | Path, soil_res: float = 1 / 400,
                      climate_res: float = 1 / 120, log=print) -> dict:
     """Write ``out/<name>.tif`` for the 8 covariates over ``bbox`` (lon/lat); returns a summary."""

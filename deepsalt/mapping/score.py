@@ -13,6 +13,7 @@ import zarr
 from rasterio.enums import Resampling
 from rasterio.warp import reproject
 
+from deepsalt.data.cog import one_gdal_env
 from deepsalt.errors import DeepSaltInputError
 from deepsalt.mapping.cube import epoch_model, open_cube
 from deepsalt.mapping.grid import Grid
@@ -64,6 +65,7 @@ def _pooled(parts: list[dict], thresholds) -> dict:
     return out
 
 
+@one_gdal_env
 def score(cube_url: str, world: str | Path, epoch: str | None = None, storage_options: dict | None = None) -> dict:
     """The cube against the world's truth rasters, overall, per region (``seen``, ``unseen``: the world's held-out
     region) and per scene (see ``_skill``); the class calls are the cube's (exceedance probability at the decision
@@ -206,6 +208,7 @@ def _km_axes(ax, crs: str) -> None:
     ax.tick_params(labelsize=7)
 
 
+@one_gdal_env
 def quicklook(cube_url: str, png: str | Path, epoch: str | None = None, storage_options: dict | None = None,
               world: str | Path | None = None, max_px: int = 600, change: str | None = None) -> Path:
     """A picture of one epoch. Top row: an overview locating the mapped regions, and (with ``world``) the predicted
