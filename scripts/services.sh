@@ -59,7 +59,8 @@ for k in $(seq 0 $((${DEEPSALT_TEST_WORKERS:-1} - 1))); do
   # would find it taken and take no jobs ("no available agent to submit job"), so every head gets its own
   AGENT_PORT=$(free_port)
   # no log monitor: it tails every worker's log file to push lines to drivers, which DeepSalt's drivers do not take
-  # (log_to_driver=False), and as the suite's jobs add files it took 50 CPU-s of a 1,170 s run (2026-12-07)
+  # (log_to_driver=False), and as the suite's jobs add files it took 49.5 CPU-s of a 1,169 s suite run (2026-12-07,
+  # sampled from /proc as bench/suite_cpu.py does)
   setsid ray start --head --block --num-cpus=2 --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 \
     --port="$RAY_PORT" --dashboard-port="$DASH_PORT" --dashboard-agent-listen-port="$AGENT_PORT" \
     --include-dashboard=true --include-log-monitor=False --disable-usage-stats --temp-dir="$WORK/ray$k" > "$WORK/ray$k.log" 2>&1 &
