@@ -35,9 +35,11 @@ def _files(root: Path) -> dict:
 
 
 def test_cube_opens_with_xarray_and_rioxarray(cube):
-    import rioxarray  # noqa: F401 - registers .rio, as a user's script does (it passed only after another test imported it)
-
     out, summary = cube
+    # a user's script imports deepsalt alone: open_cube registers .rio itself (in this process another test may have)
+    got = subprocess.run([sys.executable, "-c", "import sys, deepsalt; assert 'rioxarray' not in sys.modules; "
+                          f"print(deepsalt.open_cube({str(out)!r}).rio.crs.to_epsg())"], capture_output=True, text=True)
+    assert got.returncode == 0 and got.stdout.strip() == "5070", got.stderr[-2000:]
     ds = open_cube(str(out))
     assert ds.rio.crs.to_epsg() == 5070
     assert ds["ece"].dims == ("time", "y", "x") and ds["ece"].dtype == np.float32

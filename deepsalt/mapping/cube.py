@@ -424,6 +424,7 @@ def open_cube(url: str, storage_options: dict | None = None, version: str | date
     ``chunks="auto"``: dask-backed (xarray's "auto" from the stored chunks), or for grids of more than
     ``MAX_DASK_CHUNKS`` chunks (the global grid) one dask chunk per 16 x 16 stored chunks; ``None``: no dask, lazily indexed (a selection reads just
     the chunks it touches: what DeepSalt's own point, export and score use); or a dict, as for ``xarray.open_zarr``."""
+    import rioxarray  # noqa: F401 - registers ``.rio`` (``ds.rio.crs`` from ``spatial_ref``), which the README promises
     import xarray as xr
 
     session = readonly_session(url, storage_options, version)
