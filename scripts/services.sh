@@ -27,6 +27,8 @@ cleanup() {
     sleep 0.2
   done
   for pid in "${all[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  # reap our own background jobs quietly: bash would otherwise print "Killed" for `ray start --block` on every run
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
   rm -rf "$WORK"
 }
 trap cleanup EXIT
