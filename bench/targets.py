@@ -5,7 +5,7 @@ probability the validation sites chose, the median within-scene AUC, and in hind
 ``hindsight_decision``) what the best decision probability for these very pixels would have given: where that
 reaches a target and the chosen one does not, the decision rule falls short, not the probabilities.
 
-    python bench/targets.py [--worlds 7,11,12,13] [--preset demo] [--seeds 0] [--out bench/results/targets.json]
+    python bench/targets.py [--worlds 7,11,12,13,14,15,16] [--preset demo] [--seeds 0] [--out bench/results/targets.json]
 
 With several training seeds, each (world, seed) is one run: how far the seed alone moves the figures.
 
@@ -70,7 +70,7 @@ def main() -> None:
     from deepsalt.raycluster import init_ray
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--worlds", default="7,11,12,13", help="development world seeds (comma-separated)")
+    ap.add_argument("--worlds", default="7,11,12,13,14,15,16", help="development world seeds (comma-separated)")
     ap.add_argument("--preset", default="demo", help="world preset")
     ap.add_argument("--seeds", default="0", help="training seeds (comma-separated): one run each")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "targets.json")
