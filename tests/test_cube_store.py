@@ -556,24 +556,34 @@ def test_bad_input_is_one_line_exit_2_and_commits_nothing(case, world_copy, trai
 
 
 def test_weights_that_do_not_fit_the_architecture_are_refused_and_commit_nothing(world, trained, tmp_path):
-    """The driver checks bundle.json and the weights' own record without torch (prepare_inputs); that the weights fit
-    the networks bundle.json describes is checked where the networks are built, in the actors that predict."""
+    """The driver checks bundle.json and the weights' tensor shapes against its record without torch (load_meta, as
+    prepare_inputs calls it), before any Ray work; a bundle without that record is still refused, where the networks
+    are built (DeepSaltBundle.load, in the actors that predict)."""
     from safetensors.numpy import load_file, save_file
 
+    from deepsalt.models.bundle import DeepSaltBundle
     from deepsalt.models.bundle_meta import load_meta
 
     bundle = tmp_path / "bundle"
     shutil.copytree(trained[0] / "bundle", bundle)
     t = load_file(bundle / "weights.safetensors")
     k = sorted(k for k in t if k.startswith("student.") and k.endswith("weight"))[0]
+    shape = list(t[k].shape)
     t[k] = t[k][:-1]  # a row short: a tensor of another architecture
     save_file(t, bundle / "weights.safetensors")
-    assert load_meta(str(bundle))["band_names"]  # what the driver can check without torch holds
+    misfit = rf"weights do not fit the recorded architecture \({k}: shape \[{shape[0] - 1}, {shape[1]}\] in the weights, \[{shape[0]}, {shape[1]}\] in bundle.json\)"
+    with pytest.raises(DeepSaltInputError, match=misfit):
+        load_meta(str(bundle))
     out = tmp_path / "c.zarr"
+    line = _one_line_exit_2(_cli(world, bundle, out), "weights do not fit the recorded architecture", f"{k}: shape")
+    assert "[4/4]" not in line and not out.exists()  # refused before the cube was created
+    # the same weights in a bundle.json without the record (as written before it had one): refused by torch
+    meta = json.loads((bundle / "bundle.json").read_text())
+    del meta["weights"]
+    (bundle / "bundle.json").write_text(json.dumps(meta))
+    assert load_meta(str(bundle))["band_names"]
     with pytest.raises(DeepSaltInputError, match=rf"weights do not fit the recorded architecture \(.*{k.removeprefix('student.')}"):
-        map_region(map_cfg(world, bundle, out), log=lambda *_: None)
-    assert not [h for h in cube_mod.history(str(out)) if h["epoch"]]  # nothing published
-    assert not tile_arrays(out)
+        DeepSaltBundle.load(str(bundle))
 
 
 @pytest.mark.parametrize("flag,value,needle", [("--chunk", "128", "chunk 256 (not 128)"), ("--shard", "1", "shard 2 (not 1)")])

@@ -45,14 +45,18 @@ class DeepSaltBundle:
         enc = SparseAutoEncoder(len(meta["band_names"]), tuple(cfg.ae.hidden), cfg.latent)
         return enc, build_student(cfg, "deepsalt")
 
-    def save(self, url: str) -> None:
-        fs, path = fsspec.core.url_to_fs(url)
-        fs.makedirs(path, exist_ok=True)
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """What ``weights.safetensors`` holds: the encoder's and student's parameters and the DI's reference rows."""
         tensors = {f"encoder.{k}": v.contiguous() for k, v in self.encoder.state_dict().items()}
         tensors.update({f"student.{k}": v.contiguous() for k, v in self.student.state_dict().items()})
         tensors["aoa.reference"] = self.reference.detach().cpu().float().contiguous()
+        return tensors
+
+    def save(self, url: str) -> None:
+        fs, path = fsspec.core.url_to_fs(url)
+        fs.makedirs(path, exist_ok=True)
         with fs.open(f"{path}/weights.safetensors", "wb") as f:
-            f.write(st_save(tensors))
+            f.write(st_save(self.tensors()))
         with fs.open(f"{path}/bundle.json", "w") as f:
             f.write(json.dumps(self.meta, indent=2))
 
@@ -74,7 +78,10 @@ class DeepSaltBundle:
         enc, stu = cls._build(meta)
         enc.load_state_dict(encoder_state)
         stu.load_state_dict(student_state)
-        return cls(meta, enc, stu, torch.as_tensor(np.asarray(reference, np.float32)))
+        bundle = cls(meta, enc, stu, torch.as_tensor(np.asarray(reference, np.float32)))
+        # every tensor's shape, so that a driver without torch can tell weights that do not fit the architecture
+        meta["weights"] = {k: list(v.shape) for k, v in bundle.tensors().items()}
+        return bundle
 
     @classmethod
     def load(cls, url: str) -> "DeepSaltBundle":

@@ -1,7 +1,7 @@
 """A model bundle's record, read and checked without torch: what a mapping driver needs to refuse a bad bundle before
 any work (format, versions, band list, scalers, target, output range, interval and area-of-applicability constants,
-the weights file's out_range and reference rows). ``bundle.DeepSaltBundle.load`` runs the same checks, then builds
-the networks and checks that the weights fit them.
+every tensor's shape, the weights file's out_range and reference rows). ``bundle.DeepSaltBundle.load`` runs the same
+checks, then builds the networks and checks that the weights fit them.
 
 The driver of a map run (``pipeline.prepare_inputs``) reads only this; the Ray Data actors that predict load the
 whole bundle. Without torch (a 2.2 s import on 2 cores) the driver of a tiny-world map finished its STAC search after
@@ -108,8 +108,14 @@ def check_meta(url: str, meta: dict) -> None:
 
 
 def check_weights(url: str, meta: dict, tensors) -> None:
-    """The weights' own record of the output range and the DI's reference rows against ``bundle.json`` (``tensors``:
-    name -> numpy array or torch tensor)."""
+    """The weights against ``bundle.json`` (``tensors``: name -> numpy array or torch tensor): every tensor's shape
+    against bundle.json's ``weights`` record (a bundle written before it had one is checked where the networks are
+    built, in the actors), the weights' own record of the output range, and the DI's reference rows."""
+    if "weights" in meta:
+        misfit = weights_misfit(meta["weights"], {k: list(v.shape) for k, v in tensors.items()})
+        if misfit:
+            raise DeepSaltInputError(url, f"weights do not fit the recorded architecture ({misfit})",
+                                     "use the bundle exactly as `deepsalt train` wrote it, or retrain")
     weights_range = np.asarray(tensors["student.head.out_range"].tolist(), np.float64)
     if weights_range.shape != (2,) or not np.allclose(weights_range, meta["out_range"]):
         # DESIGN defect 7: a head trained for one range silently loaded into another
@@ -120,6 +126,16 @@ def check_weights(url: str, meta: dict, tensors) -> None:
     if ref is None or len(ref.shape) != 2 or ref.shape[0] != int(meta["aoa"]["n_reference"]):
         raise DeepSaltInputError(f"{url}/bundle.json", "the area of applicability's reference sites are missing or "
                                  "inconsistent with bundle.json", "do not edit bundle.json; retrain")
+
+
+def weights_misfit(recorded: dict, found: dict, most: int = 3) -> str:
+    """How the weights file's tensor shapes (``found``) differ from ``bundle.json``'s record, '' where they do not."""
+    faults = [f"{k}: shape {found[k]} in the weights, {list(recorded[k])} in bundle.json"
+              for k in sorted(set(found) & set(recorded)) if found[k] != list(recorded[k])]
+    faults += [f"{k}: missing from the weights" for k in sorted(set(recorded) - set(found))]
+    faults += [f"{k}: in the weights, not in bundle.json" for k in sorted(set(found) - set(recorded))]
+    more = f"; and {len(faults) - most} more" if len(faults) > most else ""
+    return "; ".join(faults[:most]) + more
 
 
 def load_meta(url: str) -> dict:
