@@ -134,10 +134,11 @@ def _ossl(d: Path, meta: pd.DataFrame, wn: np.ndarray, spectra: np.ndarray) -> P
     site = layers[[OSSL["layer"], OSSL["dataset"], OSSL["site"], OSSL["lat"], OSSL["lon"], OSSL["top"], OSSL["bottom"]]].assign(**{
         "id.project_ascii_txt": layers[OSSL["dataset"]].str.replace(".SSL", "", regex=False) + " project",
         "location.point.error_any_m": 30.0, "observation.date.begin_iso.8601_yyyy.mm.dd": "2019-06-01"})
-    site.to_csv(o / "ossl_soilsite_L0_v1.2.csv.gz", index=False)
+    gz = {"method": "gzip", "mtime": 0}  # no write time in the gzip header: the same seed gives the same bytes
+    site.to_csv(o / "ossl_soilsite_L0_v1.2.csv.gz", index=False, compression=gz)
     lab = layers[[OSSL["layer"], OSSL["ec"], OSSL["soc"]]].assign(**{"ph.h2o_usda.a268_index": np.full(n, 7.8)})
-    lab.to_csv(o / "ossl_soillab_L1_v1.2.csv.gz", index=False)
-    lab.assign(**{OSSL["ec"]: layers["_ec_l0"]}).to_csv(o / "ossl_soillab_L0_v1.2.csv.gz", index=False)
+    lab.to_csv(o / "ossl_soillab_L1_v1.2.csv.gz", index=False, compression=gz)
+    lab.assign(**{OSSL["ec"]: layers["_ec_l0"]}).to_csv(o / "ossl_soillab_L0_v1.2.csv.gz", index=False, compression=gz)
     _csv_gz(o / "ossl_mir_L0_v1.2.csv.gz", {OSSL["layer"]: layers[OSSL["layer"]].to_numpy(),
                                             "scan_mir.model_name_utf8_txt": np.full(n, "Bruker Vertex 70 with HTS-XT accessory"),
                                             **dict(zip([MIR_COLUMN.format(int(w)) for w in OSSL_WN],
@@ -153,7 +154,7 @@ def _csv_gz(path: Path, columns: dict) -> None:
     import pyarrow.csv as pacsv
 
     table = pa.table({k: pa.array(v) for k, v in columns.items()})
-    with gzip.open(path, "wb", compresslevel=1) as f:
+    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as f:
         pacsv.write_csv(table, f)
 
 
