@@ -558,10 +558,9 @@ def test_bad_input_is_one_line_exit_2_and_commits_nothing(case, world_copy, trai
 def test_weights_that_do_not_fit_the_architecture_are_refused_and_commit_nothing(world, trained, tmp_path):
     """The driver checks bundle.json and the weights' tensor shapes against its record without torch (load_meta, as
     prepare_inputs calls it), before any Ray work; a bundle without that record is still refused, where the networks
-    are built (DeepSaltBundle.load, in the actors that predict)."""
+    are built (DeepSaltBundle.load, in the actors that predict), and that run commits nothing."""
     from safetensors.numpy import load_file, save_file
 
-    from deepsalt.models.bundle import DeepSaltBundle
     from deepsalt.models.bundle_meta import load_meta
 
     bundle = tmp_path / "bundle"
@@ -583,7 +582,9 @@ def test_weights_that_do_not_fit_the_architecture_are_refused_and_commit_nothing
     (bundle / "bundle.json").write_text(json.dumps(meta))
     assert load_meta(str(bundle))["band_names"]
     with pytest.raises(DeepSaltInputError, match=rf"weights do not fit the recorded architecture \(.*{k.removeprefix('student.')}"):
-        DeepSaltBundle.load(str(bundle))
+        map_region(map_cfg(world, bundle, out), log=lambda *_: None)
+    assert not [h for h in cube_mod.history(str(out)) if h["epoch"]]  # nothing published
+    assert not tile_arrays(out)
 
 
 @pytest.mark.parametrize("flag,value,needle", [("--chunk", "128", "chunk 256 (not 128)"), ("--shard", "1", "shard 2 (not 1)")])
