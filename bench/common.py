@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import sys
@@ -30,3 +31,24 @@ def stamp(card: str | None = None) -> dict:
     return {"machine": f"{platform.node()}: {cpus} CPUs, {platform.machine()}, {ram:.0f} GiB", "cpu": cpu_model(), "card": card,
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join([Path(sys.executable).name, *sys.argv])}
+
+
+def int_list(text: str) -> list[int]:
+    """``"7,11,12"`` -> ``[7, 11, 12]`` (an argparse type)."""
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+
+
+def world_parser(doc: str, worlds: str, out: str, seeds: str | None = None,
+                 seeds_help: str = "training seeds (comma-separated)") -> argparse.ArgumentParser:
+    """The options of a bench over development worlds: ``--worlds`` (world seeds, never the headline one), ``--seeds``
+    (training seeds, where ``seeds`` gives their default) and ``--out`` (``results/OUT`` by default), as lists of
+    ints and a path once parsed; the caller adds its own."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--worlds", type=int_list, default=worlds, help="development world seeds (comma-separated)")
+    if seeds is not None:
+        ap.add_argument("--seeds", type=int_list, default=seeds, help=seeds_help)
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / out, help=f"results file (default: results/{out})")
+    return ap

@@ -34,14 +34,13 @@ Development world seeds only (never the headline seed).
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from common import stamp
+from common import stamp, world_parser
 from targets import TARGETS, one_run
 
 
@@ -103,9 +102,7 @@ def main() -> None:
     from deepsalt.raycluster import init_ray
     from deepsalt.targets import get_target
 
-    ap_ = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap_.add_argument("--worlds", default="7,11,12,13,14,15,16", help="development world seeds (comma-separated)")
-    ap_.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "decision_rules.json")
+    ap_ = world_parser(__doc__, "7,11,12,13,14,15,16", "decision_rules.json")
     ap_.add_argument("--cache", type=Path, help="keep (and reuse) each world's recorded labels and probabilities here")
     a = ap_.parse_args()
     seen_by = {"choose": [], "hindsight": []}
@@ -123,7 +120,7 @@ def main() -> None:
     init_ray()
     res = {**stamp(), "training": "as bench/targets.py: preset tiny, seed 0, variant deepsalt; demo-preset worlds",
            "targets": TARGETS, "worlds": []}
-    for seed in (int(v) for v in a.worlds.split(",")):
+    for seed in a.worlds:
         cached = a.cache / f"world{seed}.npz" if a.cache else None
         if cached and cached.exists():
             z = np.load(cached, allow_pickle=False)

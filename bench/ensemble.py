@@ -17,7 +17,6 @@ Development world seeds only (never the headline seed). Writes the results file 
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import stamp
+from common import stamp, world_parser
 from targets import TARGETS
 
 
@@ -94,16 +93,12 @@ def one_world(seed: int, seeds: list[int], work: Path, log) -> dict:
 def main() -> None:
     from deepsalt.raycluster import init_ray
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--worlds", default="7,11,13,16", help="development world seeds (comma-separated)")
-    ap.add_argument("--seeds", default="0,1,2", help="training seeds pooled (comma-separated)")
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ensemble.json")
-    a = ap.parse_args()
+    a = world_parser(__doc__, "7,11,13,16", "ensemble.json", seeds="0,1,2", seeds_help="training seeds pooled (comma-separated)").parse_args()
     init_ray()
-    seeds = [int(v) for v in a.seeds.split(",")]
+    seeds = a.seeds
     res = {**stamp(), "training": f"preset tiny, variant deepsalt, seeds {seeds}; demo-preset worlds", "targets": TARGETS,
            "worlds": []}
-    for w in (int(v) for v in a.worlds.split(",")):
+    for w in a.worlds:
         print(f"world {w}", flush=True)
         with tempfile.TemporaryDirectory() as d:
             res["worlds"].append(one_world(w, seeds, Path(d), lambda m: print(m, flush=True)))

@@ -10,7 +10,6 @@ Development world seeds only (never the headline seed). Writes the results file 
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common import stamp
+from common import stamp, world_parser
 
 
 def truth_at(world: Path, scene_ids, lon, lat, suffix: str = "ECE") -> np.ndarray:
@@ -119,16 +118,14 @@ def one_world(seed: int, preset: str, n: int, spacing: float, work: Path, log) -
 def main() -> None:
     from deepsalt.raycluster import init_ray
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--worlds", default="11,12,13", help="development world seeds (comma-separated)")
+    ap = world_parser(__doc__, "11,12,13", "sampling.json")
     ap.add_argument("--preset", default="tiny", help="world preset")
     ap.add_argument("--n", type=int, default=20, help="sites added by each plan")
     ap.add_argument("--spacing", type=float, default=300.0, help="least distance between proposed sites (m)")
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "sampling.json")
     a = ap.parse_args()
     init_ray()
     res = {**stamp(), "n": a.n, "spacing_m": a.spacing, "training": "preset tiny, seed 0, variant deepsalt", "worlds": []}
-    for s in (int(v) for v in a.worlds.split(",")):
+    for s in a.worlds:
         print(f"world {s} ({a.preset})", flush=True)
         with tempfile.TemporaryDirectory() as d:
             res["worlds"].append(one_world(s, a.preset, a.n, a.spacing, Path(d), lambda m: print(m, flush=True)))

@@ -15,13 +15,12 @@ world.
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
 from pathlib import Path
 
-from common import stamp
+from common import stamp, world_parser
 
 #: the issue's targets for > 4 dS/m (#27): seen recall and precision, the seen scenes' median AUC, held-out F1
 TARGETS = {"seen_recall": 0.6, "seen_precision": 0.6, "seen_auc": 0.85, "unseen_f1": 0.6}
@@ -69,17 +68,14 @@ def one_run(seed: int, preset: str, train_seed: int, work: Path, log) -> dict:
 def main() -> None:
     from deepsalt.raycluster import init_ray
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--worlds", default="7,11,12,13,14,15,16", help="development world seeds (comma-separated)")
+    ap = world_parser(__doc__, "7,11,12,13,14,15,16", "targets.json", seeds="0", seeds_help="training seeds (comma-separated): one run each")
     ap.add_argument("--preset", default="demo", help="world preset")
-    ap.add_argument("--seeds", default="0", help="training seeds (comma-separated): one run each")
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "targets.json")
     a = ap.parse_args()
     init_ray()
-    seeds = [int(v) for v in a.seeds.split(",")]
+    seeds = a.seeds
     res = {**stamp(), "training": f"preset tiny, seeds {seeds} (one run each), variant deepsalt (the demo's)",
            "targets": TARGETS, "worlds": []}
-    for s in (int(v) for v in a.worlds.split(",")):
+    for s in a.worlds:
         print(f"world {s} ({a.preset})", flush=True)
         with tempfile.TemporaryDirectory() as d:
             for t in seeds:

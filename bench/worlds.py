@@ -13,7 +13,6 @@ Development world seeds only (never the headline seed). Writes bench/results/wor
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import stamp
+from common import stamp, world_parser
 
 #: part -> (run without it, model in that run, model with it in the default run)
 PARTS = {
@@ -99,18 +98,15 @@ def one_world(seed: int, world_preset: str, preset: str, seeds: tuple, work: Pat
 def main() -> None:
     from deepsalt.raycluster import init_ray
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--worlds", default="11,12,13", help="development world seeds (comma-separated)")
+    ap = world_parser(__doc__, "11,12,13", "worlds.json", seeds="0,1,2")
     ap.add_argument("--world-preset", default="tiny", help="world preset")
     ap.add_argument("--preset", default="tiny", help="training preset")
-    ap.add_argument("--seeds", default="0,1,2", help="training seeds (comma-separated)")
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "worlds.json")
     a = ap.parse_args()
-    seeds = tuple(int(s) for s in a.seeds.split(","))
+    seeds = tuple(a.seeds)
     init_ray()
     res = {**stamp(), "world_preset": a.world_preset, "training": f"preset {a.preset}, seeds {list(seeds)}",
            "gain": "MAE without the part minus MAE with it, paired by seed; > 0: the part helps", "worlds": []}
-    for s in (int(x) for x in a.worlds.split(",")):
+    for s in a.worlds:
         print(f"world {s} ({a.world_preset})", flush=True)
         with tempfile.TemporaryDirectory() as d:
             res["worlds"].append(one_world(s, a.world_preset, a.preset, seeds, Path(d), lambda m: print(m, flush=True)))
