@@ -46,7 +46,7 @@ def _one(world: Path, model: str, out: str, every: float | None, seed: int) -> d
 
     from conftest import map_cfg
     from deepsalt.mapping.pipeline import map_region
-    from node_loss import replace, start_cluster
+    from node_loss import replace, start_cluster, stop_cluster
 
     cluster, nodes = start_cluster(2)
     removed, box = [], {}
@@ -71,7 +71,7 @@ def _one(world: Path, model: str, out: str, every: float | None, seed: int) -> d
     s = box["summary"]
     res = {"seconds": round(wall, 1), "pixels": s["pixels_mapped"], "tiles": s["tiles_mapped"], "removed": removed, **_retries()}
     ray.shutdown()
-    cluster.shutdown()
+    stop_cluster(cluster)
     return res
 
 
