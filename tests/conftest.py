@@ -20,6 +20,57 @@ if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("DEEPSALT_TEST_RAY_A
     os.environ["RAY_ADDRESS"], os.environ["DEEPSALT_TEST_RAY_DASHBOARD"] = _addrs[_k % len(_addrs)], _dashes[_k % len(_dashes)]
 
 
+# Two pytest-xdist workers share the machine's two cores with their Ray clusters: torch in a test process must not
+# start an OpenMP thread per core, or the threads spin against each other (tests that fit a model in the test
+# process took 16.8 s instead of 1.2 s beside the other worker). Ray's workers set their own thread counts.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_v, "1")
+
+#: seconds each test took in one process (setup, call and teardown; tests under 0.5 s left out), written by a run with
+#: DEEPSALT_TEST_DURATIONS=tests/durations.json; pytest-xdist's workers take the suite heaviest first from it
+DURATIONS = Path(__file__).resolve().parent / "durations.json"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (two workers, worksteal: each starts with a contiguous half of the list and an idle one steals
+    from the tail of the other's), order the tests so that each half holds about half of the expected time, heaviest
+    first: the long tests start at once and what is left to balance at the end is short. The second half starts with
+    tests that need no shared trained model, which the first half's first test builds meanwhile."""
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) != 2 or not DURATIONS.exists():
+        return
+    import json
+
+    known = json.loads(DURATIONS.read_text())
+    cost = {it.nodeid: known.get(it.nodeid, 0.3) for it in items}
+    halves: list[list] = [[], []]
+    for it in sorted(items, key=lambda it: -cost[it.nodeid]):  # longest first, each into the lighter half
+        min(halves, key=lambda h: sum(cost[i.nodeid] for i in h)).append(it)
+    need = len(items) // 2  # worksteal's first half: move the lightest tests until the counts fit
+    big, small = (halves[0], halves[1]) if len(halves[0]) > need else (halves[1], halves[0])
+    while len(halves[0]) != need:
+        small.append(big.pop())
+    shared_model = {"trained", "cube", "run", "two_epochs"}
+    halves[1].sort(key=lambda it: (bool(shared_model & set(it.fixturenames)), -cost[it.nodeid]))
+    items[:] = halves[0] + halves[1]
+
+
+def pytest_runtest_logreport(report):
+    if os.environ.get("DEEPSALT_TEST_DURATIONS") and not os.environ.get("PYTEST_XDIST_WORKER"):
+        _TIMES[report.nodeid] = _TIMES.get(report.nodeid, 0.0) + report.duration
+
+
+_TIMES: dict[str, float] = {}
+
+
+def pytest_sessionfinish(session):
+    out = os.environ.get("DEEPSALT_TEST_DURATIONS")
+    if out and not os.environ.get("PYTEST_XDIST_WORKER") and _TIMES:
+        import json
+
+        Path(out).write_text(json.dumps({k: round(v, 1) for k, v in sorted(_TIMES.items()) if v >= 0.5}, indent=0) + "\n")
+
+
 def _env(name: str) -> str:
     value = os.environ.get(name)
     if not value:
