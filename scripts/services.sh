@@ -33,23 +33,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-deepsalt world --preset tiny --seed 7 --deliveries --out "$WORK/world" > "$WORK/world.log"
-export DEEPSALT_TEST_WORLD="$WORK/world"
-
 S3_PORT=$(free_port)
 setsid moto_server -H 127.0.0.1 -p "$S3_PORT" > "$WORK/moto.log" 2>&1 &
 PIDS+=($!)
 export AWS_ENDPOINT_URL="http://127.0.0.1:$S3_PORT" AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1
 export AWS_S3_ENDPOINT="127.0.0.1:$S3_PORT" AWS_HTTPS=NO AWS_VIRTUAL_HOSTING=FALSE AWS_REGION=us-east-1
-
-STAC_PORT=$(free_port)
-# rustac resolves a collection's item links against its own working folder, so it gets the collection without
-# them, and the items (absolute hrefs) from items.json
-python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); d["links"] = [l for l in d["links"] if l["rel"] not in ("item", "child")]; json.dump(d, open(sys.argv[2], "w"))' \
-  "$WORK/world/stac/collection.json" "$WORK/collection.json"
-setsid rustac serve --addr "127.0.0.1:$STAC_PORT" "$WORK/collection.json" "$WORK/world/stac/items.json" > "$WORK/stac.log" 2>&1 &
-PIDS+=($!)
-export DEEPSALT_TEST_STAC_URL="http://127.0.0.1:$STAC_PORT"
 
 # One Ray head per pytest-xdist worker (DEEPSALT_TEST_WORKERS, default 1): jobs of two tests on one 2-CPU cluster
 # can starve each other (one's actors hold every CPU its reads wait for); tests/conftest.py gives worker gwK the K-th.
@@ -71,6 +59,19 @@ for k in $(seq 0 $((${DEEPSALT_TEST_WORKERS:-1} - 1))); do
 done
 export RAY_ADDRESS="${ADDRS[0]}" DEEPSALT_TEST_RAY_DASHBOARD="${DASHES[0]}"
 export DEEPSALT_TEST_RAY_ADDRESSES=$(IFS=,; echo "${ADDRS[*]}") DEEPSALT_TEST_RAY_DASHBOARDS=$(IFS=,; echo "${DASHES[*]}")
+
+# the world is built while the servers above start (the tiny world takes ~20 s; Ray's heads ~8 s of it)
+deepsalt world --preset tiny --seed 7 --deliveries --out "$WORK/world" > "$WORK/world.log"
+export DEEPSALT_TEST_WORLD="$WORK/world"
+
+STAC_PORT=$(free_port)
+# rustac resolves a collection's item links against its own working folder, so it gets the collection without
+# them, and the items (absolute hrefs) from items.json
+python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); d["links"] = [l for l in d["links"] if l["rel"] not in ("item", "child")]; json.dump(d, open(sys.argv[2], "w"))' \
+  "$WORK/world/stac/collection.json" "$WORK/collection.json"
+setsid rustac serve --addr "127.0.0.1:$STAC_PORT" "$WORK/collection.json" "$WORK/world/stac/items.json" > "$WORK/stac.log" 2>&1 &
+PIDS+=($!)
+export DEEPSALT_TEST_STAC_URL="http://127.0.0.1:$STAC_PORT"
 
 wait_http "$AWS_ENDPOINT_URL" 60
 wait_http "$DEEPSALT_TEST_STAC_URL" 60
