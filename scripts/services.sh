@@ -39,7 +39,7 @@ PIDS+=($!)
 export AWS_ENDPOINT_URL="http://127.0.0.1:$S3_PORT" AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1
 export AWS_S3_ENDPOINT="127.0.0.1:$S3_PORT" AWS_HTTPS=NO AWS_VIRTUAL_HOSTING=FALSE AWS_REGION=us-east-1
 
-# One Ray head per pytest-xdist worker (DEEPSALT_TEST_WORKERS, default 1): jobs of two tests on one 2-CPU cluster
+# One Ray head per pytest-xdist worker (DEEPSALT_TEST_WORKERS: 2 from scripts/test.sh, 1 when unset): jobs of two tests on one 2-CPU cluster
 # can starve each other (one's actors hold every CPU its reads wait for); tests/conftest.py gives worker gwK the K-th.
 ADDRS=() DASHES=()
 for k in $(seq 0 $((${DEEPSALT_TEST_WORKERS:-1} - 1))); do
