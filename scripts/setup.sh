@@ -9,8 +9,8 @@ PY=${PYTHON:-python3}
 # Skip the install when what it installs from has not changed since the last successful one.
 stamp=$(cat pyproject.toml constraints.txt scripts/setup.sh | sha256sum | cut -c1-16)
 if [ "$(cat .venv/.deepsalt-setup 2>/dev/null)" != "$stamp" ] || ! .venv/bin/python -c 'import deepsalt' 2>/dev/null; then
-  # pip byte-compiles what it installs one module at a time (torch and its dependencies: 29.7 s of a 29.7 s install
-  # here); installed without that (9-14 s) and compiled on every core (8.9 s)
+  # pip byte-compiles what it installs one module at a time: torch and its dependencies took 29.7 s to install here,
+  # 9-14 s without that, and compileall on every core 8.9 s more
   .venv/bin/python -m pip install -q --no-compile torch==2.13.0
   # (as pip does, a module this Python cannot compile is passed over: torch ships one for Python >= 3.12 only)
   .venv/bin/python -m compileall -q -j 0 "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" > /dev/null || true

@@ -8,7 +8,7 @@ bash scripts/setup.sh
 # taking queued tests from the other (worksteal); tests/conftest.py orders the tests heaviest first from
 # tests/durations.json and keeps torch in each test process to one thread; what several tests build is built once
 # under a file lock (tests/conftest.py `shared`). On 2026-12-07's VM the suite took 690 s in one process, 571 s in two
-# before the ordering and the one thread, and 503 s in two with them from a fresh clone (.ci/run: 9 min 41 s).
+# before the ordering and the one thread, and 503-520 s in two with them from a fresh clone (.ci/run: 9 min 41 s and 9 min 58 s).
 export DEEPSALT_TEST_WORKERS=${DEEPSALT_TEST_WORKERS:-2}
 parallel=()
 [ "$DEEPSALT_TEST_WORKERS" -gt 1 ] && parallel=(-n "$DEEPSALT_TEST_WORKERS" --dist worksteal)

@@ -55,12 +55,12 @@ def pytest_collection_modifyitems(config, items):
     items[:] = halves[0] + halves[1]
 
 
+_TIMES: dict[str, float] = {}  # what this run's tests took, for DEEPSALT_TEST_DURATIONS
+
+
 def pytest_runtest_logreport(report):
     if os.environ.get("DEEPSALT_TEST_DURATIONS") and not os.environ.get("PYTEST_XDIST_WORKER"):
         _TIMES[report.nodeid] = _TIMES.get(report.nodeid, 0.0) + report.duration
-
-
-_TIMES: dict[str, float] = {}
 
 
 def pytest_sessionfinish(session):
