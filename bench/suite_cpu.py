@@ -42,8 +42,10 @@ def kind(cmd: str) -> str:
         return "tests/node_loss.py (a cluster's driver)"
     if d := next((d for d in RAY_DAEMONS if d in cmd), None):
         return f"ray daemon: {d.strip('-')}"
-    if cmd.startswith("ray::") or "default_worker.py" in cmd or "setup_worker.py" in cmd:
-        return "ray workers"
+    if cmd.startswith("ray::"):  # a worker's role: its task's or actor's name (IDLE: between leases, or never leased)
+        return "ray worker: " + re.split(r"[ (.]", cmd[5:], maxsplit=1)[0]
+    if "default_worker.py" in cmd or "setup_worker.py" in cmd:
+        return "ray worker: starting"
     for k in ("moto_server", "rustac", "/uv ", "pip", "ray start", "ray job"):
         if k in cmd:
             return k.strip("/ ")

@@ -6,6 +6,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -119,6 +123,68 @@ def s3_bucket(s3_endpoint, request):
         for obj in page.get("Contents", []):
             s3.delete_object(Bucket=name, Key=obj["Key"])
     s3.delete_bucket(Bucket=name)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Ray's daemons start their own sessions: a process-group kill would miss some)."""
+    children: dict[int, list[int]] = {}
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            ppid = int(open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(p))
+    out, todo = [], [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        out += below
+        todo += below
+    return out
+
+
+@contextmanager
+def ray_head(num_cpus: int):
+    """A Ray head of its own on loopback, started as scripts/services.sh starts its heads (``ray start --block``, free
+    ports, no log monitor) with ``num_cpus`` logical CPUs; yields its address and kills every process it started."""
+    import signal
+    import tempfile
+    import urllib.request
+
+    tmp = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))  # Ray's socket paths must stay short
+    port, dash = _free_port(), _free_port()
+    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--num-cpus={num_cpus}", "--node-ip-address=127.0.0.1",
+           "--dashboard-host=127.0.0.1", f"--port={port}", f"--dashboard-port={dash}",
+           f"--dashboard-agent-listen-port={_free_port()}", f"--ray-client-server-port={_free_port()}",
+           "--include-log-monitor=False", "--disable-usage-stats", f"--temp-dir={tmp}"]
+    head = subprocess.Popen(cmd, stdout=open(tmp / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
+                            env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+    try:
+        for _ in range(120):  # the dashboard answers once the head is up (as services.sh waits for it)
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{dash}/api/version", timeout=2)
+                break
+            except OSError:
+                assert head.poll() is None, (tmp / "head.log").read_text()[-3000:]
+                time.sleep(0.5)
+        else:
+            pytest.fail(f"a Ray head did not start in 60 s: {(tmp / 'head.log').read_text()[-3000:]}")
+        yield f"127.0.0.1:{port}"
+    finally:
+        for pid in [head.pid, *_descendants(head.pid)]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        head.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # Small enough for CI, large enough that every stage and every variant really trains.

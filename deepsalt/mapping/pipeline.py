@@ -27,6 +27,7 @@ from deepsalt.errors import DeepSaltInputError, find_input_error
 from deepsalt.mapping import cube as cube_mod
 from deepsalt.mapping.fingerprint import bundle_identity, run_identity, scene_identity, tile_fingerprint
 from deepsalt.mapping.grid import GRIDS, Grid, TileBox
+from deepsalt.mapping.predictor import Predictor
 from deepsalt.mapping.tiles import drop_reasons, plan, prepare_tiles
 from deepsalt.raycluster import init_ray
 from deepsalt.redact import redact, redact_url
@@ -38,37 +39,6 @@ def grid_for(cfg: MapConfig) -> Grid:
         raise DeepSaltInputError("--grid", f"unknown grid '{cfg.grid}'", f"use one of {', '.join(GRIDS)}")
     g = GRIDS[cfg.grid]
     return Grid(g.crs, g.res, g.x0, g.y0, g.width, g.height, cfg.chunk, cfg.shard)
-
-
-class Predictor:
-    """Ray Data actor: loads the bundle once, predicts its target (+ MC-dropout sd) for a tile's valid pixels."""
-
-    def __init__(self, model: str, mc_samples: int, gpu: bool = False, batch: int = 16384):
-        from deepsalt.models.bundle import DeepSaltBundle
-        import torch
-
-        self.bundle, self.mc, self.batch = DeepSaltBundle.load(model), mc_samples, batch
-        if gpu and torch.cuda.is_available():
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-            self.bundle.to("cuda")
-
-    def __call__(self, row: dict) -> dict:
-        """Predict a shard's tiles (``tiles.combine`` rows), tile by tile: MC dropout is seeded per tile and batch."""
-        n = len(row["pix"])
-        mean, sd, di = (np.zeros(n, np.float32) for _ in range(3))
-        b, start = self.batch, 0
-        for (ty, tx), cnt in zip(row["tiles"], row["counts"]):
-            for i in range(0, int(cnt), b):
-                sl = slice(start + i, start + min(i + b, int(cnt)))
-                mean[sl], sd[sl], di[sl] = self.bundle.predict(
-                    row["dn"][sl], row["cov"][sl], self.mc, seed=int(ty) * 100003 + int(tx) + i,
-                    scale=(row["gain"], row["offset"], row["slot"][sl]), di=True)
-            start += int(cnt)
-        # P(value > threshold) in percent, pixel-major (n x thresholds, flattened: Ray Data keeps 1-d columns)
-        exceed = np.rint(100 * self.bundle.exceedance(mean, sd, di)).astype(np.uint8).T.ravel()
-        return {**{k: row[k] for k in ("tiles", "fps", "counts", "pix", "scene", "drops", "band_nodata", "swath_rows")},
-                "value": mean, "sd": sd, "di": di, "exceed": exceed,
-                "aoa": (di <= self.bundle.aoa_threshold).astype(np.uint8)}
 
 
 def _write(row: dict, fork: bytes, where: str, grid: Grid, t: int, scene_days: np.ndarray, target: dict) -> dict:
