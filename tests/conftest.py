@@ -67,7 +67,42 @@ def pytest_runtest_logreport(report):
         _TIMES[report.nodeid] = _TIMES.get(report.nodeid, 0.0) + report.duration
 
 
+_CPU: dict[str, dict] = {}  # what each test cost the machine, for DEEPSALT_TEST_CPU
+
+
+def _busy_cpu_s() -> float:
+    """CPU-seconds the whole machine has been busy (every process: Ray's workers and daemons too), from /proc/stat."""
+    v = list(map(int, open("/proc/stat").readline().split()[1:9]))
+    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """With DEEPSALT_TEST_CPU=path, in one process (DEEPSALT_TEST_WORKERS=1): each test's wall seconds, the machine's busy
+    CPU-s meanwhile (what the test started, wherever it ran, and the services' idle cost), and the test process's own
+    and its finished subprocesses' CPU-s, setup and teardown included."""
+    if not os.environ.get("DEEPSALT_TEST_CPU") or os.environ.get("PYTEST_XDIST_WORKER"):
+        yield
+        return
+    import resource
+    import time as _time
+
+    def own():
+        return [sum(getattr(resource.getrusage(w), f) for f in ("ru_utime", "ru_stime"))
+                for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+
+    b0, (s0, c0), t0 = _busy_cpu_s(), own(), _time.time()
+    yield
+    (s1, c1) = own()
+    _CPU[item.nodeid] = {"wall": round(_time.time() - t0, 2), "busy": round(_busy_cpu_s() - b0, 2), "self": round(s1 - s0, 2),
+                         "children": round(c1 - c0, 2)}
+
+
 def pytest_sessionfinish(session):
+    if os.environ.get("DEEPSALT_TEST_CPU") and _CPU:
+        import json
+
+        Path(os.environ["DEEPSALT_TEST_CPU"]).write_text(json.dumps(_CPU, indent=0) + "\n")
     out = os.environ.get("DEEPSALT_TEST_DURATIONS")
     if out and not os.environ.get("PYTEST_XDIST_WORKER") and _TIMES:
         import json

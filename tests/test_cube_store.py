@@ -163,8 +163,9 @@ def test_driver_killed_at_12_points_never_leaves_a_partial_cube(world, trained, 
 @pytest.fixture(scope="module")
 def two_job_head():
     """A Ray head for two runs at once, as two jobs: 4 logical CPUs for one inference actor (1 CPU) per run and the
-    runs' reads beside them. (On a 2-CPU head, two jobs' actors could hold every CPU that both jobs' reads wait for;
-    a local Ray instance per run cost 26 CPU-s a run on 2026-12-07, against 14 CPU-s for a run on a running head.)"""
+    runs' reads beside them. (On a 2-CPU head, two jobs' actors could hold every CPU that both jobs' reads wait for.
+    A run that started a local Ray instance of its own cost about 40 CPU-s, one on a running head about 14, on
+    2026-12-07.)"""
     with ray_head(num_cpus=4) as address:
         yield address
 
