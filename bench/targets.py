@@ -1,11 +1,13 @@
 """Where the map's targets for > 4 dS/m land, per world: on each world, train as the demo does (the tiny training
-preset, seed 0), map every scene, seen and held-out, and score the cube against the world's truth pixels. Reports,
-seen and in the held-out region, the recall, precision and F1 of the cube's exceedance calls at the decision
-probability the validation sites chose, the median within-scene AUC, and in hindsight (`deepsalt score`'s
-``hindsight_decision``) what the best decision probability for these very pixels would have given: where that
-reaches a target and the chosen one does not, the decision rule falls short, not the probabilities.
+preset, seed 0; ``--train-preset demo`` for the longer one), map every scene, seen and held-out, and score the cube
+against the world's truth pixels. Reports, seen and in the held-out region, the recall, precision and F1 of the
+cube's exceedance calls at the decision probability the validation sites chose, the median within-scene AUC, and in
+hindsight (`deepsalt score`'s ``hindsight_decision``) what the best decision probability for these very pixels would
+have given: where that reaches a target and the chosen one does not, the decision rule falls short, not the
+probabilities.
 
-    python bench/targets.py [--worlds 7,11,12,13,14,15,16] [--preset demo] [--seeds 0] [--out bench/results/targets.json]
+    python bench/targets.py [--worlds 7,11,12,13,14,15,16] [--preset demo] [--train-preset tiny] [--seeds 0]
+                            [--out bench/results/targets.json]
 
 With several training seeds, each (world, seed) is one run: how far the seed alone moves the figures.
 
@@ -26,7 +28,7 @@ from common import stamp, world_parser
 TARGETS = {"seen_recall": 0.6, "seen_precision": 0.6, "seen_auc": 0.85, "unseen_f1": 0.6}
 
 
-def one_run(seed: int, preset: str, train_seed: int, work: Path, log) -> dict:
+def one_run(seed: int, preset: str, train_seed: int, work: Path, log, train_preset: str = "tiny") -> dict:
     from deepsalt.config import MapConfig, TrainConfig, WorldConfig
     from deepsalt.data.synthetic.world import build_world
     from deepsalt.mapping.pipeline import map_region
@@ -38,13 +40,14 @@ def one_run(seed: int, preset: str, train_seed: int, work: Path, log) -> dict:
     if not (world / "world.json").exists():
         build_world(WorldConfig.for_preset(preset, seed=seed), world, progress=False)
     run = work / f"run{train_seed}"
-    metrics = train(world, run, TrainConfig.for_preset("tiny", seeds=(train_seed,), variants=("deepsalt",)), log=lambda *_: None)
+    metrics = train(world, run, TrainConfig.for_preset(train_preset, seeds=(train_seed,), variants=("deepsalt",)), log=lambda *_: None)
     cube = str(work / f"cube{train_seed}.zarr")
     map_region(MapConfig(stac=str(world / "stac"), covariates=str(world / "covariates"), model=str(run / "bundle"),
                          out=cube, epoch="2024"), log=lambda *_: None)
     sc = score(cube, world)
     val = metrics["exceedance_per_seed"][0]["val"]["classes"]["4"]
-    out = {"world_seed": seed, "world_preset": preset, "train_seed": train_seed, "decision": sc["exceedance_decision"]["4"],
+    out = {"world_seed": seed, "world_preset": preset, "train_preset": train_preset, "train_seed": train_seed,
+           "decision": sc["exceedance_decision"]["4"],
            "val_sites": val["n"], "val_sites_above_4": val["n_above"]}
     for region in ("seen", "unseen"):
         c = sc[region]["classes"]["4"]
@@ -70,16 +73,18 @@ def main() -> None:
 
     ap = world_parser(__doc__, "7,11,12,13,14,15,16", "targets.json", seeds="0", seeds_help="training seeds (comma-separated): one run each")
     ap.add_argument("--preset", default="demo", help="world preset")
+    ap.add_argument("--train-preset", default="tiny", choices=("tiny", "demo", "benchmark"),
+                    help="training preset (default: tiny, as scripts/demo.sh trains)")
     a = ap.parse_args()
     init_ray()
     seeds = a.seeds
-    res = {**stamp(), "training": f"preset tiny, seeds {seeds} (one run each), variant deepsalt (the demo's)",
+    res = {**stamp(), "training": f"preset {a.train_preset}, seeds {seeds} (one run each), variant deepsalt (the demo's)",
            "targets": TARGETS, "worlds": []}
     for s in a.worlds:
         print(f"world {s} ({a.preset})", flush=True)
         with tempfile.TemporaryDirectory() as d:
             for t in seeds:
-                res["worlds"].append(one_run(s, a.preset, t, Path(d), lambda m: print(m, flush=True)))
+                res["worlds"].append(one_run(s, a.preset, t, Path(d), lambda m: print(m, flush=True), a.train_preset))
         n = len(res["worlds"])
         runs = "worlds" if len(seeds) == 1 else "runs (world, training seed)"
         res["met_on"] = {k: f"{sum(w['met'][k] for w in res['worlds'])} of {n} {runs}" for k in TARGETS}
