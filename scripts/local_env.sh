@@ -17,3 +17,12 @@ wait_http() {  # wait_http URL SECONDS
   done
   echo "service at $url did not answer in ${t}s" >&2; return 1
 }
+
+wait_log() {  # wait_log FILE TEXT SECONDS: until FILE holds TEXT (as `ray start --block` prints once its head is up)
+  local file=$1 text=$2 t=${3:-60}
+  for _ in $(seq "$((t * 5))"); do
+    grep -qF "$text" "$file" 2>/dev/null && return 0
+    sleep 0.2
+  done
+  echo "$file did not say '$text' in ${t}s" >&2; return 1
+}

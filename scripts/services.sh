@@ -41,24 +41,24 @@ export AWS_S3_ENDPOINT="127.0.0.1:$S3_PORT" AWS_HTTPS=NO AWS_VIRTUAL_HOSTING=FAL
 
 # One Ray head per pytest-xdist worker (DEEPSALT_TEST_WORKERS: 2 from scripts/test.sh, 1 when unset): jobs of two tests on one 2-CPU cluster
 # can starve each other (one's actors hold every CPU its reads wait for); tests/conftest.py gives worker gwK the K-th.
-ADDRS=() DASHES=()
+# No dashboard: no test reaches these heads through it (the `ray job submit` test starts a head with one,
+# tests/conftest.py `ray_head`), and an idle head with its dashboard took 6.87 CPU-s in 120 s, one without 3.45 (the
+# dashboard's module processes; 2026-12-07, each head's processes sampled from /proc side by side). The dashboard
+# agent still runs, and its HTTP port (the job agent) is a fixed 52365 unless given, so every head gets its own; so
+# does the Ray client server (a fixed 10001).
+ADDRS=()
 for k in $(seq 0 $((${DEEPSALT_TEST_WORKERS:-1} - 1))); do
   RAY_PORT=$(free_port)
-  DASH_PORT=$(free_port)
-  # the dashboard agent's HTTP port (the job agent) is a fixed 52365 unless given: a second head on this machine
-  # would find it taken and take no jobs ("no available agent to submit job"), so every head gets its own
-  AGENT_PORT=$(free_port)
   # no log monitor: it tails every worker's log file to push lines to drivers, which DeepSalt's drivers do not take
   # (log_to_driver=False), and as the suite's jobs add files it took 49.5 CPU-s of a 1,169 s suite run (2026-12-07,
   # sampled from /proc as bench/suite_cpu.py does)
-  setsid ray start --head --block --num-cpus=2 --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 \
-    --port="$RAY_PORT" --dashboard-port="$DASH_PORT" --dashboard-agent-listen-port="$AGENT_PORT" \
-    --include-dashboard=true --include-log-monitor=False --disable-usage-stats --temp-dir="$WORK/ray$k" > "$WORK/ray$k.log" 2>&1 &
+  setsid ray start --head --block --num-cpus=2 --node-ip-address=127.0.0.1 --port="$RAY_PORT" \
+    --dashboard-agent-listen-port="$(free_port)" --ray-client-server-port="$(free_port)" \
+    --include-dashboard=false --include-log-monitor=False --disable-usage-stats --temp-dir="$WORK/ray$k" > "$WORK/ray$k.log" 2>&1 &
   PIDS+=($!)
-  ADDRS+=("127.0.0.1:$RAY_PORT") DASHES+=("http://127.0.0.1:$DASH_PORT")
+  ADDRS+=("127.0.0.1:$RAY_PORT")
 done
-export RAY_ADDRESS="${ADDRS[0]}" DEEPSALT_TEST_RAY_DASHBOARD="${DASHES[0]}"
-export DEEPSALT_TEST_RAY_ADDRESSES=$(IFS=,; echo "${ADDRS[*]}") DEEPSALT_TEST_RAY_DASHBOARDS=$(IFS=,; echo "${DASHES[*]}")
+export RAY_ADDRESS="${ADDRS[0]}" DEEPSALT_TEST_RAY_ADDRESSES=$(IFS=,; echo "${ADDRS[*]}")
 
 # the world is built while the servers above start (the tiny world takes ~20 s; Ray's heads ~8 s of it)
 deepsalt world --preset tiny --seed 7 --deliveries --out "$WORK/world" > "$WORK/world.log"
@@ -75,10 +75,10 @@ export DEEPSALT_TEST_STAC_URL="http://127.0.0.1:$STAC_PORT"
 
 wait_http "$AWS_ENDPOINT_URL" 60
 wait_http "$DEEPSALT_TEST_STAC_URL" 60
-for k in "${!DASHES[@]}"; do
-  wait_http "${DASHES[$k]}/api/version" 120 || { cat "$WORK/ray$k.log"; exit 1; }
+for k in "${!ADDRS[@]}"; do  # `ray start --block` says so once every process of the head is up
+  wait_log "$WORK/ray$k.log" "will now block forever" 120 || { cat "$WORK/ray$k.log"; exit 1; }
 done
-echo "services: S3 $AWS_ENDPOINT_URL, STAC $DEEPSALT_TEST_STAC_URL, Ray $DEEPSALT_TEST_RAY_ADDRESSES (dashboards $DEEPSALT_TEST_RAY_DASHBOARDS)"
+echo "services: S3 $AWS_ENDPOINT_URL, STAC $DEEPSALT_TEST_STAC_URL, Ray $DEEPSALT_TEST_RAY_ADDRESSES"
 set +e
 "$@"
 rc=$?

@@ -20,8 +20,8 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # subprocess a test starts inherits it: two tests' jobs never share a cluster's CPUs.
 if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("DEEPSALT_TEST_RAY_ADDRESSES"):
     _k = int(os.environ["PYTEST_XDIST_WORKER"].removeprefix("gw"))
-    _addrs, _dashes = (os.environ[v].split(",") for v in ("DEEPSALT_TEST_RAY_ADDRESSES", "DEEPSALT_TEST_RAY_DASHBOARDS"))
-    os.environ["RAY_ADDRESS"], os.environ["DEEPSALT_TEST_RAY_DASHBOARD"] = _addrs[_k % len(_addrs)], _dashes[_k % len(_dashes)]
+    _addrs = os.environ["DEEPSALT_TEST_RAY_ADDRESSES"].split(",")
+    os.environ["RAY_ADDRESS"] = _addrs[_k % len(_addrs)]
 
 
 # Two pytest-xdist workers share the machine's two cores with their Ray clusters: torch in a test process must not
@@ -186,9 +186,10 @@ def _descendants(pid: int) -> list[int]:
 
 
 @contextmanager
-def ray_head(num_cpus: int):
+def ray_head(num_cpus: int, dashboard: bool = False):
     """A Ray head of its own on loopback, started as scripts/services.sh starts its heads (``ray start --block``, free
-    ports, no log monitor) with ``num_cpus`` logical CPUs; yields its address and kills every process it started."""
+    ports, no log monitor) with ``num_cpus`` logical CPUs, and a dashboard (the jobs API) only if asked; yields its
+    address, and with a dashboard (address, dashboard URL); kills every process it started."""
     import signal
     import tempfile
     import urllib.request
@@ -196,22 +197,31 @@ def ray_head(num_cpus: int):
     tmp = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))  # Ray's socket paths must stay short
     port, dash = _free_port(), _free_port()
     cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--num-cpus={num_cpus}", "--node-ip-address=127.0.0.1",
-           "--dashboard-host=127.0.0.1", f"--port={port}", f"--dashboard-port={dash}",
-           f"--dashboard-agent-listen-port={_free_port()}", f"--ray-client-server-port={_free_port()}",
-           "--include-log-monitor=False", "--disable-usage-stats", f"--temp-dir={tmp}"]
-    head = subprocess.Popen(cmd, stdout=open(tmp / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
+           f"--port={port}", f"--dashboard-agent-listen-port={_free_port()}", f"--ray-client-server-port={_free_port()}",
+           f"--include-dashboard={str(dashboard).lower()}", "--include-log-monitor=False", "--disable-usage-stats", f"--temp-dir={tmp}"]
+    if dashboard:
+        cmd += ["--dashboard-host=127.0.0.1", f"--dashboard-port={dash}"]
+    log = tmp / "head.log"
+    head = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
                             env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+
+    def up() -> bool:  # as services.sh waits: `ray start --block` says so once the head is up; the dashboard answers
+        if "will now block forever" not in log.read_text():
+            return False
+        try:
+            return not dashboard or bool(urllib.request.urlopen(f"http://127.0.0.1:{dash}/api/version", timeout=2))
+        except OSError:
+            return False
+
     try:
-        for _ in range(120):  # the dashboard answers once the head is up (as services.sh waits for it)
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{dash}/api/version", timeout=2)
+        for _ in range(240):
+            if up():
                 break
-            except OSError:
-                assert head.poll() is None, (tmp / "head.log").read_text()[-3000:]
-                time.sleep(0.5)
+            assert head.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.25)
         else:
-            pytest.fail(f"a Ray head did not start in 60 s: {(tmp / 'head.log').read_text()[-3000:]}")
-        yield f"127.0.0.1:{port}"
+            pytest.fail(f"a Ray head did not start in 60 s: {log.read_text()[-3000:]}")
+        yield (f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}") if dashboard else f"127.0.0.1:{port}"
     finally:
         for pid in [head.pid, *_descendants(head.pid)]:
             try:

@@ -27,7 +27,7 @@ from deepsalt.models.bundle import DeepSaltBundle
 REPO = Path(__file__).resolve().parents[1]
 
 
-from conftest import deepsalt_lines, map_cfg as _cfg
+from conftest import deepsalt_lines, map_cfg as _cfg, ray_head
 
 
 def _files(root: Path) -> dict:
@@ -306,17 +306,17 @@ def test_all_cloud_scene_is_skipped_not_fatal(world_copy, trained, tmp_path):
 
 
 def test_ray_job_submit_map_region(world, trained, tmp_path):
-    dash = os.environ["DEEPSALT_TEST_RAY_DASHBOARD"]
     out = tmp_path / "job.zarr"
     env = {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "RAY_TRAIN"))}
-    cmd = ["ray", "job", "submit", "--address", dash, "--working-dir", str(REPO), "--runtime-env-json", json.dumps({"env_vars": env}),
-           "--", "python", "jobs/map_region.py", "--stac", str(world / "stac"), "--model", str(trained[0] / "bundle"),
-           "--covariates", str(world / "covariates"), "--out", str(out), "--epoch", "2024", "--mc-samples", "0"]
-    for _ in range(6):  # a head whose dashboard answers may not have registered its job agent yet: Ray says to retry
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "RAY_ADDRESS": ""})
-        if "No available agent to submit job" not in r.stdout + r.stderr:
-            break
-        time.sleep(5)
+    with ray_head(num_cpus=2, dashboard=True) as (_, dash):  # the services' heads have no dashboard, so no jobs API
+        cmd = ["ray", "job", "submit", "--address", dash, "--working-dir", str(REPO), "--runtime-env-json", json.dumps({"env_vars": env}),
+               "--", "python", "jobs/map_region.py", "--stac", str(world / "stac"), "--model", str(trained[0] / "bundle"),
+               "--covariates", str(world / "covariates"), "--out", str(out), "--epoch", "2024", "--mc-samples", "0"]
+        for _ in range(6):  # a head whose dashboard answers may not have registered its job agent yet: Ray says to retry
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "RAY_ADDRESS": ""})
+            if "No available agent to submit job" not in r.stdout + r.stderr:
+                break
+            time.sleep(5)
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     assert "published epoch 2024" in r.stdout
     ys, xs = mapped_extent(str(out))
