@@ -6,6 +6,10 @@ export AWS_REQUEST_CHECKSUM_CALCULATION=WHEN_REQUIRED   # S3-compatible servers 
 export AWS_RESPONSE_CHECKSUM_VALIDATION=WHEN_REQUIRED
 export PYTHONUNBUFFERED=1
 export RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=${RAY_TRAIN_HEALTH_CHECK_INTERVAL_S:-0.05}  # 2 s default costs ~1 s per reported epoch
+# Ray Train's preemption watcher (an actor per training) polls for nodes being drained, as a cloud autoscaler drains one
+# before taking it, logs it and tells the workers (ray.train.get_preemption_info, which DeepSalt does not ask); nothing
+# drains one machine. Its actors took 19.4 CPU-s of a suite run (bench/results/suite_cpu_xdist2.json).
+export RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=${RAY_TRAIN_ENABLE_PREEMPTION_WATCHER:-0}
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'; }
 
