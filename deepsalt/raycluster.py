@@ -26,13 +26,30 @@ def worker_env() -> dict[str, str]:
             if k in WORKER_ENV or (k.startswith(("GDAL_", "CPL_", "VSI_")) and not _SECRET_SETTING.search(k))}
 
 
+#: the state API address for a cluster with no dashboard, whose workers would otherwise look for one. Ray Train starts a
+#: placement-group cleaner per training that asks the state API every second whether the training's controller is
+#: alive. In a worker that does not know its cluster's API server, Ray resolves "auto": the record the last
+#: ``ray start`` or test cluster left in /tmp/ray, which may name a cluster that is gone (the cleaner then waited 40 s
+#: for a dead GCS, and every training's shutdown 12 s for the cleaner: a trivial fit took 23 s, 12.5 s with this) or
+#: another live one, whose API server knows nothing of this training's controller (the cleaner then takes it for dead
+#: and removes its placement group). A refused connection fails at once, and the cleaner stops when asked.
+NO_API_SERVER = "http://127.0.0.1:1"
+
+
+def state_api_env(dashboard_url: str | None = None) -> dict[str, str]:
+    """``RAY_API_SERVER_ADDRESS`` for the workers of a cluster DeepSalt (or its tests) starts: its dashboard, or
+    ``NO_API_SERVER`` where it has none."""
+    return {"RAY_API_SERVER_ADDRESS": dashboard_url or NO_API_SERVER}
+
+
 def init_ray() -> None:
     """Connect once: to the cluster at RAY_ADDRESS (set by `ray job submit` and scripts/services.sh), else a new local
     instance. Never to whatever ``ray start`` last recorded on this machine: a stale record of a cluster whose
     processes are gone would have Ray retry a dead GCS without end.
 
-    A local cluster gets the S3/GDAL variables and the Train poll interval in its runtime env; an existing cluster
-    or job already carries its own (a second runtime env would conflict with the job's)."""
+    A local cluster gets the S3/GDAL variables, the Train poll interval and its (absent) state API address in its
+    runtime env; an existing cluster or job already carries its own (a second runtime env would conflict with the
+    job's)."""
     import ray
 
     if ray.is_initialized():
@@ -41,5 +58,5 @@ def init_ray() -> None:
     address = os.environ.get("RAY_ADDRESS") or None
     kwargs = {}
     if address is None:
-        kwargs["runtime_env"] = {"env_vars": {**worker_env(), **TRAIN_POLL}}
+        kwargs["runtime_env"] = {"env_vars": {**worker_env(), **TRAIN_POLL, **state_api_env()}}
     ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, configure_logging=False, **kwargs)

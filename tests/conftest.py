@@ -202,8 +202,10 @@ def ray_head(num_cpus: int, dashboard: bool = False):
     if dashboard:
         cmd += ["--dashboard-host=127.0.0.1", f"--dashboard-port={dash}"]
     log = tmp / "head.log"
-    head = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
-                            env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+    from deepsalt.raycluster import state_api_env  # its workers find their own state API, or none (see there)
+
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **state_api_env(f"http://127.0.0.1:{dash}" if dashboard else None)}
+    head = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True, env=env)
 
     def up() -> bool:  # as services.sh waits: `ray start --block` says so once the head is up; the dashboard answers
         if "will now block forever" not in log.read_text():

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -40,6 +42,13 @@ def start_cluster(workers: int = 2):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dashboard_port = s.getsockname()[1]
+    from deepsalt.raycluster import state_api_env
+
+    # the nodes (this process's children) and their workers ask this dashboard's state API, not the one that /tmp/ray's
+    # record names; and that record, which Cluster writes into Ray's temp folder and nothing removes, is written into
+    # a folder of this process's own, not /tmp/ray, where it would outlive the cluster (deepsalt/raycluster.py)
+    os.environ.update(state_api_env(f"http://127.0.0.1:{dashboard_port}"))
+    os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="nl", dir="/tmp")  # Ray's socket paths must stay short
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": True, "object_store_memory": STORE,
                                                             "dashboard_host": "127.0.0.1", "node_ip_address": "127.0.0.1",
                                                             "dashboard_port": dashboard_port, "dashboard_agent_listen_port": None})
@@ -59,6 +68,7 @@ def stop_cluster(cluster) -> None:
         cluster.remove_node(node, allow_graceful=False)
     if cluster.head_node is not None:
         cluster.remove_node(cluster.head_node, allow_graceful=False)
+    shutil.rmtree(os.environ["RAY_TMPDIR"], ignore_errors=True)
 
 
 def replace(cluster, nodes: list, node, events: list, **what) -> None:

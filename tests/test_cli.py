@@ -80,18 +80,43 @@ def test_map_dry_run_prints_the_plan_and_writes_nothing(world, trained, cube, tm
     assert plan["tiles_to_map"] == 0 and plan["tiles_up_to_date"] == plan["tiles"]
 
 
+#: in the local instance, what Ray Train's placement-group cleaner (a detached actor) does every second: ask the state
+#: API whether an actor is alive
+_STATE_PROBE = """
+from deepsalt.raycluster import init_ray; init_ray(); import ray
+print('CPUS', ray.cluster_resources()['CPU'])
+@ray.remote(num_cpus=0)
+class Probe:
+    def alive(self, actor_id):
+        import time
+        from ray.train.v2._internal.state.util import is_actor_alive
+        t = time.time()
+        try:
+            return repr(is_actor_alive(actor_id, timeout=10))
+        except Exception as e:
+            return f"{type(e).__name__} after {time.time() - t:.1f} s: {e}"
+p = Probe.options(lifetime="detached", name="probe").remote()
+print('STATE', ray.get(p.alive.remote(p._actor_id.hex())))
+"""
+
+
 def test_a_stale_ray_cluster_record_starts_a_local_instance(tmp_path):
     """`ray start` left its address behind and its processes are gone: without RAY_ADDRESS, DeepSalt starts a local
-    instance instead of retrying the dead one without end."""
+    instance instead of retrying the dead one without end; and its workers, asked for the state API, are told there
+    is none at once instead of following the record to the dead GCS (there Ray Train's placement-group cleaner waited
+    40 s per call, and each training's shutdown 12 s for the cleaner)."""
     import tempfile
+
+    from deepsalt.raycluster import NO_API_SERVER
 
     tmp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))  # Ray's socket paths must stay short
     try:
         (tmp / "ray").mkdir()
         (tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:9")
-        code = "from deepsalt.raycluster import init_ray; init_ray(); import ray; print('CPUS', ray.cluster_resources()['CPU'])"
-        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+        r = subprocess.run([sys.executable, "-c", _STATE_PROBE], capture_output=True, text=True, timeout=120,
                            env={**os.environ, "RAY_ADDRESS": "", "RAY_TMPDIR": str(tmp)})
         assert r.returncode == 0 and "CPUS" in r.stdout, r.stderr[-2000:]
+        state = next(line for line in r.stdout.splitlines() if line.startswith("STATE"))
+        assert state.startswith("STATE ServerUnavailable") and f"{NO_API_SERVER}/api/v0/actors" in state, state
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
