@@ -27,9 +27,15 @@ if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("DEEPSALT_TEST_RAY_A
 # Two pytest-xdist workers share the machine's two cores with their Ray clusters: torch in a test process must not
 # start an OpenMP thread per core, or the threads spin against each other (tests that fit a model in the test
 # process took 16.8 s instead of 1.2 s beside the other worker). Ray's workers set their own thread counts.
+# NumPy's OpenBLAS is loaded before this file runs (by a plugin), with a thread per core, which these variables no
+# longer reach: it is limited where it runs. Its idle threads spin too: beside a busy process, two builds of the world
+# test's small world took 28-30 CPU-s with two OpenBLAS threads, 10.5 with one (2026-12-07).
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(_v, "1")
+    for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_v, "1")  # and the subprocesses the tests start
+    import threadpoolctl
+
+    threadpoolctl.threadpool_limits(1)
 
 #: seconds each test took in one process (setup, call and teardown; tests under 0.5 s left out), written by a run with
 #: DEEPSALT_TEST_DURATIONS=tests/durations.json; pytest-xdist's workers take the suite heaviest first from it
