@@ -29,7 +29,7 @@ if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("DEEPSALT_TEST_RAY_A
 # process took 16.8 s instead of 1.2 s beside the other worker). Ray's workers set their own thread counts.
 # NumPy's OpenBLAS is loaded before this file runs (by a plugin), with a thread per core, which these variables no
 # longer reach: it is limited where it runs. Its idle threads spin too: beside a busy process, two builds of the world
-# test's small world took 28-30 CPU-s with two OpenBLAS threads, 10.5 with one (2026-12-07).
+# test's small world took 21.2 CPU-s with two OpenBLAS threads, 10.4 with one (bench/results/blas_threads.json).
 if os.environ.get("PYTEST_XDIST_WORKER"):
     for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(_v, "1")  # and the subprocesses the tests start
