@@ -30,9 +30,11 @@ def worker_env() -> dict[str, str]:
 #: placement-group cleaner per training that asks the state API every second whether the training's controller is
 #: alive. In a worker that does not know its cluster's API server, Ray resolves "auto": the record the last
 #: ``ray start`` or test cluster left in /tmp/ray, which may name a cluster that is gone (the cleaner then waited 40 s
-#: for a dead GCS, and every training's shutdown 12 s for the cleaner: a trivial fit took 23 s, 12.5 s with this) or
-#: another live one, whose API server knows nothing of this training's controller (the cleaner then takes it for dead
-#: and removes its placement group). A refused connection fails at once, and the cleaner stops when asked.
+#: for a dead GCS, and every training's shutdown 12 s for the cleaner: a trivial fit took 24.4-24.8 s, 13.2-13.4 s
+#: with this, bench/results/cli_overhead_services_456b6ef.json and cli_overhead_38f074a.json) or another live one,
+#: whose API server knows nothing of this training's controller (in a trial the cleaner took it for dead and exited
+#: before the training had registered its placement group with it, so it guarded nothing). A refused connection
+#: fails at once, and the cleaner stops when asked.
 NO_API_SERVER = "http://127.0.0.1:1"
 
 
