@@ -123,6 +123,23 @@ def test_failed_build_leaves_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_fields_on_rasters_equal_the_fields_at_points():
+    """A raster's fields come from matrix products (fields.RandomFields.grid): on a lon/lat raster they are the
+    point values exactly; on a 30 m UTM scene, in 64-px blocks taken as affine, close to them."""
+    from pyproj import Transformer
+
+    from deepsalt.data.synthetic.fields import FIELD_SCALES
+
+    f = RandomFields(7)
+    lon, lat = np.meshgrid(np.linspace(-112, -111, 40), np.linspace(40, 39.5, 530))  # > 512 rows: two row bands
+    assert max(np.abs(f.grid(n, lon, lat) - f(n, lon, lat)).max() for n in FIELD_SCALES) < 1e-9
+    e, n = np.meshgrid(400015 + 30 * np.arange(130), 4399985 - 30 * np.arange(70))  # blocks of 64 and smaller
+    lon, lat = Transformer.from_crs(32612, 4326, always_xy=True).transform(e, n)
+    # unit-variance fields; the shortest (80 m) varies by ~0.1 per metre
+    dev = {k: np.abs(f.grid(k, lon, lat) - f(k, lon, lat)).max() for k in FIELD_SCALES}
+    assert max(dev.values()) < 0.03 and dev["elev"] < 1e-3, dev
+
+
 def test_ece_is_skewed_with_a_saline_tail():
     rng = np.random.default_rng(0)
     lon, lat = rng.uniform(-110, -106, 40000), rng.uniform(37.5, 39.5, 40000)

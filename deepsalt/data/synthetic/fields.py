@@ -92,32 +92,43 @@ class RandomFields:
         return out
 
     def grid(self, name: str, lon: np.ndarray, lat: np.ndarray, block: int = 64) -> np.ndarray:
-        """The field on a raster ``(rows, cols)``, evaluated in blocks whose km coordinates are affine in (row, col).
+        """The field on a raster ``(rows, cols)``.
 
-        Exact for a lon/lat grid; for a 30 m UTM scene a 64-px block deviates from affine by well under a
-        metre. Within a block the phase of each Fourier feature is separable in row and col, so the sum
-        is one complex matrix product instead of rows x cols x features cosines.
+        Within a block whose km coordinates are affine in (row, col), the phase of each Fourier feature is
+        separable in row and col, so the sum over features is a matrix product instead of rows x cols x features
+        cosines: Re(e^{ia} e^{ib}) = cos a cos b - sin a sin b, two real products. A lon/lat raster (the covariate
+        products) is one such block, exactly; a 30 m UTM scene is evaluated in 64-px blocks, each of which
+        deviates from affine by well under a metre.
         """
-        out = np.empty(np.shape(lon))
+        lon, lat = np.asarray(lon, float), np.asarray(lat, float)
+        if lon.ndim == 2 and (lon == lon[:1]).all() and (lat == lat[:, :1]).all():
+            x, y = self._km(lon[0], lat[:, 0])
+            out = np.empty(lon.shape)
+            for r0 in range(0, out.shape[0], 512):  # in row bands: a few temporaries of 512 x cols, not of the raster
+                out[r0:r0 + 512] = self._separable(name, y[r0:r0 + 512, None], 0.0, x[:, None], 0.0)
+            return out
+        out = np.empty(lon.shape)
         for r0 in range(0, out.shape[0], block):
             for c0 in range(0, out.shape[1], block):
                 sl = np.s_[r0:r0 + block, c0:c0 + block]
-                out[sl] = self._affine_block(name, lon[sl], lat[sl])
+                x, y = self._km(lon[sl], lat[sl])
+                nr, nc = x.shape
+                rows, cols = np.arange(nr)[:, None], np.arange(nc)[:, None]
+                # per row: the block's origin plus the row's step; per col: the col's step
+                xr = x[0, 0] + rows * (x[-1, 0] - x[0, 0]) / max(nr - 1, 1)
+                yr = y[0, 0] + rows * (y[-1, 0] - y[0, 0]) / max(nr - 1, 1)
+                xc = cols * (x[0, -1] - x[0, 0]) / max(nc - 1, 1)
+                yc = cols * (y[0, -1] - y[0, 0]) / max(nc - 1, 1)
+                out[sl] = self._separable(name, yr, xr, xc, yc)
         return out
 
-    def _affine_block(self, name: str, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
-        x, y = self._km(lon, lat)
-        nr, nc = x.shape
-        dxc, dyc = (x[0, -1] - x[0, 0]) / max(nc - 1, 1), (y[0, -1] - y[0, 0]) / max(nc - 1, 1)
-        dxr, dyr = (x[-1, 0] - x[0, 0]) / max(nr - 1, 1), (y[-1, 0] - y[0, 0]) / max(nr - 1, 1)
-        rows, cols = np.arange(nr)[:, None], np.arange(nc)[:, None]
-        out = np.zeros((nr, nc))
+    def _separable(self, name: str, y_r, x_r, x_c, y_c) -> np.ndarray:
+        """sum_f w cos(phase_r + phase_c) with phase_r = k.(x_r, y_r) + phi per row and phase_c = k.(x_c, y_c) per col."""
+        out = 0.0
         for k, phi, w in self._params[name]:
-            c = k[:, 0] * x[0, 0] + k[:, 1] * y[0, 0] + phi
-            u, v = k[:, 0] * dxc + k[:, 1] * dyc, k[:, 0] * dxr + k[:, 1] * dyr
-            r_ = np.exp(1j * (rows * v + c))  # (nr, K)
-            c_ = np.exp(1j * cols * u)  # (nc, K)
-            out += w * np.sqrt(2.0 / N_FEATURES) * (r_ @ c_.T).real
+            a = x_r * k[:, 0] + y_r * k[:, 1] + phi  # (rows, K)
+            b = x_c * k[:, 0] + y_c * k[:, 1]  # (cols, K)
+            out = out + w * np.sqrt(2.0 / N_FEATURES) * (np.cos(a) @ np.cos(b).T - np.sin(a) @ np.sin(b).T)
         return out
 
 
