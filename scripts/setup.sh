@@ -1,24 +1,35 @@
 #!/usr/bin/env bash
 # Create .venv and install DeepSalt with its test tools, at the versions in constraints.txt.
-# torch goes first and pinned: an unpinned torch would pull a multi-GB CUDA build.
+# torch pinned (constraints.txt) to the CPU build: an unpinned torch would pull a multi-GB CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 "$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "DeepSalt needs Python >= 3.11")'
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
 # Skip the install when what it installs from has not changed since the last successful one.
 stamp=$(cat pyproject.toml constraints.txt scripts/setup.sh | sha256sum | cut -c1-16)
 if [ "$(cat .venv/.deepsalt-setup 2>/dev/null)" != "$stamp" ] || ! .venv/bin/python -c 'import deepsalt' 2>/dev/null; then
-  # pip byte-compiles what it installs one module at a time: torch and its dependencies took 29.7 s to install here,
-  # 9-14 s without that, and compileall on every core 8.9 s more
-  .venv/bin/python -m pip install -q --no-compile torch==2.13.0
-  # (as pip does, a module this Python cannot compile is passed over: torch ships one for Python >= 3.12 only)
-  .venv/bin/python -m compileall -q -j 0 "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" > /dev/null || true
-  # the rest through uv (pinned in constraints.txt): 33 s against pip's 80 s on this 2-core machine, most of it
-  # compiling bytecode, which pip also does; compiled here because a process that may not write .pyc files
-  # (PYTHONDONTWRITEBYTECODE) would otherwise compile every module it imports, every time. uv keeps the torch above.
-  .venv/bin/python -m pip install -q -c constraints.txt uv
-  .venv/bin/uv pip install -q --compile-bytecode --python .venv/bin/python -c constraints.txt -e ".[test]"
+  # Everything through uv (pinned in constraints.txt; pip puts it in the venv): 12-19 s for what took pip and uv 75 s
+  # here (2026-12-07; bench/results/setup.json). A venv without pip of its own is made in 0.2 s, ensurepip's took 6.3 s
+  # (uv adds pip below). pip older than 22.3 cannot install into another environment: then the venv's own pip does.
+  [ -x .venv/bin/python ] || "$PY" -m venv --without-pip .venv
+  uv_pin=$(grep '^uv==' constraints.txt)
+  "$PY" -m pip --python .venv/bin/python install -q --no-compile "$uv_pin" 2>/dev/null \
+    || { .venv/bin/python -m ensurepip -q && .venv/bin/python -m pip install -q --no-compile "$uv_pin"; }
+  # torch==2.13.0 (constraints.txt) must be the CPU build: pip finds it where its configuration points (find-links:
+  # this machine's wheel), and uv, which reads no pip configuration, is pointed there too; elsewhere PyPI's build
+  links=()
+  for l in ${PIP_FIND_LINKS:-$("$PY" -m pip config get global.find-links 2>/dev/null || true)}; do links+=(--find-links "$l"); done
+  .venv/bin/uv pip install -q --python .venv/bin/python "${links[@]}" -c constraints.txt -e ".[test]" pip
+  # Byte-code for what DeepSalt's processes import, written by importing it: where processes may not write .pyc files
+  # (PYTHONDONTWRITEBYTECODE), every CLI run and Ray worker would otherwise compile each module it imports, every
+  # time. Importing compiles only what is used (compiling all of site-packages, as uv --compile-bytecode does, took
+  # 41 s here); scripts/test.sh lets its processes write what this leaves out.
+  env -u PYTHONDONTWRITEBYTECODE .venv/bin/python -c '
+import importlib, pkgutil, deepsalt
+for m in pkgutil.walk_packages(deepsalt.__path__, "deepsalt."):
+    importlib.import_module(m.name)
+for m in ("ray.data", "ray.train.torch", "ray.util.state", "ray._private.workers.default_worker", "torch.distributed"):
+    importlib.import_module(m)'
   echo "$stamp" > .venv/.deepsalt-setup
 fi
 # DeepSalt's own modules, which the editable install leaves uncompiled: where processes may not write .pyc files, every

@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The suite's processes may write byte-code: scripts/setup.sh compiles what DeepSalt imports, and what it leaves out (the
+# test tools, moto, parts of Ray's daemons) is then compiled once, not in every process that imports it
+unset PYTHONDONTWRITEBYTECODE
 # Two pytest-xdist workers by default (DEEPSALT_TEST_WORKERS=1: one process), each with its own Ray head, an idle one
 # taking queued tests from the other (worksteal); tests/conftest.py orders the tests heaviest first from
 # tests/durations.json and keeps torch in each test process to one thread; what several tests build is built once
