@@ -24,16 +24,17 @@ if [ "$(cat .venv/.deepsalt-setup 2>/dev/null)" != "$stamp" ] || ! .venv/bin/pyt
   # (PYTHONDONTWRITEBYTECODE), every CLI run and Ray worker would otherwise compile each module it imports, every
   # time. Importing compiles only what is used (compiling all of site-packages, as uv --compile-bytecode does, took
   # 41 s here); scripts/test.sh lets its processes write what this leaves out.
+  # Two processes, one per core: Ray's side and DeepSalt's (torch and the raster and storage stacks).
+  env -u PYTHONDONTWRITEBYTECODE .venv/bin/python -c 'import ray.data, ray.train.torch, ray.util.state, ray._private.workers.default_worker' &
   env -u PYTHONDONTWRITEBYTECODE .venv/bin/python -c '
-import importlib, pkgutil, deepsalt
+import importlib, pkgutil, deepsalt, torch.distributed
 for m in pkgutil.walk_packages(deepsalt.__path__, "deepsalt."):
-    importlib.import_module(m.name)
-for m in ("ray.data", "ray.train.torch", "ray.util.state", "ray._private.workers.default_worker", "torch.distributed"):
-    importlib.import_module(m)'
+    importlib.import_module(m.name)'
+  wait $!
   echo "$stamp" > .venv/.deepsalt-setup
 fi
 # DeepSalt's own modules, which the editable install leaves uncompiled: where processes may not write .pyc files, every
 # CLI run and Ray worker compiled the ones it imports anew (0.25-0.35 CPU-s for the CLI's and the trainer's, 2026-12-07);
 # only what changed is compiled again
 .venv/bin/python -m compileall -q deepsalt > /dev/null
-echo "setup: $(.venv/bin/python -c 'import deepsalt, torch, ray, zarr; print(f"deepsalt {deepsalt.__version__}, torch {torch.__version__}, ray {ray.__version__}, zarr {zarr.__version__}")')"
+echo "setup: $(.venv/bin/python -c 'from importlib.metadata import version as v; print(", ".join(f"{p} {v(p)}" for p in ("deepsalt", "torch", "ray", "zarr")))')"
