@@ -8,6 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The demo's processes may write byte-code into .venv: scripts/setup.sh compiles what DeepSalt imports, and what it
+# leaves out (parts of Ray's daemons, of Ray Train's torch and of plotting) is then compiled once, not in every process
+unset PYTHONDONTWRITEBYTECODE
 . scripts/local_env.sh
 OUT=${DEEPSALT_OUT:-out}
 mkdir -p "$OUT"
