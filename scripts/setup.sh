@@ -20,7 +20,7 @@ if [ "$(cat .venv/.deepsalt-setup 2>/dev/null)" != "$stamp" ] || ! .venv/bin/pyt
   # this machine's wheel), and uv, which reads no pip configuration, is pointed there too (elsewhere: PyPI's, with CUDA)
   links=()
   for l in ${PIP_FIND_LINKS:-$("$PY" -m pip config get global.find-links 2>/dev/null || true)}; do links+=(--find-links "$l"); done
-  .venv/bin/uv pip install -q --python .venv/bin/python "${links[@]}" -c constraints.txt -e ".[test]" pip
+  .venv/bin/uv pip install -q --python .venv/bin/python ${links[@]+"${links[@]}"} -c constraints.txt -e ".[test]" pip
   # Byte-code for what DeepSalt's processes import, written by importing it: where processes may not write .pyc files
   # (PYTHONDONTWRITEBYTECODE), every CLI run and Ray worker would otherwise compile each module it imports, every
   # time. Importing compiles only what is used: compiling all of site-packages (compileall for torch, uv's
