@@ -155,6 +155,22 @@ def _fit_with_progress(trainer, queue, cfg: TrainConfig, seed: int, log):
     return box["result"]
 
 
+def _trainer_class():
+    """Ray Train's TorchTrainer, less the Ray Data actor it starts with every worker group for the trainer's ``datasets``
+    (Ray 2.60's DatasetsCallback), when there are none: DeepSalt hands its arrays to the workers in the object store,
+    never as Ray Datasets. One process fewer per fit and per restart of a lost worker group; a trivial fit took
+    about 4 CPU-s less on 2 cores (bench/results/ray_train_fit.json)."""
+    from ray.train.torch import TorchTrainer
+
+    class Trainer(TorchTrainer):
+        def _create_default_callbacks(self):
+            from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+
+            return [c for c in super()._create_default_callbacks() if self.datasets or not isinstance(c, DatasetsCallback)]
+
+    return Trainer
+
+
 def fit_seed(data: TrainingData, cfg: TrainConfig, seed: int, storage: str, log=None) -> dict:
     """Train all stages for one seed with Ray Train; resumes from the latest checkpoint under ``storage``
     (a local folder or an fsspec URL such as s3://bucket/run/ray). A lost worker or node restarts the worker group
@@ -167,7 +183,6 @@ def fit_seed(data: TrainingData, cfg: TrainConfig, seed: int, storage: str, log=
         print(f"seed {seed}: resuming from {latest.rsplit('/', 1)[-1]}")
     import ray
     import ray.train
-    from ray.train.torch import TorchTrainer
 
     name = f"seed{seed}"
     storage_path, storage_fs = _ray_storage(storage)
@@ -180,7 +195,7 @@ def fit_seed(data: TrainingData, cfg: TrainConfig, seed: int, storage: str, log=
         # on the driver's node, as Ray Train's controller: a lost worker node must not take the progress with it
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         queue = Queue(maxsize=10_000, actor_options={"num_cpus": 0, "scheduling_strategy": here})
-    trainer = TorchTrainer(
+    trainer = _trainer_class()(
         _train_loop,
         train_loop_config={"data": ray.put(data), "cfg": cfg.model_dump(mode="json"), "seed": seed,
                            "fail_marker": os.environ.get("DEEPSALT_FAIL_MARKER") or os.path.join(
