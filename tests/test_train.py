@@ -219,3 +219,23 @@ def test_a_checkpoint_cut_short_is_passed_over_for_the_one_before(run, tmp_path)
     load_state(_latest_checkpoint(runs))  # loads
     (torn / "state.pt").write_bytes(whole)
     assert _latest_checkpoint(runs) == str(torn)
+
+
+def test_the_trainer_starts_no_dataset_actor_unless_given_datasets():
+    """Ray Train 2.60 starts a Ray Data actor per worker group for the trainer's ``datasets`` (its DatasetsCallback),
+    with or without any: DeepSalt's trainer drops it only when there are none. Fails if a Ray release moves or
+    renames what the override relies on."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+
+    from deepsalt.train.run import _trainer_class
+
+    def loop(config):
+        pass
+
+    kw = dict(scaling_config=ray.train.ScalingConfig(num_workers=1))
+    names = lambda t: [type(c).__name__ for c in t._create_default_callbacks()]  # noqa: E731
+    stock, ours = names(TorchTrainer(loop, **kw)), names(_trainer_class()(loop, **kw))
+    assert DatasetsCallback.__name__ in stock and ours == [n for n in stock if n != DatasetsCallback.__name__], (stock, ours)
+    assert names(_trainer_class()(loop, datasets={"x": lambda: None}, **kw)) == stock  # given datasets, Ray's own

@@ -159,7 +159,8 @@ def _trainer_class():
     """Ray Train's TorchTrainer, less the Ray Data actor it starts with every worker group for the trainer's ``datasets``
     (Ray 2.60's DatasetsCallback), when there are none: DeepSalt hands its arrays to the workers in the object store,
     never as Ray Datasets. One process fewer per fit and per restart of a lost worker group; a trivial fit took
-    about 4 CPU-s less on 2 cores (bench/results/ray_train_fit.json)."""
+    15.7 busy CPU-s against 19.4 on 2 cores (bench/results/ray_train_fit.json). The override is of a private method
+    of Ray 2.60 (pinned in constraints.txt): a Ray upgrade must check it."""
     from ray.train.torch import TorchTrainer
 
     class Trainer(TorchTrainer):
