@@ -51,6 +51,7 @@ class Tokens(str, enum.Enum):
 ExportFormat = enum.Enum("ExportFormat", {"cog": "cog", "netcdf": "netcdf"}, type=str)
 GridName = enum.Enum("GridName", {k: k for k in ("conus", "europe", "global")}, type=str)  # mapping.grid.GRIDS
 Region = enum.Enum("Region", {k.replace("-", "_"): k for k in REGIONS}, type=str)
+Inference = enum.Enum("Inference", {k: k for k in ("auto", "tasks", "actors")}, type=str)  # config.MapConfig.inference
 SamplingMethod = enum.Enum("SamplingMethod", {k: k for k in ("coverage", "random")}, type=str)  # mapping.sampling.METHODS
 
 
@@ -485,6 +486,10 @@ def map_cmd(
     shard: int = typer.Option(2, min=1, max=16, help="tiles per shard side (1-16): one stored object per shard x shard chunks "
                               "of a variable (Zarr v3 sharding); 1: unsharded. A cube keeps the one it was made with"),
     mc_samples: int = typer.Option(5, min=0, max=100, help="MC-dropout passes for the ece_sd uncertainty (0: none)"),
+    inference: Inference = typer.Option("auto", help="where the student runs. tasks: in the read tasks, on CPU (no actor "
+                                        "to start; a shard's pixels never cross the object store); actors: in an autoscaling "
+                                        "actor pool (--actors, --min-actors; one GPU each with --gpu); auto: actors with --gpu "
+                                        "or --actors, tasks otherwise"),
     actors: Optional[int] = typer.Option(None, min=1, help="most student inference actors: the pool autoscales from "
                                          "--min-actors up to this (default: one per CPU of the cluster; with --gpu, one per GPU)"),
     min_actors: int = typer.Option(1, min=1, help="inference actors started at once"),
@@ -514,7 +519,7 @@ def map_cmd(
     so = _storage_options(out)
     cfg = MapConfig(stac=stac, collection=collection, bbox=_bbox(bbox), datetime=datetime, epoch=epoch, max_cloud=max_cloud,
                     covariates=covariates, model=model, out=out, grid=grid.value, chunk=chunk, shard=shard, mc_samples=mc_samples,
-                    predict_actors=actors, min_actors=min_actors, gpu=gpu, storage_options=so, allow_http=allow_http,
+                    inference=inference.value, predict_actors=actors, min_actors=min_actors, gpu=gpu, storage_options=so, allow_http=allow_http,
                     quality_masks=quality_masks)
     grid_for(cfg)  # Ray starts only when there are tiles to map
     if dry_run:

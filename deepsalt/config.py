@@ -300,6 +300,11 @@ class MapConfig(_Config):
     mc_samples: int = Field(5, ge=0, description="MC-dropout passes for ece_sd (0: no uncertainty)")
     quality_masks: tuple[str, ...] = Field(tuple(QUALITY_ASSETS), description="quality assets whose flagged pixels are not "
                                            "mapped (keys of config.QUALITY_ASSETS)")
+    inference: Literal["auto", "tasks", "actors"] = Field("auto", description="where the student runs. 'tasks': in the "
+                                                           "read tasks, on CPU (Ray Data fuses the two stages: no actor to start, a shard's pixels "
+                                                           "never cross the object store; the bundle is loaded once per worker process); 'actors': in an "
+                                                           "autoscaling actor pool (predict_actors, min_actors; one GPU each with gpu); 'auto': actors "
+                                                           "with gpu or predict_actors, tasks otherwise")
     predict_actors: int | None = Field(None, ge=1, description="most inference actors (the pool autoscales up to this "
                                        "many); None: one per CPU of the cluster, or with gpu one per GPU (at least 1)")
     min_actors: int = Field(1, ge=1, description="inference actors kept up from the start")
@@ -321,6 +326,21 @@ class MapConfig(_Config):
     allow_http: bool = Field(False, description="accept plain http:// asset hrefs (trusted internal servers only)")
     commit_attempts: int = Field(3, ge=1, description="times a run re-plans on the new cube state when another run "
                                  "committed conflicting changes first")
+
+    @model_validator(mode="after")
+    def _inference_where(self):
+        if self.inference == "tasks" and (self.gpu or self.predict_actors):
+            what = "--gpu" if self.gpu else "--actors"
+            raise ValueError(f"--inference tasks runs the student in the CPU read tasks, without the actor pool that {what} "
+                             "asks for: use --inference actors (or auto)")
+        return self
+
+    @property
+    def inference_mode(self) -> str:
+        """'tasks' or 'actors': where this run's student runs (``inference`` with 'auto' resolved)."""
+        if self.inference != "auto":
+            return self.inference
+        return "actors" if self.gpu or self.predict_actors else "tasks"
 
     @field_validator("quality_masks")
     @classmethod

@@ -143,12 +143,15 @@ def test_mapped_pixels_equal_valid_pixels_and_land_in_the_right_cell(cube, world
 
 
 def test_read_tasks_of_one_or_many_tiles_make_the_same_cube(cube, world, trained, tmp_path):
-    """How tiles are grouped into read tasks is an execution detail: the cube must not depend on it."""
+    """How tiles are grouped into read tasks, and where the student runs (in them or in an actor pool), are execution
+    details: the cube must not depend on them."""
     from conftest import assert_tiles_equal, tile_arrays
 
     out, summary = cube
     one = tmp_path / "one.zarr"
-    s = map_region(_cfg(world, trained[0] / "bundle", one, tiles_per_read_task=1), log=lambda *_: None)
+    logs = []
+    s = map_region(_cfg(world, trained[0] / "bundle", one, tiles_per_read_task=1, inference="actors"), log=logs.append)
+    assert any("student in up to 2 actor(s)" in line for line in logs), logs  # the reference ran in the read tasks
     assert s["tiles_mapped"] == summary["tiles_mapped"] > 4  # more tiles than one default read task takes
     assert_tiles_equal(tile_arrays(one), tile_arrays(out))
     # nor on the storage layout: unsharded (one object per chunk) and 2 x 2 shards (the default) hold the same

@@ -1,5 +1,6 @@
 """`deepsalt map` / jobs/map_region.py: STAC search -> tile plan -> Ray Data (read + nearest-pixel composite +
-covariates -> student inference in an actor pool -> tile writes into forks of one Icechunk session) -> one commit.
+covariates -> student inference, in those CPU tasks or in an actor pool -> tile writes into forks of one Icechunk
+session) -> one commit.
 
 A run maps the tiles whose fingerprint (``mapping.fingerprint``) differs from the one stored in the cube,
 and clears the tiles of its region whose scenes are gone; a repeated run commits nothing. The plan takes
@@ -27,7 +28,7 @@ from deepsalt.errors import DeepSaltInputError, find_input_error
 from deepsalt.mapping import cube as cube_mod
 from deepsalt.mapping.fingerprint import bundle_identity, run_identity, scene_identity, tile_fingerprint
 from deepsalt.mapping.grid import GRIDS, Grid, TileBox
-from deepsalt.mapping.predictor import Predictor
+from deepsalt.mapping.predictor import Predictor, predict_in_task
 from deepsalt.mapping.tiles import drop_reasons, plan, prepare_tiles
 from deepsalt.raycluster import init_ray
 from deepsalt.redact import redact, redact_url
@@ -225,7 +226,13 @@ def read_stage(inp: RunInputs, tasks: list[dict]):
         prepare_tiles, fn_kwargs=dict(grid=grid, covariates=cfg.covariates, band_names=inp.meta["band_names"],
                                       band_centers=inp.meta["band_centers_nm"], quality=tuple(cfg.quality_masks),
                                       allow_http=cfg.allow_http),
-        num_cpus=1, memory=cfg.read_memory_mb * 2**20)
+        **_read_args(cfg))
+
+
+def _read_args(cfg: MapConfig) -> dict:
+    """Ray remote arguments of a read task: 1 CPU and ``read_memory_mb``. Inference in the read tasks asks for the
+    same, so that Ray Data fuses it into them (operators with other remote arguments are never fused)."""
+    return dict(num_cpus=1, memory=cfg.read_memory_mb * 2**20)
 
 
 def _execute(inp: RunInputs, p: Plan, session, log) -> int:
@@ -233,22 +240,28 @@ def _execute(inp: RunInputs, p: Plan, session, log) -> int:
     import ray
 
     cfg, grid = inp.cfg, inp.grid
-    actors = cfg.predict_actors or max(1, int(ray.cluster_resources().get("GPU" if cfg.gpu else "CPU", 1)))
     tasks = [{"ty": ty, "tx": tx, "fp": p.fps[(ty, tx)],
               "items": [json.dumps(i.to_dict(include_self_link=False)) for i in inp.tiles[(ty, tx)]],
               "scene_index": [p.scene_ids.index(i.id) for i in inp.tiles[(ty, tx)]]} for ty, tx in p.todo]
     tasks += [{"ty": ty, "tx": tx, "fp": 0, "items": [], "scene_index": []} for ty, tx in p.clear]
-    # Three stages that Ray Data must not fuse (their resource requests differ): reads as CPU tasks spread over
-    # every node, inference in an autoscaling actor pool (GPUs when the job asks for them), writes as light tasks.
-    ds = (read_stage(inp, tasks)
-          .map(Predictor, fn_constructor_kwargs=dict(model=cfg.model, mc_samples=cfg.mc_samples, gpu=cfg.gpu, batch=cfg.predict_batch),
-               compute=ray.data.ActorPoolStrategy(min_size=min(cfg.min_actors, actors), max_size=actors),
-               num_gpus=1 if cfg.gpu else 0, num_cpus=0 if cfg.gpu else 1)
-          .map(_write, fn_kwargs=dict(fork=cube_mod.fork_bytes(session), where=redact_url(cfg.out), grid=grid, t=p.t,
-                                      scene_days=_scene_days(inp, p.scene_ids), target=inp.meta["target"]),
-               num_cpus=0.25))  # I/O-bound: never starve the read and inference stages of a CPU
-    log(f"[3/4] Ray Data: read + composite + covariates -> student (up to {actors} actor(s){', one GPU each' if cfg.gpu else ''}) "
-        f"-> {len(tasks)} tiles into one transaction")
+    # Reads as CPU tasks spread over every node; inference in them ('tasks': Ray Data fuses the two, as their remote
+    # arguments are the same) or in an autoscaling actor pool ('actors'; GPUs when the job asks for them); writes as
+    # light tasks, never fused with either (their resource request differs).
+    ds = read_stage(inp, tasks)
+    predict = dict(model=cfg.model, mc_samples=cfg.mc_samples, batch=cfg.predict_batch)
+    if cfg.inference_mode == "tasks":
+        ds = ds.map(predict_in_task, fn_kwargs=dict(predict, identity=inp.bundle_sha), **_read_args(cfg))
+        where = "in the read tasks (CPU)"
+    else:
+        actors = cfg.predict_actors or max(1, int(ray.cluster_resources().get("GPU" if cfg.gpu else "CPU", 1)))
+        ds = ds.map(Predictor, fn_constructor_kwargs=dict(predict, gpu=cfg.gpu),
+                    compute=ray.data.ActorPoolStrategy(min_size=min(cfg.min_actors, actors), max_size=actors),
+                    num_gpus=1 if cfg.gpu else 0, num_cpus=0 if cfg.gpu else 1)
+        where = f"in up to {actors} actor(s){', one GPU each' if cfg.gpu else ''}"
+    ds = ds.map(_write, fn_kwargs=dict(fork=cube_mod.fork_bytes(session), where=redact_url(cfg.out), grid=grid, t=p.t,
+                                       scene_days=_scene_days(inp, p.scene_ids), target=inp.meta["target"]),
+                num_cpus=0.25)  # I/O-bound: never starve the read and inference stages of a CPU
+    log(f"[3/4] Ray Data: read + composite + covariates -> student {where} -> {len(tasks)} tiles into one transaction")
     n_pix = done = 0
     t0 = time.time()
     stats = {"drops": 0, "band_nodata": 0, "swath_rows": 0}
