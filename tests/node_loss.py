@@ -2,11 +2,13 @@
 and no work (0 CPUs), and 1-CPU worker nodes, as a cluster of preemptible workers would be. Run as a script by
 tests/test_node_loss.py and by bench/chaos.py (a process joins one Ray cluster only); prints one JSON line.
 
-    python tests/node_loss.py map   WORLD BUNDLE OUT VICTIM   # VICTIM: actor (the inference actor's node) | read
+    python tests/node_loss.py map   WORLD BUNDLE OUT VICTIM   # VICTIM: actor | read
     python tests/node_loss.py train WORLD OUT
 
-``map``: maps WORLD into OUT (one inference actor) while a thread removes, ungracefully, the victim's node as soon
-as the actor is up, and adds a fresh node; a reader polls the cube throughout and records what it saw.
+``map``: maps WORLD into OUT while a thread removes, ungracefully, the victim's node and adds a fresh one; a reader
+polls the cube throughout and records what it saw. ``actor``: one inference actor (``--inference actors``), its node
+removed as soon as it is up; ``read``: the student in the read tasks (``--inference tasks``, the CPU default), the
+node of a running read task removed.
 ``train``: one seed of a small training, twice: undisturbed, then with the worker's node removed mid-stage (after
 the teacher's first checkpoint) and a fresh node added; reports whether every weight is equal.
 """
@@ -89,6 +91,16 @@ def actor_node() -> str | None:
     return None
 
 
+def read_task_node() -> str | None:
+    """The node id of a running read task (``prepare_tiles``, with the student fused into it), if any."""
+    from ray.util.state import list_tasks
+
+    for t in list_tasks(filters=[("state", "=", "RUNNING")], raise_on_missing_output=False):
+        if "prepare_tiles" in (t.name or "") and t.node_id:
+            return t.node_id
+    return None
+
+
 def run_map(world: str, bundle: str, out: str, victim: str) -> dict:
     """The mapping runs in a thread; this (main) thread removes and adds nodes (Ray adds nodes from the main thread
     only); another thread reads the cube throughout."""
@@ -100,7 +112,8 @@ def run_map(world: str, bundle: str, out: str, victim: str) -> dict:
 
     def mapper():
         try:
-            box["summary"] = map_region(map_cfg(Path(world), bundle, out, predict_actors=1), log=lambda *_: None)
+            how = dict(predict_actors=1) if victim == "actor" else dict(inference="tasks")
+            box["summary"] = map_region(map_cfg(Path(world), bundle, out, **how), log=lambda *_: None)
         except BaseException as e:  # noqa: BLE001 - reported by the main thread
             box["error"] = e
         done.set()
@@ -117,11 +130,11 @@ def run_map(world: str, bundle: str, out: str, victim: str) -> dict:
     threads = [threading.Thread(target=mapper), threading.Thread(target=reader, daemon=True)]
     for t in threads:
         t.start()
-    # One inference actor (1 CPU) fills one of the two 1-CPU worker nodes, so every read task (1 CPU) runs on the other:
-    # "actor" removes the actor's node, "read" the node the reads run on, as soon as the actor is up.
+    # "actor": one inference actor (1 CPU) fills one of the two 1-CPU worker nodes, the read tasks run on the other, and
+    # the actor's node goes as soon as the actor is up; "read": the node of the first read task seen running goes.
     while not done.is_set() and not events:
-        holder = actor_node()
-        target = next((n for n in nodes if (n.node_id == holder) == (victim == "actor")), None) if holder else None
+        holder = actor_node() if victim == "actor" else read_task_node()
+        target = next((n for n in nodes if n.node_id == holder), None) if holder else None
         if target is not None:
             replace(cluster, nodes, target, events, victim=victim, after_s=round(time.time() - t0, 2))
         time.sleep(0.1)

@@ -21,7 +21,7 @@ import pytest
 import rasterio
 from typer.testing import CliRunner
 
-from conftest import assert_tiles_equal, map_cfg, ray_head, tile_arrays
+from conftest import assert_tiles_equal, map_cfg, tile_arrays
 from deepsalt import open_cube
 from deepsalt.cli import app
 from deepsalt.errors import DeepSaltInputError
@@ -160,20 +160,10 @@ def test_driver_killed_at_12_points_never_leaves_a_partial_cube(world, trained, 
 
 # --- concurrent runs -------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def two_job_head():
-    """A Ray head for two runs at once, as two jobs: 4 logical CPUs for one inference actor (1 CPU) per run and the
-    runs' reads beside them. (On a 2-CPU head, two jobs' actors could hold every CPU that both jobs' reads wait for.
-    A run that started a local Ray instance of its own cost about 40 CPU-s, one on a running head about 14, on
-    2026-12-07.)"""
-    with ray_head(num_cpus=4) as address:
-        yield address
-
-
-def _run_together(cmds, address):
-    env = {**os.environ, "RAY_ADDRESS": address}
-    procs = [subprocess.Popen([*c, "--actors", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for c in cmds]
+def _run_together(cmds):
+    """Two CLI runs at once, as two jobs on this test process's Ray head (the student in the read tasks, the CPU
+    default: neither job holds a CPU the other waits for beyond a task)."""
+    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in cmds]
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (o, e) in zip(procs, outs):
         assert p.returncode == 0, o[-2000:] + e[-2000:]
@@ -181,12 +171,12 @@ def _run_together(cmds, address):
 
 
 @pytest.mark.parametrize("pair", ["disjoint", "overlapping"])
-def test_concurrent_runs_on_s3_lose_nothing(pair, world, trained, cube, s3_bucket, s3_endpoint, two_job_head):
+def test_concurrent_runs_on_s3_lose_nothing(pair, world, trained, cube, s3_bucket, s3_endpoint):
     url = f"s3://{s3_bucket}/cube"
     so = {"client_kwargs": {"endpoint_url": s3_endpoint}}
     bundle = trained[0] / "bundle"
     regions = [("--region", "seen"), ("--region", "unseen")] if pair == "disjoint" else [(), ()]
-    summaries = _run_together([_map_cmd(world, bundle, url, *r) for r in regions], two_job_head)
+    summaries = _run_together([_map_cmd(world, bundle, url, *r) for r in regions])
     print(pair, json.dumps(summaries))
     assert_tiles_equal(tile_arrays(url, so), tile_arrays(cube[0]))  # every tile of both runs, as one run makes it
     commits = [h for h in cube_mod.history(url, so) if h["epoch"]]
