@@ -11,7 +11,9 @@ without Ray's idle daemons:
 - ``read_px_s``: DeepSalt's read stage (``prepare_tile``: reads, masks, nearest-pixel lookup, composite, covariates)
   as Ray Data CPU tasks over the same tiles (``pipeline.read_stage``, exactly as `deepsalt map` runs it);
 - ``end_to_end_px_s``: ``deepsalt map`` from STAC search to commit, per valid mapped pixel (median of two runs;
-  two more with Ray Data's per-operator resource reservation on, ``reserve_stage_resources``, run between them);
+  two more with another setting run between them, ``--compare``: the student in an actor pool, ``--inference
+  actors``, against the default on CPU, in the read tasks; or Ray Data's per-operator resource reservation on,
+  ``reserve_stage_resources``);
 - ``odc_stac_*``: the same tiles as a user would map them without DeepSalt: ``odc.stac.load`` per tile (dask,
   threads, nearest resampling onto the tile's grid; ``raster:bands`` added to the items, which odc-stac needs
   for a multi-band asset), quality masks and first-valid composite in xarray, covariates by
@@ -210,6 +212,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "map_cpu.json")
     ap.add_argument("--profile-only", action="store_true", help="write only the read stage's profile (no Ray, no "
                     "odc-stac): e.g. with PYTHONPATH set to a checkout of older code, to compare")
+    ap.add_argument("--compare", choices=("inference", "reserve"), default="inference",
+                    help="the other setting of the end-to-end runs (ABBA with the default): --inference actors, or "
+                         "Ray Data's per-operator resource reservation on")
+    ap.add_argument("--no-odc-stac", action="store_true", help="skip the odc-stac comparison (minutes)")
     a = ap.parse_args()
 
     from deepsalt.config import MapConfig
@@ -259,18 +265,22 @@ def main() -> None:
                 del ds
         raw_s, read_s = statistics.median(raw_runs), statistics.median(read_runs)
 
-        e2e = {False: [], True: []}  # Ray Data's per-operator reservation off (the default) and on, in ABBA order
-        for k, reserve in enumerate([False, True, True, False]):
-            run_cfg = cfg.model_copy(update={"out": f"{tmp}/cube{k}", "reserve_stage_resources": reserve})
+        other = {"inference": {"inference": "actors"}, "reserve": {"reserve_stage_resources": True}}[a.compare]
+        e2e = {False: [], True: []}  # the default and the other setting, in ABBA order
+        for k, alt in enumerate([False, True, True, False]):
+            run_cfg = cfg.model_copy(update={"out": f"{tmp}/cube{k}", **(other if alt else {})})
             t = time.perf_counter()
             s = map_region(run_cfg, log=lambda *_: None)
-            e2e[reserve].append(time.perf_counter() - t)
+            e2e[alt].append(time.perf_counter() - t)
             assert s["pixels_mapped"] == valid, s
         e2e_s = statistics.median(e2e[False])
-        try:
-            odc = _odc_stac(inp, a.model, a.mc_samples)
-        except ImportError as e:
-            odc = {"error": f"not measured: {e} (install the bench extra)"}
+        if a.no_odc_stac:
+            odc = {"error": "not measured (--no-odc-stac)"}
+        else:
+            try:
+                odc = _odc_stac(inp, a.model, a.mc_samples)
+            except ImportError as e:
+                odc = {"error": f"not measured: {e} (install the bench extra)"}
 
     res = {**stamp(),
            "world": str(a.world), "tiles": len(tasks), "scene_windows": len(jobs), "window_px": n_px, "valid_px": valid,
@@ -283,7 +293,8 @@ def main() -> None:
            "profile": profile,
            "end_to_end_px_s": round(s["pixels_mapped"] / e2e_s), "end_to_end_s": round(e2e_s, 1),
            "end_to_end_runs_s": [round(x, 1) for x in e2e[False]],
-           "end_to_end_reserve_stage_resources_s": [round(x, 1) for x in e2e[True]],
+           "end_to_end_default": {"inference": cfg.inference_mode, "reserve_stage_resources": cfg.reserve_stage_resources},
+           f"end_to_end_{'inference_actors' if a.compare == 'inference' else 'reserve_stage_resources'}_s": [round(x, 1) for x in e2e[True]],
            "pixels_mapped": s["pixels_mapped"]}
     if "error" in odc:
         res.update(odc_stac_px_s=None, odc_stac_note=odc["error"])
