@@ -44,12 +44,21 @@ def native_bbox(cfg, margin: float = 0.1) -> tuple[float, float, float, float]:
     return (min(a0, c0) - margin, min(b0, d0) - margin, max(a1, c1) + margin, max(b1, d1) + margin)
 
 
-def write_native(out: Path, cfg, sites: pd.DataFrame, lab_meta: pd.DataFrame, wn: np.ndarray, spectra: np.ndarray,
-                 fields, phys) -> dict:
+def write_native_products(out: Path, cfg, fields, phys) -> dict:
+    """SoilGrids and WorldClim as downloaded, into ``out/native``: they depend on the world's fields alone, so
+    `build_world` writes them in a thread beside everything else (most of their time is NumPy and GDAL, which let
+    go of the GIL)."""
     d = out / "native"
-    d.mkdir()
-    files = {"sites": _sites(d, sites), "ossl": _ossl(d, lab_meta, wn, spectra), "soilgrids": _soilgrids(d, cfg, fields, phys),
-             "worldclim": _worldclim(d, cfg, fields, phys)}
+    d.mkdir(exist_ok=True)
+    return {"soilgrids": _soilgrids(d, cfg, fields, phys), "worldclim": _worldclim(d, cfg, fields, phys)}
+
+
+def write_native(out: Path, sites: pd.DataFrame, lab_meta: pd.DataFrame, wn: np.ndarray, spectra: np.ndarray,
+                 products: dict) -> dict:
+    """The sites and the OSSL download beside ``products`` (``write_native_products``); their paths, relative to ``out``."""
+    d = out / "native"
+    d.mkdir(exist_ok=True)
+    files = {"sites": _sites(d, sites), "ossl": _ossl(d, lab_meta, wn, spectra), **products}
     return {k: str(Path(v).relative_to(out)) for k, v in files.items()}
 
 

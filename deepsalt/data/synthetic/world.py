@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -45,7 +46,7 @@ from deepsalt.data.stac import enmap_item, write_item_collection, write_static_c
 from deepsalt.data.synthetic import enmap_spectra, lab_spectra
 from deepsalt.data.synthetic.deliveries import (BAD_BANDS, FORMATS, NOTE, layer_arrays, scene_metadata,
                                                 write_delivery)
-from deepsalt.data.synthetic.native import native_bbox, ossl_layout, write_native
+from deepsalt.data.synthetic.native import native_bbox, ossl_layout, write_native, write_native_products
 from deepsalt.data.synthetic.fields import (CHANGE_DOWN, CHANGE_AT, CHANGE_UP, RandomFields, SoilPhysics, climate_product,
                                           ece_change, koppen, soil_at, texture_product, usda_texture)
 from deepsalt.errors import DeepSaltInputError
@@ -351,8 +352,17 @@ def _rewrite_hrefs(tmp: Path, final: Path) -> None:
 
 
 def _build(cfg: WorldConfig, out: Path, progress: bool, deliveries: bool = False) -> dict:
+    fields, phys = RandomFields(cfg.seed), SoilPhysics()
+    # the native covariate products depend on the fields alone: written in a thread beside the rest (the block waits
+    # for it, also when the rest fails, so nothing writes into the folder after build_world removed it)
+    with ThreadPoolExecutor(1, thread_name_prefix="native-products") as pool:
+        products = pool.submit(write_native_products, out, cfg, fields, phys)
+        return _build_rest(cfg, out, progress, deliveries, fields, phys, products)
+
+
+def _build_rest(cfg: WorldConfig, out: Path, progress: bool, deliveries: bool, fields, phys, products) -> dict:
     rng = np.random.default_rng(cfg.seed)
-    fields, phys, bands = RandomFields(cfg.seed), SoilPhysics(), enmap_bands()
+    bands = enmap_bands()
     basis, snr_b = enmap_spectra.band_basis(bands), enmap_spectra.snr(bands)
     scenes = _scene_layout(cfg, rng)
     _write_covariates(out, cfg, fields, phys)
@@ -416,7 +426,7 @@ def _build(cfg: WorldConfig, out: Path, progress: bool, deliveries: bool = False
     (out / "lab").mkdir()
     write_lab_table(out / "lab" / "mir_library.parquet", lab_meta, wn, lab_spec)
     _figure(out / "world.png", *fig_args, bands, lab_meta, wn, lab_spec, sites)
-    native = write_native(out, cfg, sites, lab_meta, wn, lab_spec, fields, phys)
+    native = write_native(out, sites, lab_meta, wn, lab_spec, products.result())
     ece_lab = lab_meta["ece_dsm"]
     return {
         "deepsalt_version": __version__, "config": cfg.model_dump(mode="json"), "physics": SoilPhysics().__dict__,
