@@ -353,19 +353,20 @@ def _rewrite_hrefs(tmp: Path, final: Path) -> None:
 
 def _build(cfg: WorldConfig, out: Path, progress: bool, deliveries: bool = False) -> dict:
     fields, phys = RandomFields(cfg.seed), SoilPhysics()
-    # the native covariate products depend on the fields alone: written in a thread beside the rest (the block waits
-    # for it, also when the rest fails, so nothing writes into the folder after build_world removed it)
-    with ThreadPoolExecutor(1, thread_name_prefix="native-products") as pool:
+    # the covariates and the native covariate products depend on the fields alone: written in threads beside the
+    # scenes (most of their time is NumPy and GDAL, which let go of the GIL); the block waits for them, also when the
+    # rest fails, so nothing writes into the folder after build_world removed it
+    with ThreadPoolExecutor(2, thread_name_prefix="covariates") as pool:
+        covariates = pool.submit(_write_covariates, out, cfg, fields, phys)
         products = pool.submit(write_native_products, out, cfg, fields, phys)
-        return _build_rest(cfg, out, progress, deliveries, fields, phys, products)
+        return _build_rest(cfg, out, progress, deliveries, fields, phys, covariates, products)
 
 
-def _build_rest(cfg: WorldConfig, out: Path, progress: bool, deliveries: bool, fields, phys, products) -> dict:
+def _build_rest(cfg: WorldConfig, out: Path, progress: bool, deliveries: bool, fields, phys, covariates, products) -> dict:
     rng = np.random.default_rng(cfg.seed)
     bands = enmap_bands()
     basis, snr_b = enmap_spectra.band_basis(bands), enmap_spectra.snr(bands)
     scenes = _scene_layout(cfg, rng)
-    _write_covariates(out, cfg, fields, phys)
     items, site_tables, scene_stats, fig_args = [], [], [], None
     refl_cols = [f"refl_{b}" for b in bands.names]
     for i, scene in enumerate(tqdm(scenes, desc="scenes", disable=not progress)):
@@ -414,6 +415,7 @@ def _build_rest(cfg: WorldConfig, out: Path, progress: bool, deliveries: bool, f
     second = _second_epoch(out, cfg, scenes, fields, phys, basis, snr_b, bands, items, progress) if cfg.second_epoch else None
     sites = pd.concat(site_tables, ignore_index=True)
     sites.insert(0, "site_id", [f"S{i:05d}" for i in range(len(sites))])
+    covariates.result()
     cov = sample_covariates(out / "covariates", sites["longitude"].to_numpy(), sites["latitude"].to_numpy())
     for j, name in enumerate(COVARIATE_NAMES):
         sites.insert(8 + j, name, cov[:, j])
