@@ -1,5 +1,6 @@
 """What one Ray Train fit costs before any training: Ray's stock TorchTrainer against DeepSalt's (the same, less the
-Ray Data actor Ray Train starts for a trainer's ``datasets`` when it has none; deepsalt/train/run.py ``_trainer_class``).
+Ray Data actor Ray Train starts for a trainer's ``datasets`` when it has none and the placement-group cleaner it starts
+with every fit; deepsalt/train/run.py ``_trainer_class``).
 
     bash scripts/services.sh .venv/bin/python bench/ray_train_fit.py [--rounds 3] [--out bench/results/ray_train_fit.json]
 

@@ -80,8 +80,10 @@ def _clean_errors(fn):
             raise typer.Exit(1)
         except ValidationError as e:  # a config field out of range or badly formatted: name the flag
             err = e.errors()[0]
-            flag = "--" + str(err["loc"][0]).replace("_", "-") if err.get("loc") else "input"
-            typer.secho(f"error: {flag}: {err['msg'].removeprefix('Value error, ')}", fg="red", err=True)
+            msg = err["msg"].removeprefix("Value error, ")
+            if err.get("loc"):  # a field's own check names its flag; a check across fields names them in its text
+                msg = "--" + str(err["loc"][0]).replace("_", "-") + ": " + msg
+            typer.secho(f"error: {msg}", fg="red", err=True)
             raise typer.Exit(2)
     return wrapper
 

@@ -45,8 +45,8 @@ for k in $(seq 0 $((${DEEPSALT_TEST_WORKERS:-1} - 1))); do
   # no log monitor: it tails every worker's log file to push lines to drivers, which DeepSalt's drivers do not take
   # (log_to_driver=False), and as the suite's jobs add files it took 49.5 CPU-s of a 1,169 s suite run (2026-12-07,
   # sampled from /proc as bench/suite_cpu.py does)
-  # RAY_API_SERVER_ADDRESS: no state API here, said to its workers (deepsalt/raycluster.py NO_API_SERVER: else Ray Train's
-  # placement-group cleaner looks one up from a stale /tmp/ray record, and every training's shutdown waits 12 s for it)
+  # RAY_API_SERVER_ADDRESS: no state API here, said to its workers (deepsalt/raycluster.py NO_API_SERVER: else a worker
+  # that asks the state API, as Ray Train's stock placement-group cleaner did, looks one up from a stale /tmp/ray record)
   RAY_API_SERVER_ADDRESS=http://127.0.0.1:1 setsid ray start --head --block --num-cpus=2 --node-ip-address=127.0.0.1 --port="$RAY_PORT" \
     --dashboard-agent-listen-port="$(free_port)" --ray-client-server-port="$(free_port)" \
     --include-dashboard=false --include-log-monitor=False --disable-usage-stats --temp-dir="$WORK/ray$k" > "$WORK/ray$k.log" 2>&1 &

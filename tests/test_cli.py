@@ -55,6 +55,8 @@ MAP = ["map", "--stac", "s", "--model", "m", "--covariates", "c", "--out", "o", 
     (MAP + ["--datetime", "yesterday"], "--datetime: 'yesterday' in 'yesterday' is not a date or time"),
     (MAP + ["--datetime", "2024-09-30/2024-05-01"], "ends before it starts"),
     (MAP + ["--quality-masks", "cloud,smoke"], "use names from cloud, cloud_shadow, haze, snow, cirrus, water"),
+    (MAP + ["--inference", "tasks", "--gpu"], "error: --inference tasks runs the student in the CPU read tasks, without "
+                                              "the actor pool that --gpu asks for: use --inference actors"),
     (["ingest", "/no/such/orders", "--out", "o"], "/no/such/orders: does not exist"),
     (["train", "--world", "w", "--out", "o", "--exclude-bands", "130,999"], "999 are not EnMAP band numbers"),
     (["plan-sampling", "--cube", "c", "--model", "m", "--n", "5", "--out", "p.gpkg", "--stac", "s", "--covariates", "c",

@@ -221,13 +221,14 @@ def test_a_checkpoint_cut_short_is_passed_over_for_the_one_before(run, tmp_path)
     assert _latest_checkpoint(runs) == str(torn)
 
 
-def test_the_trainer_starts_no_dataset_actor_unless_given_datasets():
+def test_the_trainer_starts_no_cleaner_and_no_dataset_actor_unless_given_datasets():
     """Ray Train 2.60 starts a Ray Data actor per worker group for the trainer's ``datasets`` (its DatasetsCallback),
-    with or without any: DeepSalt's trainer drops it only when there are none. Fails if a Ray release moves or
-    renames what the override relies on."""
+    with or without any, and a detached placement-group cleaner per fit: DeepSalt's trainer drops the cleaner, and the
+    Ray Data actor when there are no datasets. Fails if a Ray release moves or renames what the override relies on."""
     import ray.train
     from ray.train.torch import TorchTrainer
     from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
 
     from deepsalt.train.run import _trainer_class
 
@@ -237,5 +238,7 @@ def test_the_trainer_starts_no_dataset_actor_unless_given_datasets():
     kw = dict(scaling_config=ray.train.ScalingConfig(num_workers=1))
     names = lambda t: [type(c).__name__ for c in t._create_default_callbacks()]  # noqa: E731
     stock, ours = names(TorchTrainer(loop, **kw)), names(_trainer_class()(loop, **kw))
-    assert DatasetsCallback.__name__ in stock and ours == [n for n in stock if n != DatasetsCallback.__name__], (stock, ours)
-    assert names(_trainer_class()(loop, datasets={"x": lambda: None}, **kw)) == stock  # given datasets, Ray's own
+    dropped = {DatasetsCallback.__name__, PlacementGroupCleanerCallback.__name__}
+    assert dropped <= set(stock) and ours == [n for n in stock if n not in dropped], (stock, ours)
+    given = names(_trainer_class()(loop, datasets={"x": lambda: None}, **kw))  # given datasets, their actor stays
+    assert given == [n for n in stock if n != PlacementGroupCleanerCallback.__name__], (stock, given)

@@ -156,18 +156,27 @@ def _fit_with_progress(trainer, queue, cfg: TrainConfig, seed: int, log):
 
 
 def _trainer_class():
-    """Ray Train's TorchTrainer, less the Ray Data actor it starts with every worker group for the trainer's ``datasets``
-    (Ray 2.60's DatasetsCallback), when there are none: DeepSalt hands its arrays to the workers in the object store,
-    never as Ray Datasets. One process fewer per fit and per restart of a lost worker group; a trivial fit took
-    15.7 busy CPU-s against 19.4 on 2 cores (bench/results/ray_train_fit.json). The override is of a private method
-    of Ray 2.60 (pinned in constraints.txt): a Ray upgrade must check it."""
+    """Ray Train's TorchTrainer less two actors that Ray 2.60 starts with every fit:
+    - the Ray Data actor for the trainer's ``datasets`` (DatasetsCallback), started with every worker group whether
+      or not there are any: dropped when there are none (DeepSalt hands its arrays to the workers in the object
+      store, never as Ray Datasets);
+    - the detached placement-group cleaner (PlacementGroupCleanerCallback), which removes a fit's placement group if
+      the controller dies while the job lives on; the worker group waits for it to start. A DeepSalt training whose
+      controller dies fails, and its job ends (the CLI, a `ray job submit` run), which removes the group: Ray scopes
+      a placement group to the driver of the job that created it. A Python session that calls ``train`` and carries
+      on after such a failure keeps the group's resources until it ends.
+    A trivial fit on a 2-CPU head took 9.5 busy CPU-s and 6.7 s against 12.9 and 8.8 s with the stock trainer
+    (bench/results/ray_train_fit.json). The override is of a private method of Ray 2.60 (pinned in constraints.txt):
+    a Ray upgrade must check it (tests/test_train.py compares the callbacks with Ray's)."""
     from ray.train.torch import TorchTrainer
 
     class Trainer(TorchTrainer):
         def _create_default_callbacks(self):
             from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+            from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
 
-            return [c for c in super()._create_default_callbacks() if self.datasets or not isinstance(c, DatasetsCallback)]
+            return [c for c in super()._create_default_callbacks()
+                    if not isinstance(c, PlacementGroupCleanerCallback) and (self.datasets or not isinstance(c, DatasetsCallback))]
 
     return Trainer
 
