@@ -26,16 +26,16 @@ def worker_env() -> dict[str, str]:
             if k in WORKER_ENV or (k.startswith(("GDAL_", "CPL_", "VSI_")) and not _SECRET_SETTING.search(k))}
 
 
-#: the state API address for a cluster with no dashboard, whose workers would otherwise look for one. (DeepSalt's trainer
-#: no longer starts the actor below, deepsalt/train/run.py ``_trainer_class``; the address still serves any worker that
-#: asks the state API.) Ray Train's stock trainer starts a placement-group cleaner per training that asks the state API every second whether the training's controller is
-#: alive. In a worker that does not know its cluster's API server, Ray resolves "auto": the record the last
-#: ``ray start`` or test cluster left in /tmp/ray, which may name a cluster that is gone (the cleaner then waited 40 s
-#: for a dead GCS, and every training's shutdown 12 s for the cleaner: a trivial fit took 24.4-24.8 s, 13.2-13.4 s
-#: with this, bench/results/cli_overhead_services_456b6ef.json and cli_overhead_38f074a.json) or another live one,
-#: whose API server knows nothing of this training's controller (in a trial the cleaner took it for dead and exited
-#: before the training had registered its placement group with it, so it guarded nothing). A refused connection
-#: fails at once, and the cleaner stops when asked.
+#: the state API address for a cluster with no dashboard, whose workers would otherwise look for one. (DeepSalt's
+#: trainer no longer starts the actor below, deepsalt/train/run.py ``_trainer_class``; the address still serves any
+#: worker that asks the state API.) Ray Train's stock trainer starts a placement-group cleaner per training that asks
+#: the state API every second whether the training's controller is alive. In a worker that does not know its cluster's
+#: API server, Ray resolves "auto": the record the last ``ray start`` or test cluster left in /tmp/ray, which may name a
+#: cluster that is gone (the cleaner then waited 40 s for a dead GCS, and every training's shutdown 12 s for the
+#: cleaner: a trivial fit took 24.4-24.8 s, 13.2-13.4 s with this, bench/results/cli_overhead_services_456b6ef.json and
+#: cli_overhead_38f074a.json) or another live one, whose API server knows nothing of this training's controller (in a
+#: trial the cleaner took it for dead and exited before the training had registered its placement group with it, so it
+#: guarded nothing). A refused connection fails at once, and the cleaner stops when asked.
 NO_API_SERVER = "http://127.0.0.1:1"
 
 

@@ -151,7 +151,7 @@ def test_read_tasks_of_one_or_many_tiles_make_the_same_cube(cube, world, trained
     one = tmp_path / "one.zarr"
     logs = []
     s = map_region(_cfg(world, trained[0] / "bundle", one, tiles_per_read_task=1, inference="actors"), log=logs.append)
-    assert any("student in up to 2 actor(s)" in line for line in logs), logs  # the reference ran in the read tasks
+    assert any("student in up to" in line and "actor(s)" in line for line in logs), logs  # the reference: in the tasks
     assert s["tiles_mapped"] == summary["tiles_mapped"] > 4  # more tiles than one default read task takes
     assert_tiles_equal(tile_arrays(one), tile_arrays(out))
     # nor on the storage layout: unsharded (one object per chunk) and 2 x 2 shards (the default) hold the same

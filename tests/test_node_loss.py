@@ -32,8 +32,9 @@ def _run(*args, timeout=300) -> dict:
 @pytest.mark.parametrize("victim", ["actor", "read"])
 def test_map_survives_losing_a_worker_node_and_the_cube_is_the_clean_one(victim, world, trained, cube, tmp_path):
     """(a) The node holding the inference actor (``--inference actors``), or the node of a running read task with the
-    student in it (``--inference tasks``, the CPU default), is removed mid-run: the run completes, the cube equals an undisturbed run's array for array, and a reader polling the cube during the run
-    saw only an empty cube or the finished epoch, never part of one."""
+    student in it (``--inference tasks``, the CPU default), is removed mid-run: the run completes, the cube equals an
+    undisturbed run's array for array, and a reader polling the cube during the run saw only an empty cube or the
+    finished epoch, never part of one."""
     out = tmp_path / "c.zarr"
     r = _run("map", world, trained[0] / "bundle", out, victim)
     assert r["events"] and r["events"][0]["victim"] == victim, r

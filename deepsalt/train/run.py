@@ -162,8 +162,8 @@ def _trainer_class():
       store, never as Ray Datasets);
     - the detached placement-group cleaner (PlacementGroupCleanerCallback), which removes a fit's placement group if
       the controller dies while the job lives on; the worker group waits for it to start. A DeepSalt training whose
-      controller dies fails, and its job ends (the CLI, a `ray job submit` run), which removes the group: Ray scopes
-      a placement group to the driver of the job that created it. A Python session that calls ``train`` and carries
+      controller dies fails, and its job ends (the CLI, a `ray job submit` run), which removes the group: a placement
+      group that is not detached lives no longer than the job that created it. A Python session that calls ``train`` and carries
       on after such a failure keeps the group's resources until it ends.
     A trivial fit on a 2-CPU head took 9.5 busy CPU-s and 6.7 s against 12.9 and 8.8 s with the stock trainer
     (bench/results/ray_train_fit.json). The override is of a private method of Ray 2.60 (pinned in constraints.txt):
